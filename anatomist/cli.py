@@ -36,7 +36,7 @@ def _root(
 
 
 def _register() -> None:
-    # Imported here so `anatomist --help` stays fast and one broken stage does not hide the rest.
+    # Each stage's CLI lives beside its code; this is the one place that assembles them.
     from anatomist.models.cli import app as model_app
     from anatomist.data.cli import app as data_app
     from anatomist.capture.cli import capture
@@ -44,6 +44,9 @@ def _register() -> None:
     app.add_typer(model_app, name="model")
     app.add_typer(data_app, name="data")
     app.command("capture")(capture)
+    from anatomist.demo import demo
+
+    app.command("demo")(demo)
     # -- stages registered below this line --
 
 
@@ -52,24 +55,12 @@ _register()
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        app()  # standalone mode: usage errors print themselves and exit 2
     except AnatomistError as e:
         if _state["debug"]:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as e:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
 
 
 if __name__ == "__main__":
