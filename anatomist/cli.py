@@ -40,14 +40,18 @@ def _register() -> None:
     from anatomist.models.cli import app as model_app
     from anatomist.data.cli import app as data_app
     from anatomist.capture.cli import capture
+    from anatomist.demo import demo
 
     app.add_typer(model_app, name="model")
     app.add_typer(data_app, name="data")
     app.command("capture")(capture)
-    from anatomist.demo import demo
-
     app.command("demo")(demo)
     # -- stages registered below this line --
+    from anatomist.spec.cli import app as mtp_app, generate as generate_cmd
+    app.add_typer(mtp_app, name="mtp")
+    app.command("generate")(generate_cmd)
+    from anatomist.sae.cli import app as sae_app
+    app.add_typer(sae_app, name="sae")
 
 
 _register()

@@ -38,3 +38,29 @@ def test_default_model_loads_templates_and_captures(smol, tmp_path):
         hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[16]
     for s, row in enumerate(encoded):
         torch.testing.assert_close(data["acts"][data["seq"] == s], hs[s, :len(row)], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.smoke
+def test_cli_model_info_and_capture(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "anatomist.cli", *args], capture_output=True, text=True,
+                              timeout=300)
+
+    info = run("model", "info")
+    assert info.returncode == 0, info.stderr
+    assert "LlamaForCausalLM" in info.stdout and "134,515,008" in info.stdout
+
+    out = tmp_path / "acts"
+    cap = run("capture", "--data", str(HH_FILE), "--limit", "2", "--layer", "3", "--out", str(out))
+    assert cap.returncode == 0, cap.stderr
+    assert "4 sequences" in cap.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["n_sequences"] == 4
+
+    bad = run("capture", "--data", str(HH_FILE), "--limit", "2", "--layer", "30", "--out", str(tmp_path / "b"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip() == "error: layer 30 is out of range: the model has 30 layers (0..29)"

@@ -134,13 +134,20 @@ def load(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float3
     """
     from transformers import AutoModelForCausalLM
 
+    from transformers.utils import logging as hf_logging
+
     source = resolve(name_or_path)
     tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a per-tensor bar for a seconds-long load is noise
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise AnatomistError(f"cannot load model {name_or_path!r}: {_first_line(e)}") from e
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     model.to(device).eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
