@@ -135,6 +135,9 @@ def test_bad_capture_arguments(tmp_path, wide_tiny, smol_tokenizer):
         capture(wide_tiny, smol_tokenizer, ITEMS, tmp_path / "e", 7)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "capture.json").write_text("{}")
+    with pytest.raises(AnatomistError, match="junk: holds format None, expected 'anatomist.activations/1'"):
+        ActivationStore(tmp_path / "junk")
+    (tmp_path / "junk" / "capture.json").write_text('{"format": "anatomist.activations/1"}')
     (tmp_path / "junk" / "shard_00000.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(AnatomistError, match="not a readable activation shard"):
         ActivationStore(tmp_path / "junk", allow_partial=True)

@@ -40,7 +40,7 @@ def items_from_pairs(pairs) -> list[CaptureItem]:
             for p in pairs for side in ("chosen", "rejected")]
 
 
-def _items_hash(items: Sequence[CaptureItem]) -> str:
+def items_hash(items: Sequence[CaptureItem]) -> str:
     h = hashlib.sha256()
     for it in items:
         h.update(json.dumps([it.id, it.side, list(it.messages), it.response], sort_keys=True).encode())
@@ -72,8 +72,8 @@ def capture(model, tokenizer, items: Sequence[CaptureItem], out: str | Path, lay
     settings = dict(model=model_name or getattr(model.config, "_name_or_path", ""), layer=layer,
                     d_model=model.config.hidden_size, n_layers_model=model.config.num_hidden_layers,
                     dtype=dtype, keep=keep, max_length=max_length, n_sequences=len(items),
-                    items_hash=_items_hash(items))
-    writer = ShardWriter(out, settings, shard_tokens=shard_tokens)
+                    items_hash=items_hash(items))
+    writer = ShardWriter(out, settings, shard_rows=shard_tokens)
     start = writer.next_seq
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with progress_bar(f"capture layer {layer}", total=len(items), completed=start, enabled=progress) as bar:
@@ -91,8 +91,8 @@ def capture(model, tokenizer, items: Sequence[CaptureItem], out: str | Path, lay
                 n = len(enc.input_ids)
                 resp = torch.tensor(enc.response_mask)
                 sel = resp if keep == "response" else torch.ones(n, dtype=torch.bool)
-                writer.add(b + i, it.id, it.side, acts[i, :n][sel].clone(), torch.arange(n)[sel],
-                           input_ids[i, :n][sel], resp[sel])
+                writer.add(b + i, it.id, it.side, acts=acts[i, :n][sel].clone(), pos=torch.arange(n)[sel].int(),
+                           token=input_ids[i, :n][sel], response=resp[sel])
             bar.advance(len(batch))
     writer.close(len(items))
     return ActivationStore(out)

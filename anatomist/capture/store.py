@@ -1,4 +1,8 @@
-"""On-disk activation store: safetensors shards, written atomically, resumable.
+"""On-disk shard stores: safetensors shards of per-sequence rows, written atomically, resumable.
+
+`ShardWriter` is generic: each sequence contributes rows of named tensors (any fields sharing
+dim 0) and a `seq` column is added. The activation store below is its main use; the audit's
+pooled features are another.
 
 Layout of a store folder:
 
@@ -29,7 +33,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 from safetensors import safe_open
@@ -53,18 +57,19 @@ class ShardInfo:
     file: str
     seq_start: int
     seq_end: int
-    n_tokens: int
+    n_rows: int
     ids: list[str] = field(repr=False)
     sides: list[str] = field(repr=False)
+    infos: list[dict] = field(repr=False, default_factory=list)  # per-sequence extras (may be empty)
 
 
 def _read_shard_info(path: Path) -> ShardInfo:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            n_tokens = f.get_slice("seq").get_shape()[0]
-        return ShardInfo(path.name, int(meta["seq_start"]), int(meta["seq_end"]), n_tokens,
-                         json.loads(meta["ids"]), json.loads(meta["sides"]))
+            n_rows = f.get_slice("seq").get_shape()[0]
+        return ShardInfo(path.name, int(meta["seq_start"]), int(meta["seq_end"]), n_rows,
+                         json.loads(meta["ids"]), json.loads(meta["sides"]), json.loads(meta.get("infos", "[]")))
     except Exception as e:  # a foreign or damaged file: name it instead of failing deep inside
         raise AnatomistError(f"{path}: not a readable activation shard ({type(e).__name__}: {e})") from e
 
@@ -81,17 +86,24 @@ def scan_shards(folder: Path) -> list[ShardInfo]:
     return shards
 
 
-class ShardWriter:
-    """Append sequences' activations; flush a shard every `shard_tokens` tokens (at sequence edges)."""
+class _Seq(NamedTuple):
+    id: str
+    side: str
+    info: dict | None
+    rows: dict[str, torch.Tensor]
 
-    def __init__(self, folder: str | Path, settings: dict, *, shard_tokens: int = 1 << 17):
+
+class ShardWriter:
+    """Append sequences' rows; flush a shard every `shard_rows` rows (at sequence edges)."""
+
+    def __init__(self, folder: str | Path, settings: dict, *, shard_rows: int = 1 << 17, format: str = FORMAT):
         self.folder = Path(folder)
-        self.shard_tokens = shard_tokens
+        self.shard_rows = shard_rows
         self.folder.mkdir(parents=True, exist_ok=True)
         for stale in self.folder.glob(".*.tmp*"):
             stale.unlink()
         settings_path = self.folder / "capture.json"
-        settings = {"format": FORMAT, **settings}
+        settings = {"format": format, **settings}
         if settings_path.exists():
             existing = json.loads(settings_path.read_text())
             if existing != json.loads(json.dumps(settings)):
@@ -102,46 +114,44 @@ class ShardWriter:
             atomic_write_text(settings_path, json.dumps(settings, indent=2))
         self.settings = settings
         self.shards = scan_shards(self.folder)
-        self._pending: list[dict] = []
-        self._pending_tokens = 0
+        self._pending: list[_Seq] = []
+        self._pending_rows = 0
 
     @property
     def next_seq(self) -> int:
         """First sequence not yet on disk (pending ones count as not on disk)."""
         return self.shards[-1].seq_end if self.shards else 0
 
-    def add(self, seq: int, record_id: str, side: str, acts: torch.Tensor, pos: torch.Tensor,
-            token: torch.Tensor, response: torch.Tensor) -> None:
-        """Queue one sequence's tokens: acts [n, D], pos/token/response [n]."""
+    def add(self, seq: int, record_id: str, side: str, info: dict | None = None, **rows: torch.Tensor) -> None:
+        """Queue one sequence's rows (tensors sharing dim 0) and optional JSON-able `info`."""
         expected = self.next_seq + len(self._pending)
         assert seq == expected, f"sequences must arrive in order: got {seq}, expected {expected}"
-        self._pending.append(dict(id=record_id, side=side, acts=acts, pos=pos, token=token, response=response))
-        self._pending_tokens += acts.shape[0]
-        if self._pending_tokens >= self.shard_tokens:
+        lengths = {t.shape[0] for t in rows.values()}
+        assert len(lengths) == 1, f"row fields differ in length: { {k: v.shape for k, v in rows.items()} }"
+        self._pending.append(_Seq(record_id, side, info, rows))
+        self._pending_rows += lengths.pop()
+        if self._pending_rows >= self.shard_rows:
             self.flush()
 
     def flush(self) -> None:
         if not self._pending:
             return
         start = self.next_seq
-        n = [p["acts"].shape[0] for p in self._pending]
-        tensors = {
-            "acts": torch.cat([p["acts"] for p in self._pending]).contiguous(),
-            "seq": torch.repeat_interleave(torch.arange(start, start + len(n)), torch.tensor(n)),
-            "pos": torch.cat([p["pos"] for p in self._pending]).to(torch.int32),
-            "token": torch.cat([p["token"] for p in self._pending]).to(torch.int64),
-            "response": torch.cat([p["response"] for p in self._pending]).to(torch.bool),
-        }
+        pending = self._pending
+        n = [next(iter(p.rows.values())).shape[0] for p in pending]
+        tensors = {name: torch.cat([p.rows[name] for p in pending]).contiguous() for name in pending[0].rows}
+        tensors["seq"] = torch.repeat_interleave(torch.arange(start, start + len(n)), torch.tensor(n))
+        infos = [p.info for p in pending] if pending[0].info is not None else []
         info = ShardInfo(f"shard_{len(self.shards):05d}.safetensors", start, start + len(n), sum(n),
-                         [p["id"] for p in self._pending], [p["side"] for p in self._pending])
+                         [p.id for p in pending], [p.side for p in pending], infos)
         meta = {"seq_start": str(info.seq_start), "seq_end": str(info.seq_end),
-                "ids": json.dumps(info.ids), "sides": json.dumps(info.sides)}
+                "ids": json.dumps(info.ids), "sides": json.dumps(info.sides), "infos": json.dumps(infos)}
         path = self.folder / info.file
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         save_file(tensors, str(tmp), metadata=meta)
         os.replace(tmp, path)
         self.shards.append(info)
-        self._pending, self._pending_tokens = [], 0
+        self._pending, self._pending_rows = [], 0
         self._write_manifest(complete=False)
 
     def close(self, n_sequences: int) -> None:
@@ -151,22 +161,26 @@ class ShardWriter:
 
     def _write_manifest(self, *, complete: bool) -> None:
         manifest = {
-            "format": FORMAT, "complete": complete,
-            "n_sequences": self.next_seq, "n_tokens": sum(s.n_tokens for s in self.shards),
+            "format": self.settings["format"], "complete": complete,
+            "n_sequences": self.next_seq, "n_rows": sum(s.n_rows for s in self.shards),
             "shards": [{"file": s.file, "seq_start": s.seq_start, "seq_end": s.seq_end,
-                        "n_tokens": s.n_tokens} for s in self.shards],
+                        "n_rows": s.n_rows} for s in self.shards],
         }
         atomic_write_text(self.folder / "manifest.json", json.dumps(manifest, indent=2))
 
 
-class ActivationStore:
-    """Read a finished (or partial, with `allow_partial`) capture folder."""
+class ShardStore:
+    """Read a finished (or partial, with `allow_partial`) shard folder of the given format."""
+
+    format = FORMAT
 
     def __init__(self, folder: str | Path, *, allow_partial: bool = False):
         self.folder = Path(folder)
         if not (self.folder / "capture.json").is_file():
-            raise AnatomistError(f"{self.folder}: not an activation store (no capture.json)")
+            raise AnatomistError(f"{self.folder}: not a shard store (no capture.json)")
         self.settings = json.loads((self.folder / "capture.json").read_text())
+        if self.settings.get("format") != self.format:
+            raise AnatomistError(f"{self.folder}: holds format {self.settings.get('format')!r}, expected {self.format!r}")
         manifest_path = self.folder / "manifest.json"
         complete = manifest_path.is_file() and json.loads(manifest_path.read_text()).get("complete")
         if not complete and not allow_partial:
@@ -174,26 +188,35 @@ class ActivationStore:
         self.shards = scan_shards(self.folder)
 
     @property
-    def n_tokens(self) -> int:
-        return sum(s.n_tokens for s in self.shards)
+    def n_rows(self) -> int:
+        return sum(s.n_rows for s in self.shards)
 
     @property
     def n_sequences(self) -> int:
         return self.shards[-1].seq_end if self.shards else 0
 
-    @property
-    def d_model(self) -> int:
-        return int(self.settings["d_model"])
-
     def sequences(self) -> list[tuple[str, str]]:
         """(record id, side) for every sequence index."""
         return [(i, s) for sh in self.shards for i, s in zip(sh.ids, sh.sides)]
 
-    def iter_shards(self, fields: tuple[str, ...] = FIELDS) -> Iterator[dict[str, torch.Tensor]]:
+    def iter_shards(self, fields: tuple[str, ...] | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """Each shard's tensors (all of them, or only `fields`)."""
         for s in self.shards:
             with safe_open(str(self.folder / s.file), framework="pt") as f:
-                yield {name: f.get_tensor(name) for name in fields}
+                yield {name: f.get_tensor(name) for name in (fields or f.keys())}
 
-    def load(self, fields: tuple[str, ...] = FIELDS) -> dict[str, torch.Tensor]:
+    def load(self, fields: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         parts = list(self.iter_shards(fields))
-        return {name: torch.cat([p[name] for p in parts]) for name in fields}
+        return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+
+
+class ActivationStore(ShardStore):
+    """Per-token residual activations written by `anatomist.capture.capture` (fields: FIELDS)."""
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_rows
+
+    @property
+    def d_model(self) -> int:
+        return int(self.settings["d_model"])
