@@ -1,0 +1,39 @@
+"""kNN similarity graphs and Leiden partitions (shared by prompt topics and concept clusters).
+
+Leiden comes from scikit-network (BSD); leidenalg/igraph are GPL and never required.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def cosine_similarity(x: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity [N, N] of x [N, M]; all-zero rows get similarity 0."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    unit = np.divide(x, norms, out=np.zeros_like(x, dtype=np.float64), where=norms > 0)
+    return unit @ unit.T
+
+
+def knn_graph(similarity: np.ndarray, k: int) -> sp.csr_matrix:
+    """Keep each node's k most similar neighbours (positive weights only), symmetrised by max."""
+    n = similarity.shape[0]
+    k = min(k, n - 1)
+    sim = similarity.copy()
+    np.fill_diagonal(sim, -np.inf)
+    nbrs = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k > 0 else np.zeros((n, 0), dtype=int)  # [N, k]
+    w = np.take_along_axis(sim, nbrs, axis=1)
+    keep = w > 0
+    rows = np.repeat(np.arange(n), k)[keep.ravel()]
+    graph = sp.csr_matrix((w[keep], (rows, nbrs[keep])), shape=(n, n))
+    return graph.maximum(graph.T).tocsr()
+
+
+def leiden(graph: sp.csr_matrix, *, resolution: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Community label per node (0..C-1, largest community first)."""
+    from sknetwork.clustering import Leiden
+
+    if graph.nnz == 0:
+        return np.arange(graph.shape[0])  # no edges: every node is its own community
+    return np.asarray(Leiden(resolution=resolution, random_state=seed).fit_predict(graph))

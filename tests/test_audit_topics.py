@@ -1,0 +1,53 @@
+"""Prompt topics on planted clusters: the right partition, the right k, sensible labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from anatomist.audit.topics import distinctive_words, prompt_topics
+from anatomist.errors import AnatomistError
+
+WORDS = {0: "recipe oven bake flour", 1: "python code function error", 2: "flight hotel visa trip"}
+
+
+def _planted(seed=0, per=20):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, 32))
+    emb = np.repeat(centres, per, axis=0) + 0.4 * rng.normal(size=(3 * per, 32)) + 5.0  # offset: centring matters
+    texts = [f"please help with {WORDS[c]} number {i}" for c in range(3) for i in range(per)]
+    return emb, texts, np.repeat(np.arange(3), per)
+
+
+def _same_partition(a, b):
+    return all(len(set(a[b == t])) == 1 for t in set(b)) and len(set(a)) == len(set(b))
+
+
+@pytest.mark.parametrize("method", ["kmeans", "leiden"])
+def test_recovers_planted_topics_and_labels(method):
+    emb, texts, truth = _planted()
+    topics = prompt_topics(emb, texts, method=method)
+    assert topics.k == 3 and _same_partition(topics.labels, truth)
+    for c in range(3):
+        planted = truth[topics.labels == c][0]
+        assert set(topics.names[c].split(" / ")) <= set(WORDS[planted].split())
+        assert all(WORDS[planted] in t for t in topics.examples[c])
+    assert topics.silhouette > 0.5
+
+
+def test_k_override_and_bad_arguments():
+    emb, texts, _ = _planted()
+    assert prompt_topics(emb, texts, k=2).k == 2
+    assert prompt_topics(emb, texts, k=1).k == 1
+    with pytest.raises(AnatomistError, match="k must be in 1..59"):
+        prompt_topics(emb, texts, k=60)
+    with pytest.raises(AnatomistError, match="60 prompt embeddings but 3 prompt texts"):
+        prompt_topics(emb, texts[:3])
+    with pytest.raises(AnatomistError, match="method must be"):
+        prompt_topics(emb, texts, method="dbscan")
+
+
+def test_distinctive_words_hand_case():
+    texts = ["apple banana", "apple cherry", "car engine", "car wheel"]
+    names = distinctive_words(texts, np.array([0, 0, 1, 1]), n_words=1)
+    assert names == ["apple", "car"]
