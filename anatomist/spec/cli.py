@@ -1,0 +1,144 @@
+"""`anatomist mtp train|analyze` and `anatomist generate`: thin wrappers over anatomist.spec."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from anatomist.errors import AnatomistError
+
+app = typer.Typer(help="MTP draft heads: train on the model's own samples, analyse acceptance vs entropy.",
+                  no_args_is_help=True)
+
+MODEL_HELP = "HF id, local folder, .gguf file or alias (default: the offline SmolLM2-135M-Instruct)."
+
+
+def _load(model: str):
+    from anatomist.models import load
+
+    return load(model)
+
+
+@app.command("train")
+def train(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the head (safetensors + config.json) and checkpoints."),
+    model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
+    loss: str = typer.Option("e2e_tv", help="ce | kl | tv | e2e_tv (Bebop Eq. 10 / 13)."),
+    gamma: int = typer.Option(3, help="Draft depth γ (tokens drafted per round)."),
+    steps: int = typer.Option(300, help="Optimizer steps."),
+    batch_size: int = typer.Option(8, help="Sequences per step."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warmup + cosine)."),
+    draft_vocab: int = typer.Option(8192, help="Draft vocabulary: the N most frequent tokens (0 = full)."),
+    prompts: int = typer.Option(192, help="Training prompts (from ../shared/data) to self-sample."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature of the self-generated data."),
+    max_new_tokens: int = typer.Option(96, help="Response length of the self-generated data."),
+    seed: int = typer.Option(0, help="Seed for sampling and batch order."),
+) -> None:
+    """Train an MTP draft head (trunk frozen); rerunning the same command resumes."""
+    from anatomist.spec.pipeline import cached_samples, cached_states
+    from anatomist.spec.train import TrainConfig, train_head
+
+    cfg = TrainConfig(loss=loss, gamma=gamma, steps=steps, batch_size=batch_size, lr=lr,
+                      draft_vocab=draft_vocab, seed=seed)
+    lm = _load(model)
+    samples = cached_samples(lm.model, lm.tokenizer, model_name=model, n_prompts=prompts,
+                             temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    states, stats = cached_states(lm.model, samples, model_name=model)
+    head = train_head(lm.model, samples, cfg, out, states=states, stats=stats, base_model=model,
+                      eos_token_id=lm.tokenizer.eos_token_id, extra={"data_temperature": temperature})
+    last = head.history[-1] if head.history else {}
+    typer.echo(json.dumps({k: round(v, 4) for k, v in last.items() if k.startswith("mtp/")}))
+    typer.echo(f"wrote {out}")
+
+
+@app.command("analyze")
+def analyze(
+    heads: list[Path] = typer.Argument(..., help="Head folders to compare (e.g. a CE head and a TV head)."),
+    model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
+    temperatures: str = typer.Option("0.3,0.6,0.9,1.2,1.5", help="Comma-separated sampling temperatures."),
+    modes: str = typer.Option("rs,greedy", help="Drafting modes: rs (rejection sampling), greedy (one-hot q)."),
+    prompts: int = typer.Option(16, help="Held-out prompts (eval split)."),
+    max_new_tokens: int = typer.Option(48, help="Tokens generated per prompt."),
+    out: Path = typer.Option(Path("acceptance_vs_entropy.html"), "--out", "-o", help="HTML report."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Acceptance vs target entropy per head and drafting mode; slopes with 95% CIs and an HTML plot."""
+    from anatomist.spec.analyze import collect, render_html, slopes
+    from anatomist.spec.head import load_head
+    from anatomist.spec.prompts import chat_prompts
+
+    try:
+        temps = [float(t) for t in temperatures.split(",") if t.strip()]
+    except ValueError as e:
+        raise AnatomistError(f"--temperatures: {temperatures!r} is not a comma-separated list of numbers") from e
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    if not set(mode_list) <= {"rs", "greedy"}:
+        raise AnatomistError(f"--modes: {modes!r}; use rs and/or greedy")
+    lm = _load(model)
+    loaded = {}
+    for folder in heads:
+        h = load_head(folder, lm.model)
+        loaded[f"{h.config.loss or folder.name}:{folder.name}"] = h
+    ps = chat_prompts(lm.tokenizer, "eval", prompts)
+    recs = collect(lm.model, loaded, ps, temperatures=temps, modes=mode_list, max_new_tokens=max_new_tokens,
+                   eos_token_id=lm.tokenizer.eos_token_id, seed=seed)
+    for (head, mode), info in slopes(recs).items():
+        f = info["fit"]
+        typer.echo(f"{head:40s} {mode:6s} slope {f.slope:+.4f} /nat  95% CI [{f.slope_ci[0]:+.4f}, "
+                   f"{f.slope_ci[1]:+.4f}]  acceptance {info['acceptance']:.3f}  n={f.n}")
+    out.write_text(render_html(recs))
+    typer.echo(f"wrote {out}")
+
+
+def generate(
+    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="User message (repeat for a batch)."),
+    model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
+    spec: str = typer.Option("none", help="Drafter: none (plain sampling), mtp (needs --head), ngram."),
+    head: Path = typer.Option(None, help="MTP head folder (from `anatomist mtp train`)."),
+    gamma: int = typer.Option(3, help="Draft tokens per round."),
+    draft_mode: str = typer.Option("rs", help="rs: sample drafts and verify with q; greedy: one-hot drafts."),
+    temperature: float = typer.Option(1.0, help="0 = greedy decoding."),
+    top_k: int = typer.Option(0, help="0 = off."),
+    top_p: float = typer.Option(1.0, help="1 = off."),
+    max_new_tokens: int = typer.Option(128),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json", help="Print tokens, log-probs and acceptance stats as JSON."),
+) -> None:
+    """Generate with plain or speculative decoding (same output distribution either way)."""
+    import time
+
+    import torch
+
+    from anatomist.models.chat import apply_chat_template
+    from anatomist.spec.drafters import make_drafter
+    from anatomist.spec.generate import generate as spec_generate
+    from anatomist.spec.head import load_head
+
+    if spec not in ("none", "mtp", "ngram"):
+        raise AnatomistError(f"--spec must be none, mtp or ngram, got {spec!r}")
+    if spec == "mtp" and head is None:
+        raise AnatomistError("--spec mtp needs --head DIR (train one with `anatomist mtp train`)")
+    lm = _load(model)
+    drafter = None
+    if spec == "mtp":
+        drafter = make_drafter("mtp", head=load_head(head, lm.model))
+    elif spec == "ngram":
+        drafter = make_drafter("ngram")
+    ids = [apply_chat_template(lm.tokenizer, [{"role": "user", "content": p}]) for p in prompt]
+    t0 = time.perf_counter()
+    out = spec_generate(lm.model, ids, drafter=drafter, gamma=gamma, temperature=temperature, top_k=top_k,
+                        top_p=top_p, max_new_tokens=max_new_tokens, eos_token_id=lm.tokenizer.eos_token_id,
+                        draft_mode=draft_mode, generator=torch.Generator().manual_seed(seed))
+    dt = time.perf_counter() - t0
+    n = sum(len(t) for t in out.tokens)
+    metrics = {**out.stats.as_metrics(), "spec/tokens_per_s": n / dt}
+    if as_json:
+        typer.echo(json.dumps({"tokens": out.tokens, "logprobs": [lp.tolist() for lp in out.logprobs],
+                               "text": [lm.tokenizer.decode(t, skip_special_tokens=True) for t in out.tokens],
+                               "stats": metrics}))
+        return
+    for p, t in zip(prompt, out.tokens):
+        typer.echo(f"> {p}\n{lm.tokenizer.decode(t, skip_special_tokens=True)}\n")
+    typer.echo(" ".join(f"{k}={v:.3f}" for k, v in metrics.items()))

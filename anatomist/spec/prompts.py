@@ -1,0 +1,53 @@
+"""Prompts for self-generated draft-head training data and for the speed / entropy benchmarks.
+
+Real user prompts from `../shared/data` (LLaMA-Factory DPO demo, first human turn; XSTest safe
+prompts), chat-templated. A fixed hash split keeps benchmark prompts out of training data.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from anatomist.errors import AnatomistError
+
+__all__ = ["shared_data_dir", "user_prompts", "chat_prompts"]
+
+
+def shared_data_dir() -> Path:
+    env = os.environ.get("ANATOMIST_SHARED_DATA")
+    path = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    if not path.is_dir():
+        raise AnatomistError(f"{path}: shared data folder not found (set ANATOMIST_SHARED_DATA)")
+    return path
+
+
+def user_prompts(split: str = "train", max_chars: int = 400) -> list[str]:
+    """User prompts; split 'train' (~80%) or 'eval' by a stable hash of the text."""
+    if split not in ("train", "eval", "all"):
+        raise AnatomistError(f"split must be train, eval or all, got {split!r}")
+    root = shared_data_dir()
+    texts: list[str] = []
+    lf = root / "llamafactory-dpo-en-demo.json"
+    for row in json.loads(lf.read_text()):
+        first = next((m["value"] for m in row["conversations"] if m.get("from") == "human"), None)
+        if first and len(first) <= max_chars:
+            texts.append(first.strip())
+    with open(root / "xstest_prompts.csv", newline="") as f:
+        texts += [r["prompt"].strip() for r in csv.DictReader(f) if r.get("label") == "safe"]
+    texts = list(dict.fromkeys(texts))  # dedupe, keep order
+    if split == "all":
+        return texts
+    is_eval = [int(hashlib.sha256(t.encode()).hexdigest(), 16) % 5 == 0 for t in texts]
+    return [t for t, e in zip(texts, is_eval) if e == (split == "eval")]
+
+
+def chat_prompts(tokenizer, split: str = "train", n: int | None = None) -> list[list[int]]:
+    """Chat-templated token ids of the first n user prompts of a split."""
+    from anatomist.models.chat import apply_chat_template
+
+    texts = user_prompts(split)[:n]
+    return [apply_chat_template(tokenizer, [{"role": "user", "content": t}]) for t in texts]

@@ -1,0 +1,279 @@
+"""Train an MTP draft head on the model's own samples (trunk frozen).
+
+Data: the model samples responses to prompts at a given temperature (plain sampling); the trunk
+is run once over each sequence and its final hidden states h are kept (they never change: the
+trunk is frozen), with the full-vocabulary log-normaliser per position. Each step then costs only
+the head plus the draft-vocabulary slice of the LM head that forms the targets. Depth 1 runs over
+every position (its states are the attention keys); deeper depths and the loss over a random
+subset of chains per sequence (`chains_per_seq`), which cuts the cost of a step several-fold.
+
+Targets (DESIGN.md, "Draft losses"): depth k of the chain starting at position i predicts
+x_{i+k+1}; its target is the model's own detached next-token distribution p at position i+k,
+softmax of the trunk logits in fp32. Chains count only when they start in the response (that is
+where drafting happens) and all γ targets exist (the chain mask).
+
+Checkpoints are written atomically (temp file + rename). Batches are a pure function of
+(seed, step), so resuming from a checkpoint reproduces an uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from anatomist.errors import AnatomistError
+from anatomist.spec.generate import generate
+from anatomist.spec.head import MTPConfig, MTPHead, save_head
+from anatomist.spec.losses import LOSSES
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Samples", "TrainConfig", "self_samples", "trunk_states", "target_stats", "draft_vocab_ids", "head_loss",
+           "train_head"]
+
+CKPT_NAME = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    loss: str = "e2e_tv"
+    gamma: int = 3
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup: int = 20
+    draft_vocab: int = 8192  # 0 = full vocabulary
+    seed: int = 0
+    ckpt_every: int = 50
+    chains_per_seq: int = 32  # chains drawn per sequence and step (0 = all); depth 1 always sees all
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise AnatomistError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.chains_per_seq < 0:
+            raise AnatomistError(f"chains_per_seq must be >= 0, got {self.chains_per_seq}")
+        for name in ("gamma", "steps", "batch_size", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise AnatomistError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.draft_vocab < 0 or self.warmup < 0:
+            raise AnatomistError(f"need lr > 0, draft_vocab >= 0, warmup >= 0 (got {self.lr}, "
+                                 f"{self.draft_vocab}, {self.warmup})")
+
+
+class Samples(NamedTuple):
+    sequences: list[list[int]]  # prompt + response token ids
+    prompt_lens: list[int]
+
+
+def self_samples(model, prompts: list[list[int]], *, temperature: float = 1.0, max_new_tokens: int = 128,
+                 batch_size: int = 16, seed: int = 0, eos_token_id=None,
+                 progress: Callable | None = None) -> Samples:
+    """The model's own responses to prompts (plain sampling), one per prompt."""
+    gen = torch.Generator().manual_seed(seed)
+    seqs, plens = [], []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        out = generate(model, chunk, temperature=temperature, max_new_tokens=max_new_tokens,
+                       eos_token_id=eos_token_id, generator=gen)
+        for p, t in zip(chunk, out.tokens):
+            seqs.append(list(p) + t)
+            plens.append(len(p))
+        if progress:
+            progress(len(chunk))
+    return Samples(seqs, plens)
+
+
+@torch.no_grad()
+def trunk_states(model, sequences: list[list[int]], batch_size: int = 8) -> list[torch.Tensor]:
+    """Final hidden states h [L_i, H] of the frozen trunk for each sequence (right padding)."""
+    out = []
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start:start + batch_size]
+        L = max(len(s) for s in chunk)
+        ids = torch.zeros(len(chunk), L, dtype=torch.long)
+        att = torch.zeros(len(chunk), L, dtype=torch.long)
+        for b, s in enumerate(chunk):
+            ids[b, :len(s)] = torch.tensor(s)
+            att[b, :len(s)] = 1
+        h = model.model(input_ids=ids, attention_mask=att).last_hidden_state
+        out += [h[b, :len(s)].clone() for b, s in enumerate(chunk)]
+    return out
+
+
+@torch.no_grad()
+def target_stats(model, states: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per position [L_i, 2]: log-normaliser lse = logsumexp(z) of the full-vocabulary trunk
+    logits z, and the policy entropy H(p). With lse cached, a step forms p on the draft vocabulary
+    as exp(z_V' − lse) without the full LM head (the largest cost at 49k tokens)."""
+    W = model.get_output_embeddings().weight
+    out = []
+    for h in states:
+        z = F.linear(h, W).float()  # [L, V]
+        lse = torch.logsumexp(z, -1)
+        ent = lse - (torch.softmax(z, -1) * z).sum(-1)
+        out.append(torch.stack([lse, ent], dim=-1))
+    return out
+
+
+def draft_vocab_ids(sequences: list[list[int]], size: int, vocab_size: int,
+                    always: tuple[int, ...] = ()) -> torch.Tensor:
+    """The `size` most frequent token ids in the sequences (plus `always`), sorted."""
+    if size <= 0 or size >= vocab_size:
+        return torch.arange(vocab_size)
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    for s in sequences:
+        counts += torch.bincount(torch.tensor(s), minlength=vocab_size)
+    counts[list(always)] = counts.max() + 1
+    return torch.topk(counts.double() + torch.linspace(0, 0.5, vocab_size, dtype=torch.float64).flip(0),
+                      size).indices.sort().values
+
+
+def _batch(states, stats, samples: Samples, idx: list[int], gamma: int, chains_per_seq: int,
+           gen: torch.Generator):
+    """Right-padded hidden [B, T, H], tokens [B, T], lse/entropy [B, T, 2], chain starts [B, C]
+    and their validity [B, C]: up to C chains per sequence drawn from those the chain mask allows
+    (start in the response, at the last prompt position or later; all γ targets exist)."""
+    L = max(len(samples.sequences[i]) for i in idx)
+    H = states[idx[0]].shape[-1]
+    h = torch.zeros(len(idx), L, H)
+    st = torch.zeros(len(idx), L, 2)
+    tok = torch.zeros(len(idx), L, dtype=torch.long)
+    picks = []
+    for b, i in enumerate(idx):
+        s, P = samples.sequences[i], samples.prompt_lens[i]
+        h[b, :len(s)], st[b, :len(s)] = states[i], stats[i]
+        tok[b, :len(s)] = torch.tensor(s)
+        allowed = torch.arange(P - 1, max(len(s) - gamma, P - 1))  # need i + γ ≤ L − 1
+        if chains_per_seq and len(allowed) > chains_per_seq:
+            allowed = allowed[torch.randperm(len(allowed), generator=gen)[:chains_per_seq]].sort().values
+        picks.append(allowed)
+    C = max(len(a) for a in picks)
+    chains = torch.zeros(len(idx), C, dtype=torch.long)
+    valid = torch.zeros(len(idx), C, dtype=torch.bool)
+    for b, a in enumerate(picks):
+        chains[b, :len(a)], valid[b, :len(a)] = a, True
+    return h, tok, st, chains, valid
+
+
+def head_loss(head: MTPHead, hidden: torch.Tensor, tokens: torch.Tensor, stats: torch.Tensor,
+              chains: torch.Tensor, valid: torch.Tensor, loss: str, gamma: int
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of the head on a batch. hidden [B, T, H] (detached trunk states), tokens [B, T],
+    stats [B, T, 2] (lse, H(p)) from `target_stats`, chains [B, C] start positions, valid [B, C]
+    the chain mask."""
+    B, T, _ = hidden.shape
+    g = head.chain_states(hidden, tokens, gamma, chains)  # [B, C, γ, H]
+    q_logits = head.logits(g)  # [B, C, γ, V']
+    with torch.no_grad():
+        rows = torch.arange(B)[:, None, None]
+        tgt = (chains[..., None] + torch.arange(1, gamma + 1)).clamp(max=T - 1)  # [B, C, γ]: position i+k
+        z = F.linear(hidden[rows, tgt], head._lm).float()  # [B, C, γ, V'] trunk logits on the draft vocab
+        p = torch.exp(z - stats[rows, tgt, 0][..., None])  # restricted to V', not renormalised
+        ent = stats[rows, tgt, 1][:, :, 0]  # [B, C] H(p) at the depth-1 target
+    value, metrics = LOSSES[loss](p, q_logits, valid)
+    n = valid.sum().clamp(min=1)
+    metrics["mtp/policy_entropy"] = float((ent * valid).sum() / n)
+    metrics["mtp/loss"] = float(value.detach())
+    metrics["mtp/draft_vocab_mass"] = float((p[:, :, 0].sum(-1) * valid).sum() / n)
+    return value, metrics
+
+
+def _lr(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def _save_ckpt(path: Path, step: int, head: MTPHead, opt, cfg: TrainConfig, history: list) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save({"step": step, "head": head.trainable_state(), "opt": opt.state_dict(),
+                    "config": asdict(cfg), "history": history}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def train_head(model, samples: Samples, cfg: TrainConfig, out_dir: str | os.PathLike, *,
+               states: list[torch.Tensor] | None = None, stats: list[torch.Tensor] | None = None,
+               base_model: str = "", eos_token_id: int | None = None,
+               stop_after: int | None = None, progress: bool = True, extra: dict | None = None) -> MTPHead:
+    """Train (or resume) a head; writes checkpoints and finally the head into out_dir.
+
+    `stop_after` ends the run after that many total steps (as if interrupted) — for tests.
+    Returns the head; `head.history` holds the per-step metrics (also in metrics.jsonl).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if states is None:
+        states = trunk_states(model, samples.sequences)
+    if stats is None:
+        stats = target_stats(model, states)
+    V = model.get_output_embeddings().weight.shape[0]
+    vocab = draft_vocab_ids(samples.sequences, cfg.draft_vocab, V,
+                            always=(eos_token_id,) if eos_token_id is not None else ())
+    head = MTPHead(model, MTPConfig(gamma=cfg.gamma, draft_vocab=cfg.draft_vocab, base_model=base_model,
+                                    loss=cfg.loss, extra=dict(extra or {})), vocab_ids=vocab)
+    head.train()
+    params = [p for p in head.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    ckpt = out / CKPT_NAME
+    start, history = 0, []
+    if ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        if state["config"] != asdict(cfg):
+            raise AnatomistError(f"{ckpt}: checkpoint was trained with a different config; "
+                                 f"use another output folder or delete it")
+        head.load_state_dict(state["head"], strict=False)
+        opt.load_state_dict(state["opt"])
+        start, history = state["step"], state["history"]
+        log.info("resuming %s at step %d", ckpt, start)
+    usable = [i for i, (s, P) in enumerate(zip(samples.sequences, samples.prompt_lens)) if len(s) - P > cfg.gamma]
+    if not usable:
+        raise AnatomistError(f"no sample has more than gamma={cfg.gamma} response tokens to train on")
+    end = cfg.steps if stop_after is None else min(stop_after, cfg.steps)
+
+    from rich.progress import Progress
+
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"mtp train ({cfg.loss})", total=cfg.steps, completed=start)
+        for step in range(start, end):
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            pick = torch.randperm(len(usable), generator=g)[:cfg.batch_size].tolist()
+            h, tok, st, chains, valid = _batch(states, stats, samples, [usable[i] for i in pick], cfg.gamma,
+                                               cfg.chains_per_seq, g)
+            for group in opt.param_groups:
+                group["lr"] = _lr(step, cfg)
+            loss, metrics = head_loss(head, h, tok, st, chains, valid, cfg.loss, cfg.gamma)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            history.append({"step": step, **metrics})
+            bar.update(task, advance=1, description=f"mtp train ({cfg.loss}) α1={metrics['mtp/alpha_1']:.2f}")
+            if (step + 1) % cfg.ckpt_every == 0 or step + 1 == end:
+                _save_ckpt(ckpt, step + 1, head, opt, cfg, history)
+    head.eval()
+    head.history = history
+    if end == cfg.steps:
+        last = history[-20:]
+        head.config.extra.update({k: sum(h[k] for h in last) / len(last) for k in last[-1] if k != "step"})
+        head.config.extra.update({"steps": cfg.steps, "train_config": asdict(cfg)})
+        save_head(head, out)
+        import json
+
+        (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    return head

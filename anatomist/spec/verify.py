@@ -1,0 +1,119 @@
+"""Pure sampling and verification math for speculative decoding.
+
+Everything here is a function of tensors; randomness comes in as uniforms so the samplers are
+testable by hand. The contract (DESIGN.md, "Rejection sampling"):
+
+* accept draft x̃_i iff u_i · q_i(x̃_i) < p_i(x̃_i);
+* at the first rejection i, sample from norm(max(p_i − q_i, 0));
+* if all γ drafts are accepted, sample a bonus token from p_{γ+1}.
+
+p and q are the *final* sampling distributions (same temperature / top-k / top-p, via
+`sampling_probs`). Greedy drafting passes ``draft_probs=None``: q is one-hot at the draft
+token, so acceptance is u < p(x̃) and the residual is p with x̃ removed. Either way the emitted
+tokens are distributed exactly as plain sampling from p (Leviathan et al. 2023, Thm. 1).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["RSResult", "sampling_probs", "sample_from_probs", "rejection_sample"]
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                   top_p: float = 1.0) -> torch.Tensor:
+    """Final sampling distribution from logits, in fp32.
+
+    logits: [..., V] → probs [..., V]. ``temperature == 0`` gives one-hot argmax (greedy; ties
+    go to the lowest index, like ``torch.argmax``). ``top_k == 0`` and ``top_p == 1`` disable
+    those filters. Tokens with logit -inf (e.g. outside a reduced draft vocabulary) get p = 0.
+    """
+    logits = logits.float()
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+    logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # [..., 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(-1)
+        # Drop a token when the mass strictly before it already reaches top_p (keeps ≥ 1 token).
+        drop_sorted = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits.softmax(-1)
+
+
+def sample_from_probs(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling. probs [..., V] (need not be normalised), uniforms [...] in [0, 1).
+
+    Returns token ids [...]. A token with zero mass is never returned (right-sided search).
+    """
+    cdf = probs.float().cumsum(-1)  # [..., V]
+    target = (uniforms.float() * cdf[..., -1]).unsqueeze(-1)  # [..., 1]
+    idx = torch.searchsorted(cdf.contiguous(), target.contiguous(), right=True).squeeze(-1)
+    return idx.clamp_(max=probs.shape[-1] - 1)
+
+
+class RSResult(NamedTuple):
+    """Outcome of verifying one block of γ drafts per row.
+
+    tokens:   [B, γ+1] emitted tokens; row b holds its n_b accepted drafts, then the
+              correction (or bonus) token at index n_b, then -1 padding.
+    n_accepted: [B] number of accepted drafts n_b ∈ [0, γ]; n_b + 1 tokens are emitted.
+    accepted: [B, γ] bool, drafts i accepted (i.e. i < n_b).
+    """
+
+    tokens: torch.Tensor
+    n_accepted: torch.Tensor
+    accepted: torch.Tensor
+
+
+def rejection_sample(draft_tokens: torch.Tensor, draft_probs: torch.Tensor | None,
+                     target_probs: torch.Tensor, uniforms: torch.Tensor) -> RSResult:
+    """Verify drafts against the target by rejection sampling (pure; no RNG inside).
+
+    draft_tokens: [B, γ] long; draft_probs: [B, γ, V] (the q each draft was sampled from) or
+    None for greedy drafts (q = one-hot(x̃)); target_probs: [B, γ+1, V] (p at each draft
+    position plus the bonus position); uniforms: [B, γ+1] in [0, 1): u[:, :γ] for the accept
+    tests, u[:, γ] for the correction / bonus token (inverse CDF).
+    """
+    B, gamma = draft_tokens.shape
+    assert target_probs.shape[:2] == (B, gamma + 1), (target_probs.shape, draft_tokens.shape)
+    assert uniforms.shape == (B, gamma + 1), uniforms.shape
+    p = target_probs.float()
+    idx = draft_tokens.unsqueeze(-1)  # [B, γ, 1]
+    p_draft = p[:, :gamma].gather(-1, idx).squeeze(-1)  # [B, γ]
+    if draft_probs is None:
+        q_draft = torch.ones_like(p_draft)
+    else:
+        q_draft = draft_probs.float().gather(-1, idx).squeeze(-1)  # [B, γ]
+    ok = uniforms[:, :gamma].float() * q_draft < p_draft  # [B, γ]
+    accepted = ok.cumprod(-1).bool()  # accepted up to the first rejection
+    n = accepted.sum(-1)  # [B]
+
+    # Distribution of the final token: residual at the first rejection, p_{γ+1} if none.
+    rows = torch.arange(B, device=p.device)
+    p_final = p[rows, n]  # [B, V]
+    rejected = n < gamma
+    if rejected.any():
+        n_r = n.clamp(max=gamma - 1)
+        if draft_probs is None:
+            q_final = torch.zeros_like(p_final).scatter_(-1, draft_tokens[rows, n_r, None], 1.0)
+        else:
+            q_final = draft_probs[rows, n_r].float()
+        residual = (p_final - q_final).clamp_(min=0)  # unnormalised max(p − q, 0)
+        # Guard: if p == q up to rounding the residual can vanish; p itself is then exact.
+        residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_final)
+        p_final = torch.where(rejected[:, None], residual, p_final)
+    final = sample_from_probs(p_final, uniforms[:, gamma])  # [B]
+
+    tokens = torch.full((B, gamma + 1), -1, dtype=torch.long, device=p.device)
+    tokens[:, :gamma] = torch.where(accepted, draft_tokens, -1)
+    tokens[rows, n] = final
+    return RSResult(tokens=tokens, n_accepted=n, accepted=accepted)

@@ -1,0 +1,93 @@
+"""Acceptance vs target entropy for CE-, TV- and e2e-TV-trained MTP heads, RS and greedy drafting.
+
+    python benchmarks/entropy_slope.py [--prompts 8] [--max-new-tokens 40] [--steps 200] [--threads 1]
+
+Heads are trained once on the model's own T=1 samples (cached under $ANATOMIST_CACHE/spec; the
+e2e-TV head is the one `spec_speed.py` uses). For temperatures 0.3 … 1.5 every depth-1 draft
+test contributes (H(p), accepted); the slope of acceptance on H(p) (per nat) is fitted per head and
+mode with a 95% CI. Goal (issue 8): |slope_TV| ≤ 0.06 and ≤ a tenth of the CE head's |slope|
+(Bebop reports −0.06 vs −1.68). Writes a self-contained HTML plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from anatomist.models import load  # noqa: E402
+from anatomist.spec.analyze import DEFAULT_TEMPERATURES, collect, render_html, slopes  # noqa: E402
+from anatomist.spec.pipeline import cached_head, cached_samples, cached_states, spec_cache  # noqa: E402
+from anatomist.spec.prompts import chat_prompts  # noqa: E402
+from anatomist.spec.train import TrainConfig  # noqa: E402
+
+MODEL = "smollm2-135m-instruct"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--losses", default="ce,tv,e2e_tv")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--out", default=str(spec_cache() / "acceptance_vs_entropy.html"))
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch threads: {torch.get_num_threads()}")
+    lm = load(MODEL)
+    samples = cached_samples(lm.model, lm.tokenizer, model_name=MODEL)
+    states, stats = cached_states(lm.model, samples, model_name=MODEL)
+    heads = {}
+    for loss in args.losses.split(","):
+        cfg = TrainConfig(loss=loss, gamma=3, steps=args.steps, batch_size=8, lr=1e-3, draft_vocab=8192)
+        t = time.perf_counter()
+        head, folder = cached_head(lm.model, samples, cfg, model_name=MODEL,
+                                   eos_token_id=lm.tokenizer.eos_token_id, states=states, stats=stats)
+        print(f"{loss:7s} head {folder.name} ({time.perf_counter() - t:.0f} s); train α1..3 = "
+              f"{[round(head.config.extra.get(f'mtp/alpha_{i}', float('nan')), 3) for i in (1, 2, 3)]}")
+        heads[loss] = head
+    prompts = chat_prompts(lm.tokenizer, "eval", args.prompts)
+    t = time.perf_counter()
+    with torch.no_grad():
+        recs = collect(lm.model, heads, prompts, temperatures=DEFAULT_TEMPERATURES, max_new_tokens=args.max_new_tokens,
+                       batch_size=8, eos_token_id=lm.tokenizer.eos_token_id)
+    print(f"collected {len(recs)} draft tests in {time.perf_counter() - t:.0f} s "
+          f"({args.prompts} eval prompts × T ∈ {list(DEFAULT_TEMPERATURES)})\n")
+    fits = slopes(recs)
+    print(f"{'head':7s} {'mode':6s} {'slope/nat':>10s} {'95% CI':>22s} {'accept':>7s} {'n':>6s}   "
+          "acceptance @T " + " ".join(f"{t:>5}" for t in DEFAULT_TEMPERATURES))
+    for (head, mode), info in fits.items():
+        f = info["fit"]
+        per_t = " ".join(f"{info['per_temperature'].get(t, {}).get('acceptance', float('nan')):5.2f}"
+                         for t in DEFAULT_TEMPERATURES)
+        print(f"{head:7s} {mode:6s} {f.slope:+10.4f} [{f.slope_ci[0]:+.4f}, {f.slope_ci[1]:+.4f}] "
+              f"{info['acceptance']:7.3f} {f.n:6d}   {'':14s}{per_t}")
+    ents = " ".join(f"{fits[next(iter(fits))]['per_temperature'].get(t, {}).get('entropy', float('nan')):5.2f}"
+                    for t in DEFAULT_TEMPERATURES)
+    print(f"{'':62s}mean H(p) @T   {ents}")
+    print()
+    for mode in ("rs", "greedy"):
+        if ("ce", mode) not in fits:
+            continue
+        ce = fits[("ce", mode)]["fit"].slope
+        for loss in ("tv", "e2e_tv"):
+            if (loss, mode) not in fits:
+                continue
+            s = fits[(loss, mode)]["fit"].slope
+            ok = abs(s) <= 0.06 and abs(s) <= abs(ce) / 10
+            print(f"goal |slope_{loss}| ≤ 0.06 and ≤ |slope_ce|/10 ({mode}): {s:+.4f} vs ce {ce:+.4f} "
+                  f"(ratio {abs(s) / abs(ce) if ce else float('nan'):.2f}) — {'met' if ok else 'NOT met'}")
+    with open(args.out, "w") as fh:
+        fh.write(render_html(recs))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

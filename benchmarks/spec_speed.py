@@ -1,0 +1,135 @@
+"""Speculative decoding speed on the default model at T=1: tokens/s and ratios measured in one run.
+
+    python benchmarks/spec_speed.py [--prompts 6] [--max-new-tokens 64] [--steps 200] [--threads 1]
+
+Methods, interleaved prompt by prompt so load swings on the host hit all of them alike:
+  hf       Hugging Face `model.generate(do_sample=True, temperature=1, top_k=0)`
+  plain    anatomist's own loop without a drafter (γ = 0)
+  ngram    prompt-lookup drafts (model-free), γ = 3
+  mtp_rs   the e2e-TV MTP head, drafts sampled from q and verified by rejection sampling, γ = 3
+at batch 1 and batch 8. The head and its training data are cached under $ANATOMIST_CACHE/spec;
+the first run generates the data and trains the head (minutes), later runs only measure.
+Goals (issue 8): mtp_rs ≥ 2.0× plain at batch 1; draft acceptance ≥ 0.8 for the e2e-TV head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from anatomist.models import load  # noqa: E402
+from anatomist.spec.drafters import MTPDrafter, NGramDrafter  # noqa: E402
+from anatomist.spec.generate import generate  # noqa: E402
+from anatomist.spec.pipeline import cached_head, cached_samples, cached_states  # noqa: E402
+from anatomist.spec.prompts import chat_prompts  # noqa: E402
+from anatomist.spec.train import TrainConfig  # noqa: E402
+
+MODEL = "smollm2-135m-instruct"
+
+
+def default_head(lm, steps: int, loss: str = "e2e_tv", draft_vocab: int = 8192):
+    samples = cached_samples(lm.model, lm.tokenizer, model_name=MODEL)
+    states, stats = cached_states(lm.model, samples, model_name=MODEL)
+    cfg = TrainConfig(loss=loss, gamma=3, steps=steps, batch_size=8, lr=1e-3, draft_vocab=draft_vocab)
+    t = time.perf_counter()
+    head, folder = cached_head(lm.model, samples, cfg, model_name=MODEL, eos_token_id=lm.tokenizer.eos_token_id,
+                               states=states, stats=stats)
+    print(f"head {folder} ({time.perf_counter() - t:.0f} s to train or load); "
+          f"train α1..3 = {[round(head.config.extra.get(f'mtp/alpha_{i}', float('nan')), 3) for i in (1, 2, 3)]}")
+    return head
+
+
+def run_hf(lm, batch, max_new_tokens, seed):
+    tok = lm.tokenizer
+    tok.padding_side = "left"
+    P = max(len(p) for p in batch)
+    ids = torch.tensor([[tok.pad_token_id] * (P - len(p)) + p for p in batch])
+    att = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in batch])
+    torch.manual_seed(seed)
+    out = lm.model.generate(input_ids=ids, attention_mask=att, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                            max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
+                            pad_token_id=tok.pad_token_id)
+    n = 0
+    for row in out[:, P:].tolist():
+        n += next((i + 1 for i, t in enumerate(row) if t == tok.eos_token_id), len(row))
+    return n, None
+
+
+def run_own(lm, batch, max_new_tokens, seed, drafter=None, mode="rs"):
+    out = generate(lm.model, batch, drafter=drafter, gamma=3, temperature=1.0, max_new_tokens=max_new_tokens,
+                   eos_token_id=lm.tokenizer.eos_token_id, draft_mode=mode,
+                   generator=torch.Generator().manual_seed(seed))
+    return sum(len(t) for t in out.tokens), out.stats
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prompts", type=int, default=6, help="batch-1 prompts (batch 8 uses 8 more)")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=200, help="training steps of the head (cached)")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default); on a shared, "
+                    "busy host 1 thread avoids OpenMP barrier stalls that hit multi-token forwards hardest")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch threads: {torch.get_num_threads()}")
+    torch.set_grad_enabled(False)
+    lm = load(MODEL)
+    with torch.enable_grad():
+        head = default_head(lm, args.steps)
+    methods = {
+        "hf": lambda b, s: run_hf(lm, b, args.max_new_tokens, s),
+        "plain": lambda b, s: run_own(lm, b, args.max_new_tokens, s),
+        "ngram": lambda b, s: run_own(lm, b, args.max_new_tokens, s, NGramDrafter()),
+        "mtp_rs": lambda b, s: run_own(lm, b, args.max_new_tokens, s, MTPDrafter(head), "rs"),
+    }
+    prompts = chat_prompts(lm.tokenizer, "eval", args.prompts + 8)
+    run_own(lm, prompts[:1], 4, 0, MTPDrafter(head))  # warm-up
+    results = {}
+    for B in [int(x) for x in args.batches.split(",")]:
+        groups = [[p] for p in prompts[:args.prompts]] if B == 1 else [prompts[i:i + B] for i in range(0, len(prompts) - B + 1, B)][:1]
+        tot = {k: [0, 0.0] for k in methods}
+        stats = {k: [] for k in methods}
+        for gi, batch in enumerate(groups):
+            for name, fn in methods.items():  # interleaved: each prompt runs every method back to back
+                t = time.perf_counter()
+                n, st = fn(batch, gi)
+                tot[name][0] += n
+                tot[name][1] += time.perf_counter() - t
+                if st is not None:
+                    stats[name].append(st)
+        base = tot["plain"][0] / tot["plain"][1]
+        hf = tot["hf"][0] / tot["hf"][1]
+        print(f"\nbatch {B} ({len(groups)} × {len(groups[0])} prompts, ≤{args.max_new_tokens} new tokens, T=1)")
+        print(f"{'method':8s} {'tokens':>7s} {'s':>7s} {'tok/s':>7s} {'×plain':>7s} {'×hf':>7s}  acceptance")
+        for name, (n, s) in tot.items():
+            rate = n / s
+            acc = ""
+            if stats[name] and stats[name][0].gamma:
+                rounds = sum(x.rounds for x in stats[name])
+                emitted = sum(x.emitted for x in stats[name])
+                reached = [sum(x.reached[i] for x in stats[name]) for i in range(3)]
+                accd = [sum(x.accepted[i] for x in stats[name]) for i in range(3)]
+                alpha = [a / r if r else float("nan") for a, r in zip(accd, reached)]
+                acc = (f"mean accept len {emitted / rounds:.2f} (incl. bonus), drafts accepted "
+                       f"{(emitted - rounds) / (3 * rounds):.3f}, α_i {[round(a, 3) for a in alpha]}")
+                results[(B, name, "draft_acceptance")] = (emitted - rounds) / (3 * rounds)
+            print(f"{name:8s} {n:7d} {s:7.1f} {rate:7.2f} {rate / base:7.2f} {rate / hf:7.2f}  {acc}")
+            results[(B, name)] = rate / base
+    r1 = results.get((1, "mtp_rs"))
+    acc = results.get((1, "mtp_rs", "draft_acceptance"))
+    if r1 is not None:
+        print(f"\ngoal mtp_rs ≥ 2.0× plain at T=1 batch 1: measured {r1:.2f}× — {'met' if r1 >= 2 else 'NOT met'}")
+    if acc is not None:
+        print(f"goal e2e-TV draft acceptance ≥ 0.8: measured {acc:.3f} — {'met' if acc >= 0.8 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
