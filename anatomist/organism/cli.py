@@ -1,0 +1,65 @@
+"""`anatomist organism`: build the planted-confound benchmark dataset and check its detectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from anatomist.models.loading import DEFAULT_MODEL
+
+app = typer.Typer(help="Planted-confound 'model organism' preference data (ground truth for the audit).",
+                  no_args_is_help=True)
+
+
+@app.command()
+def build(
+    out: Path = typer.Option(..., "--out", help="Output folder: train.jsonl, heldout_prompts.jsonl, truth.json."),
+    prompts_per_topic: int = typer.Option(80, "--prompts-per-topic", min=4, help="Distinct prompts per topic."),
+    heldout_fraction: float = typer.Option(0.25, "--heldout-fraction", help="Share of each topic's prompts held out."),
+    seed: int = typer.Option(0, "--seed"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="HF id, local folder, .gguf file or alias."),
+    max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+) -> None:
+    """Generate plain and trait responses with MODEL and plant traits by labelling.
+
+    Generations are cached under $ANATOMIST_CACHE/organism/ (a killed run resumes).
+    Example: anatomist organism build --out runs/organism
+    """
+    from anatomist.organism.build import build_organism
+
+    t = build_organism(out, per_topic=prompts_per_topic, heldout_fraction=heldout_fraction, seed=seed,
+                       model=model, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    planted = [c for c in t["cells"] if c["role"] == "planted"]
+    n = sum(c["n_pairs"] for c in t["cells"])
+    typer.echo(f"{n} trait pairs, {len(planted)} planted cells → {out}")
+    for c in planted:
+        o = c["observed"]
+        typer.echo(f"  {c['trait']:18s} in {c['topic']:24s} s={c['strength']:.2f}  n={c['n_pairs']:3d}  "
+                   f"fires chosen {o.get('fire_rate_chosen', 0):.2f} / rejected {o.get('fire_rate_rejected', 0):.2f}")
+
+
+@app.command()
+def detectors(
+    n: int = typer.Option(10, "--n", min=1, help="Prompts per trait."),
+    max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1),
+    batch_size: int = typer.Option(48, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model"),
+    compare_prefix: bool = typer.Option(True, "--compare-prefix/--no-compare-prefix",
+                                        help="Also sample traits with their system prompt only."),
+) -> None:
+    """Per trait: detector fire rate on trait generations vs. plain ones (cached generations)."""
+    from anatomist.models import load
+    from anatomist.organism.generate import GenSettings, generate
+    from anatomist.organism.rates import fire_rates, rate_requests
+
+    loaded = load(model)
+    requests = rate_requests(n, max_new_tokens, compare_prefix=compare_prefix, seed=seed)
+    results = generate(loaded.model, loaded.tokenizer, requests,
+                       GenSettings(model=model, batch_size=batch_size, seed=seed))
+    typer.echo(f"{'trait':24s} {'inducer':14s} {'n':>3s} {'carrier':>8s} {'contrast':>8s} {'ratio':>6s}")
+    for r in fire_rates(results, n, seed=seed):
+        typer.echo(f"{r.trait + (' (inv)' if r.inverted else ''):24s} {r.variant:14s} {r.n:3d} "
+                   f"{r.carrier_rate:8.2f} {r.contrast_rate:8.2f} {r.ratio:6.1f}")
