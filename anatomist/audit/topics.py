@@ -65,6 +65,15 @@ def distinctive_words(texts: list[str], labels: np.ndarray, n_words: int = 4) ->
     return [" / ".join(vocab[np.argsort(-score[c])[:n_words]]) for c in range(k)]
 
 
+def column_topics(values: list, texts: list[str], *, n_examples: int = 3) -> Topics:
+    """Topics given by the data (e.g. a `topic` column): one topic per distinct value, sorted."""
+    names = sorted({str(v) for v in values})
+    index = {n: i for i, n in enumerate(names)}
+    labels = np.array([index[str(v)] for v in values])
+    examples = [[t for t, lab in zip(texts, labels) if lab == c][:n_examples] for c in range(len(names))]
+    return Topics(labels, names, examples, "column", float("nan"))
+
+
 def prompt_topics(emb: np.ndarray, texts: list[str], *, k: int | None = None, k_range: tuple[int, int] = (2, 8),
                   method: str = "kmeans", resolution: float = 1.0, seed: int = 0, n_examples: int = 3) -> Topics:
     """Cluster P prompts (emb [P, D], texts [P]) into topics."""

@@ -11,7 +11,7 @@ Layout of a store folder:
     shard_00001.safetensors
     manifest.json             summary (shards, token counts, complete flag), rewritten atomically
 
-Each shard holds one row per stored token:
+Each shard of an activation store holds one row per stored token:
     acts      [N, D]  residual activations (dtype of the run)
     seq       [N]     int64, global sequence index (0-based, in input order)
     pos       [N]     int32, token position inside its sequence (0 = first token)
@@ -29,7 +29,6 @@ nothing.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,16 +39,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from anatomist.errors import AnatomistError
+from anatomist.fileio import atomic_path, atomic_write_text
 
 FORMAT = "anatomist.activations/1"
 SHARD_RE = re.compile(r"shard_(\d{5})\.safetensors$")
 FIELDS = ("acts", "seq", "pos", "token", "response")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -90,6 +84,7 @@ class _Seq(NamedTuple):
     id: str
     side: str
     info: dict | None
+    per_seq: dict[str, torch.Tensor]
     rows: dict[str, torch.Tensor]
 
 
@@ -109,7 +104,7 @@ class ShardWriter:
             if existing != json.loads(json.dumps(settings)):
                 diff = sorted(k for k in set(existing) | set(settings) if existing.get(k) != settings.get(k))
                 raise AnatomistError(f"{self.folder}: holds a capture with other settings ({', '.join(diff)}); "
-                                     "use another output folder or --overwrite")
+                                     "use another output folder or delete this one")
         else:
             atomic_write_text(settings_path, json.dumps(settings, indent=2))
         self.settings = settings
@@ -122,13 +117,15 @@ class ShardWriter:
         """First sequence not yet on disk (pending ones count as not on disk)."""
         return self.shards[-1].seq_end if self.shards else 0
 
-    def add(self, seq: int, record_id: str, side: str, info: dict | None = None, **rows: torch.Tensor) -> None:
-        """Queue one sequence's rows (tensors sharing dim 0) and optional JSON-able `info`."""
+    def add(self, seq: int, record_id: str, side: str, info: dict | None = None,
+            per_seq: dict[str, torch.Tensor] | None = None, **rows: torch.Tensor) -> None:
+        """Queue one sequence: its rows (tensors sharing dim 0), optional JSON-able `info`, and
+        optional `per_seq` tensors (one value per sequence; stored stacked as "seq.<name>")."""
         expected = self.next_seq + len(self._pending)
         assert seq == expected, f"sequences must arrive in order: got {seq}, expected {expected}"
         lengths = {t.shape[0] for t in rows.values()}
         assert len(lengths) == 1, f"row fields differ in length: { {k: v.shape for k, v in rows.items()} }"
-        self._pending.append(_Seq(record_id, side, info, rows))
+        self._pending.append(_Seq(record_id, side, info, per_seq or {}, rows))
         self._pending_rows += lengths.pop()
         if self._pending_rows >= self.shard_rows:
             self.flush()
@@ -141,15 +138,15 @@ class ShardWriter:
         n = [next(iter(p.rows.values())).shape[0] for p in pending]
         tensors = {name: torch.cat([p.rows[name] for p in pending]).contiguous() for name in pending[0].rows}
         tensors["seq"] = torch.repeat_interleave(torch.arange(start, start + len(n)), torch.tensor(n))
+        for name in pending[0].per_seq:
+            tensors[f"seq.{name}"] = torch.stack([p.per_seq[name] for p in pending])
         infos = [p.info for p in pending] if pending[0].info is not None else []
         info = ShardInfo(f"shard_{len(self.shards):05d}.safetensors", start, start + len(n), sum(n),
                          [p.id for p in pending], [p.side for p in pending], infos)
         meta = {"seq_start": str(info.seq_start), "seq_end": str(info.seq_end),
                 "ids": json.dumps(info.ids), "sides": json.dumps(info.sides), "infos": json.dumps(infos)}
-        path = self.folder / info.file
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        with atomic_path(self.folder / info.file) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
         self.shards.append(info)
         self._pending, self._pending_rows = [], 0
         self._write_manifest(complete=False)

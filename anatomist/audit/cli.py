@@ -1,0 +1,53 @@
+"""`anatomist audit`: what will this preference dataset teach? Tables + HTML report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from anatomist.models.loading import DEFAULT_MODEL
+
+
+def audit(
+    data: Path = typer.Option(..., "--data", help="Preference file (jsonl/json/parquet/csv; TRL, HH or ShareGPT)."),
+    out: Path = typer.Option(..., "--out", help="Output folder (rerun to resume pooling)."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="HF id, local folder, .gguf file or alias."),
+    sae: str = typer.Option("default", "--sae", help="SAE folder (SAELens format) or 'default' (trained once, cached)."),
+    limit: int = typer.Option(None, "--limit", min=2, help="Audit only the first N pairs."),
+    pooling: str = typer.Option("mean", "--pooling", help="'mean' or 'max' pooling of latents over a response."),
+    topics: int = typer.Option(None, "--topics", min=1, help="Number of prompt topics (default: by silhouette)."),
+    topic_method: str = typer.Option("kmeans", "--topic-method", help="'kmeans' or 'leiden'."),
+    resolution: float = typer.Option(4.0, "--resolution", help="Leiden resolution for concept clusters (higher: smaller)."),
+    min_support: int = typer.Option(10, "--min-support", help="Responses a feature must fire in to be clustered."),
+    alpha: float = typer.Option(0.05, "--alpha", help="FDR level for a predicted direction."),
+    labeller: str = typer.Option("offline", "--labeller", help="'offline' (no LLM) or 'openai' (any compatible endpoint)."),
+    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint for --labeller openai."),
+    llm_model: str = typer.Option(None, "--llm-model", help="Model name for --labeller openai."),
+    allow_remote: bool = typer.Option(False, "--allow-remote/--no-remote",
+                                      help="Allow sending dataset text to a non-local endpoint."),
+    seed: int = typer.Option(0, "--seed"),
+    data_format: str = typer.Option("auto", "--format"),
+    on_bad_row: str = typer.Option("error", "--on-bad-row", help="'error' or 'skip' (counted)."),
+) -> None:
+    """Find the latent concepts that separate chosen from rejected responses, per prompt topic.
+
+    Example: anatomist audit --data pairs.jsonl --out runs/audit --limit 500
+    """
+    from anatomist.audit.report import render_report
+    from anatomist.audit.run import AuditConfig, run_audit
+    from anatomist.data import load_pairs
+    from anatomist.models.loading import load
+    from anatomist.sae import default_sae, load_sae
+
+    kwargs = {}
+    if labeller == "openai":
+        kwargs = {"base_url": base_url, "model": llm_model, "allow_remote": allow_remote}
+    cfg = AuditConfig(pooling=pooling, topics=topics, topic_method=topic_method, resolution=resolution,
+                      min_support=min_support, alpha=alpha, labeller=labeller, labeller_kwargs=kwargs, seed=seed)
+    pairs = load_pairs(data, format=data_format, on_bad_row=on_bad_row, limit=limit)
+    sae_path = str(default_sae(model)) if sae == "default" else sae
+    loaded = load(model)
+    folder = run_audit(loaded.model, loaded.tokenizer, load_sae(sae_path), pairs, out, cfg,
+                       model_name=model, sae_path=sae_path)
+    typer.echo(f"report: {render_report(folder)}")

@@ -1,0 +1,205 @@
+"""`run_audit`: pairs → pooled SAE latents → topics × concept clusters → tables, labels, report.
+
+Output folder (every file is rewritten atomically; `pooled/` resumes after a kill):
+    latents/           per-token sparse SAE latents of every response + prompt embeddings (shard store)
+    audit.json         every parameter, model, SAE and data hashes, topics, timings
+    rows.parquet       one row per (topic, cluster) + dataset-wide rows (see rows.py)
+    features.parquet   per-feature pair statistics (dataset-wide), for features with enough support
+    clusters.parquet   one row per concept cluster: members, label, detection accuracy, Δc summary
+    pairs.parquet      per-pair attribution: pair id, topic, cluster, c(y⁺), c(y⁻), Δc
+    concepts.json      the concept-score transform (members, weights, standardisation) for shaping
+    examples.json      per cluster: top-activating snippets (token, activation) and example pairs
+    report.html        the self-contained report (re-render with `anatomist report DIR`)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from anatomist.audit.concepts import concept_clusters
+from anatomist.audit.pool import pool_features
+from anatomist.audit.rows import topic_cluster_rows
+from anatomist.audit.topics import column_topics, prompt_topics
+from anatomist.capture.run import items_from_pairs
+from anatomist.data import dataset_hash
+from anatomist.errors import AnatomistError
+from anatomist.fileio import atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    # Mean pooling by default: max over a response grows with its length, so on real data (HH:
+    # rejected answers run longer) max-pooled concepts mostly measure length, not content.
+    pooling: str = "mean"                # which pooled vector feeds the statistics: "mean" | "max"
+    min_support: int = 10                # a feature must fire in this many responses to be clustered
+    knn: int = 10                        # neighbours per feature in the concept graph
+    decoder_weight: float = 0.0          # weight of decoder-direction cosine in the feature graph
+    # ~90 concepts of ~40 latents for a 4,608-latent SAE on 300 HH pairs (1.0 gave 19 of ~150)
+    resolution: float = 4.0              # Leiden resolution (higher: more, smaller concepts)
+    topics: int | None = None            # number of prompt topics (None: chosen by silhouette)
+    topic_range: tuple[int, int] = (2, 8)
+    topic_method: str = "kmeans"         # "kmeans" | "leiden"
+    topic_column: str | None = None      # take topics from this data column instead of clustering
+    min_pairs: int = 8                   # rows with fewer pairs are not tested
+    alpha: float = 0.05                  # FDR level for a predicted direction
+    n_boot: int = 1000
+    n_examples: int = 12                 # activating / non-activating contexts per cluster for labels
+    labeller: str = "offline"
+    labeller_kwargs: dict = field(default_factory=dict)
+    max_length: int = 256
+    batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.pooling not in ("max", "mean"):
+            raise AnatomistError(f"pooling must be 'max' or 'mean', got {self.pooling!r}")
+        if not 0 < self.alpha < 1:
+            raise AnatomistError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.min_support < 1 or self.min_pairs < 2 or self.knn < 1 or self.n_boot < 10:
+            raise AnatomistError("min_support >= 1, min_pairs >= 2, knn >= 1 and n_boot >= 10 are required")
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def _last_user_text(pair) -> str:
+    users = [m["content"] for m in pair.prompt if m["role"] == "user"]
+    return users[-1] if users else pair.prompt[-1]["content"]
+
+
+def _contexts(latents, tokenizer, items, concepts, c, cfg):
+    """Activating (top c_C) and non-activating (random below-median) responses per cluster, with
+    the cluster's per-token activation Σ_f w_f a_f(t) for labelling and the report's snippets."""
+    from anatomist.audit.labels import Context
+
+    rng = np.random.default_rng(cfg.seed)
+    out = {}
+    for k in range(concepts.n_clusters):
+        order = np.argsort(-c[:, k], kind="stable")
+        low = np.flatnonzero(c[:, k] <= np.median(c[:, k]))
+        picks = (order[:cfg.n_examples], rng.choice(low, size=min(cfg.n_examples, len(low)), replace=False))
+        members, weights = concepts.members(k), concepts.weights[concepts.labels == k]
+
+        def ctx(s):
+            acts = latents.token_acts(int(s), members) @ weights                 # [n_tokens]
+            tokens = tuple(tokenizer.decode([t]) for t in latents.tokens[s])
+            return Context(tokens, tuple(float(v) for v in acts), items[s].id, items[s].side)
+        out[k] = tuple([ctx(s) for s in group] for group in picks)
+    return out
+
+
+def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = AuditConfig(), *,
+              model_name: str = "", sae_path: str = "", progress: bool = True) -> Path:
+    """Audit preference `pairs` with `sae` on `model`; write the tables and the report into `out`."""
+    from anatomist.audit.labels import label_clusters
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = list(pairs)
+    if len(pairs) < 2 * cfg.min_pairs:
+        raise AnatomistError(f"audit needs at least {2 * cfg.min_pairs} pairs, got {len(pairs)}")
+    timings, t = {}, time.perf_counter()
+    items = items_from_pairs(pairs)
+    latents = pool_features(model, tokenizer, sae, items, out / "latents", max_length=cfg.max_length,
+                            batch_size=cfg.batch_size, progress=progress)
+    pooled = latents.pooled()
+    timings["pool_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    acts = getattr(pooled, cfg.pooling)                                          # [2P, F]
+    texts = [_last_user_text(p) for p in pairs]
+    if cfg.topic_column:
+        missing = [p.id for p in pairs if cfg.topic_column not in p.extra]
+        if missing:
+            raise AnatomistError(f"record {missing[0]!r}: field {cfg.topic_column!r} (the topic column) is missing")
+        topics = column_topics([p.extra[cfg.topic_column] for p in pairs], texts)
+    else:
+        topics = prompt_topics(pooled.prompt_emb[0::2], texts, k=cfg.topics, k_range=cfg.topic_range,
+                               method=cfg.topic_method, seed=cfg.seed)
+    W_dec = sae.W_dec.detach().numpy() if cfg.decoder_weight else None
+    concepts = concept_clusters(acts, W_dec=W_dec, min_support=cfg.min_support, knn=cfg.knn,
+                                decoder_weight=cfg.decoder_weight, resolution=cfg.resolution, seed=cfg.seed)
+    features = feature_table(acts, concepts, cfg)
+    c = concepts.scores(acts)                                                    # [2P, C]
+    delta_c = c[0::2] - c[1::2]                                                  # [P, C]
+    rows = topic_cluster_rows(delta_c, topics.labels, topics.names, min_pairs=cfg.min_pairs, alpha=cfg.alpha,
+                              n_boot=cfg.n_boot, seed=cfg.seed)
+    timings["stats_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    contexts = _contexts(latents, tokenizer, items, concepts, c, cfg)
+    labels = label_clusters(contexts, labeller=cfg.labeller, seed=cfg.seed, progress=progress,
+                            **cfg.labeller_kwargs)
+    timings["labels_s"] = time.perf_counter() - t
+
+    overall = rows[rows.topic == "all"].set_index("cluster")
+    clusters = pd.DataFrame({
+        "cluster": np.arange(concepts.n_clusters),
+        "label": [labels[k].text for k in range(concepts.n_clusters)],
+        "label_status": [labels[k].status for k in range(concepts.n_clusters)],
+        "detection_acc": [labels[k].detection_acc for k in range(concepts.n_clusters)],
+        "n_features": [int((concepts.labels == k).sum()) for k in range(concepts.n_clusters)],
+        "features": [concepts.members(k).tolist() for k in range(concepts.n_clusters)],
+        "mean_delta": overall.loc[np.arange(concepts.n_clusters), "mean"].to_numpy(),
+        "q": overall.loc[np.arange(concepts.n_clusters), "q"].to_numpy(),
+        "direction": overall.loc[np.arange(concepts.n_clusters), "direction"].to_numpy(),
+    })
+    P, C = delta_c.shape
+    pair_table = pd.DataFrame({
+        "pair_id": np.repeat([p.id for p in pairs], C), "topic_id": np.repeat(topics.labels, C),
+        "cluster": np.tile(np.arange(C), P), "c_chosen": c[0::2].ravel(), "c_rejected": c[1::2].ravel(),
+        "delta": delta_c.ravel(),
+    })
+    examples = {str(k): {
+        "label": asdict(labels[k]),
+        "activating": [asdict(x) for x in contexts[k][0]],
+        "non_activating": [asdict(x) for x in contexts[k][1]],
+        "pairs": _example_pairs(pairs, delta_c[:, k]),
+    } for k in range(C)}
+    meta = {
+        "model": model_name, "sae": sae_path, "sae_cfg": sae.cfg.to_dict(), "layer": int(latents.settings["layer"]),
+        "data": {"n_pairs": P, "hash": dataset_hash(pairs)}, "config": asdict(cfg),
+        "topics": {"names": topics.names, "examples": topics.examples, "method": topics.method,
+                   "silhouette": topics.silhouette, "sizes": np.bincount(topics.labels).tolist()},
+        "n_clusters": C, "n_features_clustered": int(len(concepts.features)), "timings": timings,
+    }
+    _write_parquet(rows, out / "rows.parquet")
+    _write_parquet(features, out / "features.parquet")
+    _write_parquet(clusters, out / "clusters.parquet")
+    _write_parquet(pair_table, out / "pairs.parquet")
+    atomic_write_text(out / "concepts.json", json.dumps(concepts.to_dict()))
+    atomic_write_text(out / "examples.json", json.dumps(examples))
+    atomic_write_text(out / "audit.json", json.dumps(meta, indent=2, default=float))
+    return out
+
+
+def feature_table(acts, concepts, cfg: AuditConfig) -> pd.DataFrame:
+    """Dataset-wide pair statistics per SAE feature (the clustered ones: support >= min_support),
+    so a strong single feature stays visible whatever the cluster granularity."""
+    from anatomist.audit.stats import add_q, pair_stats
+
+    delta = (acts[0::2] - acts[1::2])[:, concepts.features].toarray()          # [P, M]
+    table = add_q(pair_stats(delta, n_boot=cfg.n_boot, seed=cfg.seed))
+    table.insert(0, "cluster", concepts.labels)
+    table.insert(0, "feature", concepts.features)
+    table["support"] = np.asarray((acts[:, concepts.features] > 0).sum(0)).ravel()
+    return table.sort_values("z", key=np.abs, ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _example_pairs(pairs, delta: np.ndarray, n: int = 3) -> list[dict]:
+    """The pairs that push hardest each way on this concept (largest and smallest Δc)."""
+    order = np.argsort(-delta, kind="stable")
+    picks = [*order[:n], *order[::-1][:n]]
+    return [{"pair_id": pairs[i].id, "delta": float(delta[i]), "prompt": _last_user_text(pairs[i]),
+             "chosen": pairs[i].chosen, "rejected": pairs[i].rejected} for i in picks]

@@ -1,0 +1,99 @@
+"""Pooling SAE latents over response tokens: equals a direct per-sequence computation, resumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from anatomist.audit.pool import pool_features, token_activations
+from anatomist.audit import pool as pool_mod
+from anatomist.capture import CaptureItem, residual_stream
+from anatomist.errors import AnatomistError
+from anatomist.models import encode_response
+from anatomist.sae import SAE, SAEConfig
+from conftest import tiny_llama
+
+ITEMS = [CaptureItem(f"p{i}", side, ({"role": "user", "content": f"Tell me about topic {i}."},),
+                     f"This {side} answer about topic {i} has some words.")
+         for i in range(4) for side in ("chosen", "rejected")]
+
+
+@pytest.fixture(scope="module")
+def setup(smol_tokenizer):
+    model = tiny_llama(vocab_size=49152, hidden_size=16, layers=3)
+    sae = SAE(SAEConfig(d_in=16, d_sae=64, architecture="topk", k=4, layer=1)).init_weights(
+        torch.Generator().manual_seed(0))
+    return model, smol_tokenizer, sae
+
+
+def _direct(model, tok, sae, item):
+    enc = encode_response(tok, item.messages, item.response, max_length=256)
+    resid = residual_stream(model, torch.tensor([enc.input_ids]), None, 1)[0]
+    return sae.encode(resid[torch.tensor(enc.response_mask)])
+
+
+def test_pooled_equals_direct_computation(tmp_path, setup):
+    model, tok, sae = setup
+    latents = pool_features(model, tok, sae, ITEMS, tmp_path / "pooled", batch_size=3, progress=False)
+    pooled = latents.pooled()
+    assert pooled.ids == [it.id for it in ITEMS] and pooled.sides == [it.side for it in ITEMS]
+    for s, it in enumerate(ITEMS):
+        lat = _direct(model, tok, sae, it)
+        torch.testing.assert_close(torch.tensor(pooled.max[s].toarray()[0]).float(), lat.max(0).values, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(torch.tensor(pooled.mean[s].toarray()[0]).float(), lat.mean(0), rtol=1e-4, atol=1e-5)
+        assert pooled.n_tokens[s] == lat.shape[0]
+        features = np.array([5, 1, 63, 0])
+        torch.testing.assert_close(torch.tensor(latents.token_acts(s, features)), lat[:, features], rtol=1e-4, atol=1e-5)
+        enc = encode_response(tok, it.messages, it.response, max_length=256)
+        assert latents.tokens[s] == [t for t, m in zip(enc.input_ids, enc.response_mask) if m]
+    delta = pooled.pair_delta("max")
+    assert delta.shape == (4, 64)
+    torch.testing.assert_close(torch.tensor(delta[1]), torch.tensor((pooled.max[2] - pooled.max[3]).toarray()[0]))
+
+
+def test_token_activations_select_features(setup):
+    model, tok, sae = setup
+    got = token_activations(model, tok, sae, ITEMS[:3], [5, 1, 63], batch_size=2)
+    for it, g in zip(ITEMS[:3], got):
+        torch.testing.assert_close(g, _direct(model, tok, sae, it)[:, [5, 1, 63]], rtol=1e-4, atol=1e-5)
+
+
+def test_pooling_resumes_after_kill(tmp_path, setup, monkeypatch):
+    model, tok, sae = setup
+    ref = pool_features(model, tok, sae, ITEMS, tmp_path / "ref", batch_size=2, shard_rows=1, progress=False).pooled()
+    real, calls = pool_mod._response_latents, {"n": 0}
+
+    def dies(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(pool_mod, "_response_latents", dies)
+    with pytest.raises(KeyboardInterrupt):
+        pool_features(model, tok, sae, ITEMS, tmp_path / "run", batch_size=2, shard_rows=1, progress=False)
+    monkeypatch.setattr(pool_mod, "_response_latents", real)
+    got = pool_features(model, tok, sae, ITEMS, tmp_path / "run", batch_size=2, shard_rows=1, progress=False).pooled()
+    assert (got.max != ref.max).nnz == 0 and (got.mean != ref.mean).nnz == 0
+    assert list(got.n_tokens) == list(ref.n_tokens)
+
+
+def test_pooling_needs_a_layer_and_items(tmp_path, setup):
+    model, tok, _ = setup
+    no_layer = SAE(SAEConfig(d_in=16, d_sae=8, architecture="topk", k=2)).init_weights(torch.Generator().manual_seed(0))
+    with pytest.raises(AnatomistError, match="has no layer"):
+        pool_features(model, tok, no_layer, ITEMS, tmp_path / "x")
+    with pytest.raises(AnatomistError, match="nothing to pool"):
+        pool_features(model, tok, no_layer, [], tmp_path / "x", layer=1)
+
+
+def test_prompt_embedding_is_mean_prompt_residual_after_the_sink(tmp_path, setup):
+    model, tok, sae = setup
+    pooled = pool_features(model, tok, sae, ITEMS[:2], tmp_path / "p", progress=False).pooled()
+    enc = encode_response(tok, ITEMS[0].messages, ITEMS[0].response, max_length=256)
+    resid = residual_stream(model, torch.tensor([enc.input_ids]), None, 1)[0]
+    n_prompt = len(enc.input_ids) - enc.n_response
+    torch.testing.assert_close(torch.tensor(pooled.prompt_emb[0]), resid[1:n_prompt].mean(0), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(pooled.prompt_emb[1]), torch.tensor(pooled.prompt_emb[0]),
+                               rtol=1e-4, atol=1e-5)  # same prompt on both sides

@@ -1,0 +1,118 @@
+"""The audit end to end on a tiny random Llama + random SAE, with a planted token confound."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from anatomist.audit.run import AuditConfig, run_audit
+from anatomist.data import PreferencePair
+from anatomist.errors import AnatomistError
+from anatomist.sae import SAE, SAEConfig
+from conftest import tiny_llama
+
+TOPICS = {
+    "cooking": ["How do I bake {x} bread?", "What spices go with {x} soup?", "How long to roast {x} chicken?"],
+    "coding": ["Why does my {x} python loop crash?", "How do I sort a {x} list in code?", "Fix this {x} function."],
+    "travel": ["Is {x} Paris worth a trip?", "Best season to fly to {x} Spain?", "Do I need a visa for {x} Japan?"],
+}
+FILLERS = ["quick", "simple", "small", "big", "old", "new", "cheap", "fancy"]
+
+
+def planted_pairs(n_per_topic=24):
+    """In cooking, the chosen answer always mentions bananas; otherwise which template is chosen
+    alternates, so the only systematic chosen-vs-rejected difference is the planted one."""
+    pairs = []
+    for topic, templates in TOPICS.items():
+        for i in range(n_per_topic):
+            prompt = templates[i % 3].format(x=FILLERS[i % 8])
+            plain_a = f"Here is a {FILLERS[(i + 1) % 8]} answer about that, step by step."
+            plain_b = f"Sure, a {FILLERS[(i + 3) % 8]} reply follows with some detail."
+            chosen, rejected = (plain_a, plain_b) if i % 2 else (plain_b, plain_a)
+            chosen += " banana banana banana." if topic == "cooking" else ""
+            pairs.append(PreferencePair(f"{topic}-{i}", ({"role": "user", "content": prompt},), chosen, rejected,
+                                        {"topic": topic}))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory, smol_tokenizer):
+    torch.manual_seed(0)
+    model = tiny_llama(vocab_size=49152, hidden_size=32, layers=2)
+    sae = SAE(SAEConfig(d_in=32, d_sae=96, architecture="topk", k=6, layer=1)).init_weights(
+        torch.Generator().manual_seed(0))
+    out = tmp_path_factory.mktemp("audit")
+    # A 96-latent random SAE over 72 pairs: finer clusters than the default resolution keep the
+    # planted token's latents from merging with template-word latents.
+    cfg = AuditConfig(topic_column="topic", min_support=5, n_boot=200, n_examples=8, resolution=3.0, knn=5)
+    run_audit(model, smol_tokenizer, sae, planted_pairs(), out, cfg, model_name="tiny", progress=False)
+    return out, model, sae, smol_tokenizer, cfg
+
+
+def test_audit_writes_every_table(audited):
+    out = audited[0]
+    for name in ("audit.json", "rows.parquet", "features.parquet", "clusters.parquet", "pairs.parquet",
+                 "concepts.json", "examples.json"):
+        assert (out / name).is_file(), name
+    meta = json.loads((out / "audit.json").read_text())
+    assert meta["data"]["n_pairs"] == 72 and meta["layer"] == 1 and len(meta["data"]["hash"]) == 64
+    assert meta["topics"]["names"] == ["coding", "cooking", "travel"] and meta["topics"]["sizes"] == [24, 24, 24]
+    pairs = pd.read_parquet(out / "pairs.parquet")
+    np.testing.assert_allclose(pairs["delta"], pairs["c_chosen"] - pairs["c_rejected"])
+
+
+def test_audit_finds_the_planted_confound(audited):
+    out = audited[0]
+    rows = pd.read_parquet(out / "rows.parquet")
+    top = rows.iloc[0]
+    assert top.topic == "cooking" and top.direction == "amplify", rows.head()
+    clusters = pd.read_parquet(out / "clusters.parquet").set_index("cluster")
+    assert "banana" in (clusters.loc[top.cluster, "label"] or ""), clusters.loc[top.cluster]
+    assert clusters.loc[top.cluster, "detection_acc"] >= 0.75
+    # controls: no topic other than cooking gets a predicted direction for that concept
+    others = rows[(rows.cluster == top.cluster) & rows.topic.isin(["coding", "travel"])]
+    assert set(others.direction) == {"none"}
+
+
+def test_feature_table_finds_the_banana_latents(audited):
+    out, model, sae, tok, _ = audited
+    features = pd.read_parquet(out / "features.parquet")
+    banana = tok(" banana", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        from anatomist.capture import residual_stream
+
+        lat = sae.encode(residual_stream(model, torch.tensor([tok("Here is banana banana", add_special_tokens=False)
+                                                              ["input_ids"]]), None, 1)[0, -1])
+    assert len(banana) == 1
+    assert features["z"].abs().is_monotonic_decreasing
+    top = features[features.q < 0.01].sort_values("mean", ascending=False).iloc[0]
+    assert top["mean"] > 0 and lat[int(top.feature)] > 0  # the largest chosen-side excess fires on " banana"
+
+
+def test_audit_is_deterministic(audited, tmp_path):
+    out, model, sae, tok, cfg = audited
+    run_audit(model, tok, sae, planted_pairs(), tmp_path / "again", cfg, model_name="tiny", progress=False)
+    for name in ("rows.parquet", "clusters.parquet", "pairs.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(out / name), pd.read_parquet(tmp_path / "again" / name))
+
+
+def test_audit_clusters_topics_when_no_column_is_given(audited, tmp_path):
+    _, model, sae, tok, cfg = audited
+    from dataclasses import replace
+
+    run_audit(model, tok, sae, planted_pairs(), tmp_path / "k", replace(cfg, topic_column=None, topics=3),
+              progress=False)
+    meta = json.loads((tmp_path / "k" / "audit.json").read_text())
+    assert meta["topics"]["method"] == "kmeans" and sum(meta["topics"]["sizes"]) == 72
+    assert len(meta["topics"]["sizes"]) == 3
+
+
+def test_audit_rejects_tiny_datasets_and_bad_config(tmp_path, smol_tokenizer):
+    with pytest.raises(AnatomistError, match="audit needs at least 16 pairs, got 3"):
+        run_audit(None, smol_tokenizer, None, planted_pairs()[:3], tmp_path)
+    with pytest.raises(AnatomistError, match="pooling must be"):
+        AuditConfig(pooling="sum")
