@@ -18,20 +18,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from anatomist.data.shared import HH_NAME, shared_data_dir
 from anatomist.errors import AnatomistError
 from anatomist.models.loading import DEFAULT_MODEL
 
 console = Console()
-HH_NAME = "hh-rlhf-harmless-base-test-dev.jsonl.gz"
-
-
-def find_shared_data() -> Path:
-    """../shared/data beside the repository (or beside the current folder)."""
-    candidates = [Path(__file__).resolve().parents[2] / "shared" / "data", Path.cwd().parent / "shared" / "data"]
-    for c in candidates:
-        if (c / HH_NAME).is_file():
-            return c
-    raise AnatomistError(f"cannot find {HH_NAME}: looked in {', '.join(map(str, candidates))}; pass --data")
 
 
 def _top_rows(folder: Path, n: int = 8) -> Table:
@@ -68,7 +59,7 @@ def demo(
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    data = data or find_shared_data() / HH_NAME
+    data = data or shared_data_dir() / HH_NAME
 
     console.rule("[bold]1. model")
     loaded = load(model)

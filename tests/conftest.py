@@ -48,3 +48,12 @@ def smol():
     from anatomist.models import load
 
     return load()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: OpenMP threads only add barrier stalls (badly so on a busy shared host)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

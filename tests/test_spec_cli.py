@@ -9,13 +9,7 @@ from anatomist.spec.analyze import collect, render_html, slopes
 from anatomist.spec.head import MTPConfig, MTPHead
 from anatomist.spec.stats import chi2_sf, chisquare_gof, linear_fit
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: OpenMP threads only add barrier stalls (badly so on a busy shared host)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -7,13 +7,7 @@ from anatomist.errors import AnatomistError
 from anatomist.spec.head import MTPConfig, MTPHead, load_head, save_head
 from anatomist.spec.train import Samples, TrainConfig, head_loss, self_samples, train_head, trunk_states
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: OpenMP threads only add barrier stalls (badly so on a busy shared host)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -24,10 +24,9 @@ import scipy.sparse as sp
 import torch
 
 from anatomist.capture.hook import residual_stream
-from anatomist.capture.run import CaptureItem, collate, items_hash
+from anatomist.capture.run import CaptureItem, encode_batch, items_hash
 from anatomist.capture.store import ShardStore, ShardWriter
 from anatomist.errors import AnatomistError
-from anatomist.models.chat import encode_response
 from anatomist.progress import progress_bar
 
 FORMAT = "anatomist.latents/1"
@@ -107,13 +106,7 @@ def _response_latents(model, sae, batch, layer, tokenizer, max_length):
     """Per item: its response token ids and SAE latents [n_response, F]; and each item's prompt
     embedding [B, D] — the mean residual over prompt tokens after position 0 (the attention
     sink's huge norm would swamp the mean)."""
-    encoded = []
-    for it in batch:
-        try:
-            encoded.append(encode_response(tokenizer, it.messages, it.response, max_length=max_length))
-        except AnatomistError as e:
-            raise AnatomistError(f"record {it.id!r} ({it.side}): {e}") from e
-    ids, mask = collate([e.input_ids for e in encoded], tokenizer.pad_token_id)
+    encoded, ids, mask = encode_batch(tokenizer, batch, max_length)
     resid = residual_stream(model, ids, mask, layer)                     # [B, T, D]
     resp = torch.zeros_like(mask, dtype=torch.bool)
     for i, e in enumerate(encoded):

@@ -58,6 +58,19 @@ def collate(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tens
     return input_ids, mask
 
 
+def encode_batch(tokenizer, batch: Sequence[CaptureItem], max_length: int):
+    """Tokenize items with response masks and right-pad them: (encoded, ids [B, T], mask [B, T])."""
+    encoded = []
+    for it in batch:
+        try:
+            encoded.append(encode_response(tokenizer, it.messages, it.response, max_length=max_length))
+        except AnatomistError as e:
+            raise AnatomistError(f"record {it.id!r} ({it.side}): {e}") from e
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids, mask = collate([e.input_ids for e in encoded], pad_id)
+    return encoded, ids, mask
+
+
 def capture(model, tokenizer, items: Sequence[CaptureItem], out: str | Path, layer: int, *,
             model_name: str = "", batch_size: int = 8, max_length: int = 256, keep: str = "all",
             dtype: str = "float32", shard_tokens: int = 1 << 17, progress: bool = True) -> ActivationStore:
@@ -75,17 +88,10 @@ def capture(model, tokenizer, items: Sequence[CaptureItem], out: str | Path, lay
                     items_hash=items_hash(items))
     writer = ShardWriter(out, settings, shard_rows=shard_tokens)
     start = writer.next_seq
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with progress_bar(f"capture layer {layer}", total=len(items), completed=start, enabled=progress) as bar:
         for b in range(start, len(items), batch_size):
             batch = items[b:b + batch_size]
-            encoded = []
-            for it in batch:
-                try:
-                    encoded.append(encode_response(tokenizer, it.messages, it.response, max_length=max_length))
-                except AnatomistError as e:
-                    raise AnatomistError(f"record {it.id!r} ({it.side}): {e}") from e
-            input_ids, mask = collate([e.input_ids for e in encoded], pad_id)
+            encoded, input_ids, mask = encode_batch(tokenizer, batch, max_length)
             acts = residual_stream(model, input_ids, mask, layer).to(DTYPES[dtype])  # [B, T, D]
             for i, (it, enc) in enumerate(zip(batch, encoded)):
                 n = len(enc.input_ids)

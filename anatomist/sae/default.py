@@ -8,11 +8,10 @@ are the same kind of chat text, cost nothing extra (the forward runs over them a
 context) and double the training tokens per second of capture, which is the bottleneck here.
 Position-0 tokens (the attention sink) are excluded in training (see `anatomist.sae.data`).
 
-Measured (benchmarks/sae_quality.py, SmolLM2-135M-Instruct, 2026-11-25, host heavily shared):
-held-out FVU 0.131, L0 38, dead 1.3% (0.6% over the training tokens), CE loss recovered 99.6%.
-Cost: capture ≈ 198K tokens (≈ 3.3 min at the quiet-machine 1,000 tokens/s of FACTS.md) plus
-2M training tokens (976 steps; ≈ 2,500 tokens/s with the CPU shared 3-4 ways, so ≈ 13 min
-then, a few minutes on a quiet machine).
+Measured (benchmarks/sae_quality.py, SmolLM2-135M-Instruct, 2026-11-25): held-out FVU 0.135,
+L0 33.9, dead 1.6% (0.8% over the training tokens), CE loss recovered 99.6%. Cost: capture of
+≈ 198K tokens (≈ 3.3 min at FACTS.md's 1,000 tokens/s; 10× slower when the host is busy) plus
+2M training tokens (976 steps of 2,048) in 4.8 min at 7,040 tokens/s (load ≈ 3).
 
 Cache layout under `$ANATOMIST_CACHE/sae/<model>/`:
     acts-<capture hash>/   the training activations (an ActivationStore; resumable capture)
@@ -28,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from anatomist.capture import CaptureItem, capture, items_from_pairs
+from anatomist.data.shared import shared_data_dir
 from anatomist.models.loading import DEFAULT_MODEL, cache_root
 from anatomist.sae.config import TrainConfig, stable_hash
 from anatomist.sae.io import CFG_FILE, WEIGHTS_FILE
@@ -65,12 +65,6 @@ class Recipe:
 
 
 DEFAULT_RECIPE = Recipe()
-
-
-def shared_data_dir() -> Path:
-    from anatomist.demo import find_shared_data
-
-    return find_shared_data()
 
 
 def recipe_items(recipe: Recipe, split: str, data_dir: str | Path | None = None) -> list[CaptureItem]:

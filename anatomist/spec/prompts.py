@@ -9,20 +9,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-from pathlib import Path
 
+from anatomist.data.shared import shared_data_dir
 from anatomist.errors import AnatomistError
 
-__all__ = ["shared_data_dir", "user_prompts", "chat_prompts"]
-
-
-def shared_data_dir() -> Path:
-    env = os.environ.get("ANATOMIST_SHARED_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
-    if not path.is_dir():
-        raise AnatomistError(f"{path}: shared data folder not found (set ANATOMIST_SHARED_DATA)")
-    return path
+__all__ = ["user_prompts", "chat_prompts"]
 
 
 def user_prompts(split: str = "train", max_chars: int = 400) -> list[str]:
