@@ -25,16 +25,18 @@ from anatomist.models.loading import DEFAULT_MODEL
 console = Console()
 
 
-def _top_rows(folder: Path, n: int = 8) -> Table:
+def _top_rows(folder: Path, n: int = 5) -> Table:
+    """The report's first table in the terminal: top topic rows, then top dataset-wide rows."""
     import pandas as pd
 
     rows = pd.read_parquet(folder / "rows.parquet")
-    labels = pd.read_parquet(folder / "clusters.parquet").set_index("cluster")["label"]
-    table = Table(title="what DPO will push (top topic rows)")
+    labels = pd.read_parquet(folder / "clusters.parquet").set_index("cluster")["label"].dropna()
+    table = Table(title="what DPO will push")
     for col in ("topic", "concept", "n", "Δ̄", "d", "q", "direction"):
         table.add_column(col)
-    for r in rows[rows.topic != "all"].head(n).itertuples():
-        table.add_row(str(r.topic), f"C{r.cluster} {labels.get(r.cluster) or '(unlabelled)'}", str(r.n),
+    top = pd.concat([rows[rows.topic != "all"].head(n), rows[rows.topic == "all"].head(n)])
+    for r in top.itertuples():
+        table.add_row(str(r.topic), f"C{r.cluster} {labels.get(r.cluster, '(unlabelled)')}", str(r.n),
                       f"{r.mean:+.2f}", f"{r.d:+.2f}", f"{r.q:.1e}", r.direction)
     return table
 

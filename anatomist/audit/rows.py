@@ -6,8 +6,8 @@ topic "all" are the dataset-wide view. BH q-values run over every tested row tog
     baseline   Δ̄ of the cluster over all pairs
     excess     Δ̄_{k,C} − baseline: how much this topic's asymmetry exceeds the dataset's
     excess_z   excess / (sd_{k,C} / √n_k)
-    rank_score |excess_z| for topic rows, |z| for dataset-wide rows; topic rows come first, each
-               block sorted by it
+    rank_score |excess_z| for topic rows, |z| for dataset-wide rows. Order: topic rows, then
+               dataset-wide rows; within each, rows with a direction first, then by rank_score
     direction  what DPO is predicted to do to the concept in that topic: "amplify" (chosen side
                fires harder), "suppress", or "none" — a direction needs q < alpha and split-half ✓
 """
@@ -53,6 +53,6 @@ def topic_cluster_rows(delta_c: np.ndarray, topics: np.ndarray, topic_names: lis
     rows = add_q(rows, tested=rows["tested"].to_numpy())
     rows["direction"] = [direction(m, q, sh, alpha) for m, q, sh in zip(rows["mean"], rows["q"], rows["split_half"])]
     rows["rank_score"] = np.where(rows["topic"] == ALL, np.abs(rows["z"]), np.abs(rows["excess_z"]))
-    rows["_all"] = rows["topic"] == ALL
-    rows = rows.sort_values(["_all", "rank_score"], ascending=[True, False], kind="stable")
-    return rows.drop(columns="_all").reset_index(drop=True)
+    rows["_all"], rows["_none"] = rows["topic"] == ALL, rows["direction"] == "none"
+    rows = rows.sort_values(["_all", "_none", "rank_score"], ascending=[True, True, False], kind="stable")
+    return rows.drop(columns=["_all", "_none"]).reset_index(drop=True)
