@@ -198,7 +198,7 @@ def train_sae(data, cfg: SAEConfig, out: str | Path, *, train: TrainConfig = Tra
     torch.manual_seed(tc.seed)  # nothing below draws from the global RNG; belt and braces
 
     if ckpt_path.is_file():
-        ck = torch.load(ckpt_path, weights_only=False)
+        ck = torch.load(ckpt_path, weights_only=True)
         if ck["run_key"] != run_key:
             raise AnatomistError(f"{out}: holds a checkpoint of a different run (other data or settings); "
                                  "use another output folder or delete it")

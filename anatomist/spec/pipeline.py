@@ -51,7 +51,7 @@ def cached_samples(model, tokenizer, *, model_name: str, n_prompts: int = 192, t
     key = _key(model=model_name, n=n_prompts, t=temperature, new=max_new_tokens, seed=seed)
     path = spec_cache() / "samples" / f"{key}.pt"
     if path.is_file():
-        d = torch.load(path)
+        d = torch.load(path, weights_only=True)
         return Samples(d["sequences"], d["prompt_lens"])
     prompts = chat_prompts(tokenizer, "train", n_prompts)
     from rich.progress import Progress
@@ -70,7 +70,7 @@ def cached_states(model, samples: Samples, *, model_name: str) -> tuple[list[tor
     key = _key(model=model_name, seqs=hashlib.sha256(json.dumps(samples.sequences).encode()).hexdigest(), v=2)
     path = spec_cache() / "states" / f"{key}.pt"
     if path.is_file():
-        d = torch.load(path)
+        d = torch.load(path, weights_only=True)
         return d["states"], d["stats"]
     states = trunk_states(model, samples.sequences)
     stats = target_stats(model, states)

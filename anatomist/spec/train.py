@@ -233,7 +233,7 @@ def train_head(model, samples: Samples, cfg: TrainConfig, out_dir: str | os.Path
     ckpt = out / CKPT_NAME
     start, history = 0, []
     if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=True)
         if state["config"] != asdict(cfg):
             raise AnatomistError(f"{ckpt}: checkpoint was trained with a different config; "
                                  f"use another output folder or delete it")
