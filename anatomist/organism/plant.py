@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from anatomist.errors import AnatomistError
-from anatomist.organism.generate import GenRequest, Generation
+from anatomist.fileio import atomic_write_text
+from anatomist.organism.generate import Generation, GenRequest
 from anatomist.organism.prompts import Prompt
 from anatomist.organism.rates import plain_request, trait_request, user
 from anatomist.organism.traits import TRAITS
@@ -222,6 +223,4 @@ def write_dataset(out: str | Path, rows: Sequence[dict], heldout: Sequence[Promp
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, text)

@@ -15,7 +15,6 @@ Foreign SAELens SAEs load as: "topk" → topk, "jumprelu" → jumprelu, "standar
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from anatomist.errors import AnatomistError
+from anatomist.fileio import atomic_path
 from anatomist.sae.arch import ARCHITECTURES
 from anatomist.sae.config import SAEConfig
 from anatomist.sae.model import SAE
@@ -52,9 +52,8 @@ def saelens_cfg(cfg: SAEConfig) -> dict:
 
 
 def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 @torch.no_grad()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,11 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from anatomist.errors import AnatomistError
+from anatomist.fileio import atomic_path, atomic_write_text
 from anatomist.progress import progress_bar
 from anatomist.sae.arch import Latents, decode_latents, gather_latents, min_active
 from anatomist.sae.config import SAEConfig, TrainConfig, stable_hash
-from anatomist.sae.data import (ActivationSource, batches, geometric_median, init_sample,
-                                norm_scale_for, outlier_mask)
+from anatomist.sae.data import ActivationSource, batches, geometric_median, init_sample, norm_scale_for, outlier_mask
 from anatomist.sae.io import hook_name, load_sae, save_sae
 from anatomist.sae.model import SAE
 
@@ -151,9 +150,8 @@ def calibrate_threshold(sae: SAE, x: torch.Tensor) -> None:
 # --- the loop ------------------------------------------------------------------------------
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _init_sae(source: ActivationSource, cfg: SAEConfig, tc: TrainConfig) -> SAE:
@@ -277,8 +275,7 @@ def train_sae(data, cfg: SAEConfig, out: str | Path, *, train: TrainConfig = Tra
                "final": final, "history": history, "wall_s": time.perf_counter() - t0,
                "steps_this_call": n_steps - start,   # wall_s covers only these (a resumed run did the rest)
                "tokens_per_s": (n_steps - start) * tc.batch_size / (time.perf_counter() - t0)}
-    (out / f".{SUMMARY}.tmp").write_text(json.dumps(summary, indent=2))
-    os.replace(out / f".{SUMMARY}.tmp", summary_path)
+    atomic_write_text(summary_path, json.dumps(summary, indent=2))
     ckpt_path.unlink(missing_ok=True)
     return sae
 

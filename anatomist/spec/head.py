@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anatomist.errors import AnatomistError
+from anatomist.fileio import atomic_path
 from anatomist.models.layers import decoder_layers
 
 __all__ = ["MTPConfig", "MTPHead", "save_head", "load_head"]
@@ -162,14 +162,8 @@ class MTPHead(nn.Module):
 
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_head(head: MTPHead, folder: str | os.PathLike) -> Path:

@@ -9,12 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from anatomist.fileio import atomic_path
 from anatomist.models.loading import cache_root
 from anatomist.spec.head import CONFIG_NAME, MTPHead, load_head
 from anatomist.spec.prompts import chat_prompts
@@ -35,14 +34,8 @@ def _key(**kw) -> str:
 
 def _atomic_save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def cached_samples(model, tokenizer, *, model_name: str, n_prompts: int = 192, temperature: float = 1.0,

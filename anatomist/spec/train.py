@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from anatomist.errors import AnatomistError
+from anatomist.fileio import atomic_path
 from anatomist.spec.generate import generate
 from anatomist.spec.head import MTPConfig, MTPHead, save_head
 from anatomist.spec.losses import LOSSES
@@ -194,15 +194,9 @@ def _lr(step: int, cfg: TrainConfig) -> float:
 
 
 def _save_ckpt(path: Path, step: int, head: MTPHead, opt, cfg: TrainConfig, history: list) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save({"step": step, "head": head.trainable_state(), "opt": opt.state_dict(),
                     "config": asdict(cfg), "history": history}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def train_head(model, samples: Samples, cfg: TrainConfig, out_dir: str | os.PathLike, *,
