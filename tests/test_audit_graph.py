@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from anatomist.audit.graph import cosine_similarity, knn_graph, leiden
 
@@ -19,13 +20,15 @@ def test_knn_graph_keeps_top_k_symmetric_positive():
     assert g[0, 1] == .9 and g[2, 3] == .8 and g[0, 2] == 0 and np.all(np.diag(g) == 0)
 
 
-def test_leiden_recovers_planted_blocks():
+@pytest.mark.parametrize("backend", ["sknetwork", "leidenalg"])
+def test_leiden_recovers_planted_blocks(backend):
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(3, 20))
     x = np.repeat(centers, 15, axis=0) + 0.3 * rng.normal(size=(45, 20))
-    labels = leiden(knn_graph(cosine_similarity(x), 8), seed=0)
+    labels = leiden(knn_graph(cosine_similarity(x), 8), seed=0, backend=backend)
     truth = np.repeat(np.arange(3), 15)
     # same partition up to renaming: each planted block maps to exactly one label
     assert len(set(labels)) == 3
     assert all(len(set(labels[truth == b])) == 1 for b in range(3))
-    assert np.array_equal(labels, leiden(knn_graph(cosine_similarity(x), 8), seed=0))  # deterministic
+    assert np.array_equal(labels, leiden(knn_graph(cosine_similarity(x), 8), seed=0, backend=backend))
+    assert list(np.bincount(labels)) == sorted(np.bincount(labels), reverse=True)  # largest first

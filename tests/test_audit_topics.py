@@ -51,3 +51,20 @@ def test_distinctive_words_hand_case():
     texts = ["apple banana", "apple cherry", "car engine", "car wheel"]
     names = distinctive_words(texts, np.array([0, 0, 1, 1]), n_words=1)
     assert names == ["apple", "car"]
+
+
+def test_minilm_embeddings_separate_real_topics():
+    from anatomist.audit.embed import minilm_embed
+
+    texts = ["What is a good recipe for baking bread in the oven?", "How do I cook a vegetable soup recipe?",
+             "Which spices should I use when cooking a chicken curry?", "How long do I bake a chocolate cake?",
+             "How do I fix a bug in my Python code?", "Why does my Python script throw an error?",
+             "How do I write a function in Python code?", "How do I debug a crash in my Python program?",
+             "What should I pack for a trip to Japan?", "Is Spain a good country for a summer vacation trip?",
+             "How do I find a cheap hotel for my trip to Paris?", "Do I need a visa for my vacation in Thailand?"]
+    truth = np.repeat(np.arange(3), 4)
+    emb = minilm_embed(texts)
+    assert emb.shape == (12, 384)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    topics = prompt_topics(emb, texts, k=3)
+    assert _same_partition(topics.labels, truth)

@@ -18,6 +18,11 @@ def audit(
     pooling: str = typer.Option("mean", "--pooling", help="'mean' or 'max' pooling of latents over a response."),
     topics: int = typer.Option(None, "--topics", min=1, help="Number of prompt topics (default: by silhouette)."),
     topic_method: str = typer.Option("kmeans", "--topic-method", help="'kmeans' or 'leiden'."),
+    topic_embedder: str = typer.Option("model", "--topic-embedder",
+                                       help="Prompt embeddings for topics: 'model' (its own residual) or 'minilm'."),
+    topic_column: str = typer.Option(None, "--topic-column", help="Take topics from this data column instead."),
+    leiden_backend: str = typer.Option("sknetwork", "--leiden-backend",
+                                       help="'sknetwork' (BSD) or 'leidenalg' (GPL; pip install leidenalg)."),
     resolution: float = typer.Option(4.0, "--resolution", help="Leiden resolution for concept clusters (higher: smaller)."),
     min_support: int = typer.Option(10, "--min-support", help="Responses a feature must fire in to be clustered."),
     alpha: float = typer.Option(0.05, "--alpha", help="FDR level for a predicted direction."),
@@ -43,7 +48,8 @@ def audit(
     kwargs = {}
     if labeller == "openai":
         kwargs = {"base_url": base_url, "model": llm_model, "allow_remote": allow_remote}
-    cfg = AuditConfig(pooling=pooling, topics=topics, topic_method=topic_method, resolution=resolution,
+    cfg = AuditConfig(pooling=pooling, topics=topics, topic_method=topic_method, topic_embedder=topic_embedder,
+                      topic_column=topic_column, leiden_backend=leiden_backend, resolution=resolution,
                       min_support=min_support, alpha=alpha, labeller=labeller, labeller_kwargs=kwargs, seed=seed)
     pairs = load_pairs(data, format=data_format, on_bad_row=on_bad_row, limit=limit)
     sae_path = str(default_sae(model)) if sae == "default" else sae

@@ -69,7 +69,7 @@ def feature_similarity(acts: sp.csr_matrix, features: np.ndarray, W_dec: np.ndar
 
 def concept_clusters(acts: sp.csr_matrix, *, W_dec: np.ndarray | None = None, min_support: int = 10,
                      knn: int = 10, decoder_weight: float = 0.0, resolution: float = 1.0,
-                     seed: int = 0) -> Concepts:
+                     seed: int = 0, backend: str = "sknetwork") -> Concepts:
     """Cluster the latents of pooled activations acts [S, F] into concepts."""
     acts = sp.csr_matrix(acts)
     if not 0 <= decoder_weight <= 1:
@@ -80,7 +80,7 @@ def concept_clusters(acts: sp.csr_matrix, *, W_dec: np.ndarray | None = None, mi
         raise AnatomistError(f"only {len(features)} SAE features fire in >= {min_support} responses; "
                              "audit more pairs or lower min_support")
     sim = feature_similarity(acts, features, W_dec, decoder_weight)
-    labels = leiden(knn_graph(sim, knn), resolution=resolution, seed=seed)
+    labels = leiden(knn_graph(sim, knn), resolution=resolution, seed=seed, backend=backend)
     sub = acts[:, features].toarray()                                    # [S, M]
     sd_f = sub.std(0)
     weights = 1 / np.clip(sd_f, 1e-12, None)

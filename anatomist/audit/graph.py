@@ -1,12 +1,15 @@
 """kNN similarity graphs and Leiden partitions (shared by prompt topics and concept clusters).
 
-Leiden comes from scikit-network (BSD); leidenalg/igraph are GPL and never required.
+Leiden comes from scikit-network (BSD) by default; `backend="leidenalg"` uses leidenalg/igraph,
+which are GPL and therefore never required (`pip install leidenalg` to opt in).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+
+from anatomist.errors import AnatomistError
 
 
 def cosine_similarity(x: np.ndarray) -> np.ndarray:
@@ -30,10 +33,33 @@ def knn_graph(similarity: np.ndarray, k: int) -> sp.csr_matrix:
     return graph.maximum(graph.T).tocsr()
 
 
-def leiden(graph: sp.csr_matrix, *, resolution: float = 1.0, seed: int = 0) -> np.ndarray:
-    """Community label per node (0..C-1, largest community first)."""
+def _sknetwork(graph: sp.csr_matrix, resolution: float, seed: int) -> np.ndarray:
     from sknetwork.clustering import Leiden
 
+    return np.asarray(Leiden(resolution=resolution, random_state=seed).fit_predict(graph))
+
+
+def _leidenalg(graph: sp.csr_matrix, resolution: float, seed: int) -> np.ndarray:
+    try:
+        import igraph
+        import leidenalg
+    except ImportError as e:
+        raise AnatomistError("leiden backend 'leidenalg' needs: pip install leidenalg (GPL)") from e
+    upper = sp.triu(graph, k=1).tocoo()
+    g = igraph.Graph(n=graph.shape[0], edges=list(zip(upper.row.tolist(), upper.col.tolist())))
+    part = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition, weights=upper.data.tolist(),
+                                    resolution_parameter=resolution, seed=seed)
+    labels = np.asarray(part.membership)
+    # largest community first, as scikit-network returns them
+    order = np.argsort(-np.bincount(labels), kind="stable")
+    return np.argsort(order)[labels]
+
+
+LEIDEN_BACKENDS = {"sknetwork": _sknetwork, "leidenalg": _leidenalg}
+
+
+def leiden(graph: sp.csr_matrix, *, resolution: float = 1.0, seed: int = 0, backend: str = "sknetwork") -> np.ndarray:
+    """Community label per node (0..C-1, largest community first)."""
     if graph.nnz == 0:
         return np.arange(graph.shape[0])  # no edges: every node is its own community
-    return np.asarray(Leiden(resolution=resolution, random_state=seed).fit_predict(graph))
+    return LEIDEN_BACKENDS[backend](graph, resolution, seed)

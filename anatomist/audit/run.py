@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 
 from anatomist.audit.concepts import concept_clusters
+from anatomist.audit.embed import EMBEDDERS, minilm_embed
+from anatomist.audit.graph import LEIDEN_BACKENDS
 from anatomist.audit.pool import pool_features
 from anatomist.audit.rows import topic_cluster_rows
 from anatomist.audit.topics import column_topics, prompt_topics
@@ -49,6 +51,8 @@ class AuditConfig:
     topic_range: tuple[int, int] = (2, 8)
     topic_method: str = "kmeans"         # "kmeans" | "leiden"
     topic_column: str | None = None      # take topics from this data column instead of clustering
+    topic_embedder: str = "model"        # prompt embeddings: the model's own residual, or "minilm"
+    leiden_backend: str = "sknetwork"    # "sknetwork" (BSD) or "leidenalg" (GPL, optional install)
     min_pairs: int = 8                   # rows with fewer pairs are not tested
     alpha: float = 0.05                  # FDR level for a predicted direction
     n_boot: int = 1000
@@ -64,6 +68,10 @@ class AuditConfig:
             raise AnatomistError(f"pooling must be 'max' or 'mean', got {self.pooling!r}")
         if not 0 < self.alpha < 1:
             raise AnatomistError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.topic_embedder not in EMBEDDERS:
+            raise AnatomistError(f"topic_embedder must be one of {EMBEDDERS}, got {self.topic_embedder!r}")
+        if self.leiden_backend not in LEIDEN_BACKENDS:
+            raise AnatomistError(f"leiden_backend must be one of {tuple(LEIDEN_BACKENDS)}, got {self.leiden_backend!r}")
         if self.min_support < 1 or self.min_pairs < 2 or self.knn < 1 or self.n_boot < 10:
             raise AnatomistError("min_support >= 1, min_pairs >= 2, knn >= 1 and n_boot >= 10 are required")
 
@@ -125,11 +133,13 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
             raise AnatomistError(f"record {missing[0]!r}: field {cfg.topic_column!r} (the topic column) is missing")
         topics = column_topics([p.extra[cfg.topic_column] for p in pairs], texts)
     else:
-        topics = prompt_topics(pooled.prompt_emb[0::2], texts, k=cfg.topics, k_range=cfg.topic_range,
-                               method=cfg.topic_method, seed=cfg.seed)
+        emb = pooled.prompt_emb[0::2] if cfg.topic_embedder == "model" else minilm_embed(texts)
+        topics = prompt_topics(emb, texts, k=cfg.topics, k_range=cfg.topic_range, method=cfg.topic_method,
+                               seed=cfg.seed, backend=cfg.leiden_backend)
     W_dec = sae.W_dec.detach().numpy() if cfg.decoder_weight else None
     concepts = concept_clusters(acts, W_dec=W_dec, min_support=cfg.min_support, knn=cfg.knn,
-                                decoder_weight=cfg.decoder_weight, resolution=cfg.resolution, seed=cfg.seed)
+                                decoder_weight=cfg.decoder_weight, resolution=cfg.resolution, seed=cfg.seed,
+                                backend=cfg.leiden_backend)
     features = feature_table(acts, concepts, cfg)
     c = concepts.scores(acts)                                                    # [2P, C]
     delta_c = c[0::2] - c[1::2]                                                  # [P, C]

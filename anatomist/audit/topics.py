@@ -75,7 +75,8 @@ def column_topics(values: list, texts: list[str], *, n_examples: int = 3) -> Top
 
 
 def prompt_topics(emb: np.ndarray, texts: list[str], *, k: int | None = None, k_range: tuple[int, int] = (2, 8),
-                  method: str = "kmeans", resolution: float = 1.0, seed: int = 0, n_examples: int = 3) -> Topics:
+                  method: str = "kmeans", resolution: float = 1.0, seed: int = 0, n_examples: int = 3,
+                  backend: str = "sknetwork") -> Topics:
     """Cluster P prompts (emb [P, D], texts [P]) into topics."""
     if len(emb) != len(texts):
         raise AnatomistError(f"{len(emb)} prompt embeddings but {len(texts)} prompt texts")
@@ -91,7 +92,7 @@ def prompt_topics(emb: np.ndarray, texts: list[str], *, k: int | None = None, k_
     elif method == "leiden":
         from sklearn.metrics import silhouette_score
 
-        labels = leiden(knn_graph(cosine_similarity(x), 15), resolution=resolution, seed=seed)
+        labels = leiden(knn_graph(cosine_similarity(x), 15), resolution=resolution, seed=seed, backend=backend)
         sil = silhouette_score(x, labels, metric="cosine") if 1 < len(set(labels)) < len(x) else 0.0
     else:
         raise AnatomistError(f"topics: method must be 'kmeans' or 'leiden', got {method!r}")
