@@ -17,8 +17,20 @@ from anatomist.errors import AnatomistError
 ARCHITECTURE_NAMES = ("batchtopk", "topk", "jumprelu", "relu")
 
 
+class _DictIO:
+    """JSON-friendly round trip; unknown keys (e.g. from a newer version or SAELens) are ignored."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
 @dataclass(frozen=True)
-class SAEConfig:
+class SAEConfig(_DictIO):
     """What the SAE computes.
 
     d_in, d_sae: input and latent widths.
@@ -53,20 +65,12 @@ class SAEConfig:
         if not self.norm_scale > 0:
             raise AnatomistError(f"norm_scale must be positive, got {self.norm_scale}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SAEConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
     def with_(self, **changes) -> "SAEConfig":
         return replace(self, **changes)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_DictIO):
     """How an SAE is trained (defaults: the default recipe, Gao et al. 2024 where it applies).
 
     tokens: training tokens seen (several passes over the data if it holds fewer).
@@ -119,13 +123,6 @@ class TrainConfig:
     def steps(self) -> int:
         return max(1, self.tokens // self.batch_size)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def stable_hash(obj) -> str:
