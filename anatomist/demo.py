@@ -20,6 +20,7 @@ from rich.table import Table
 
 from anatomist.data.shared import HH_NAME, shared_data_dir
 from anatomist.errors import AnatomistError
+from anatomist.fileio import atomic_write_text
 from anatomist.models.loading import DEFAULT_MODEL
 
 console = Console()
@@ -95,8 +96,8 @@ def demo(
         console.print(f"screenshot: {shot.resolve()}")
     except AnatomistError as e:  # Chromium is optional for the demo; the report itself is complete
         console.print(f"[yellow]no screenshot: {e}")
-    (out / "summary.json").write_text(json.dumps({"model": facts, "data": {"file": str(data), "stats": stats},
-                                                  "sae": str(sae_path), "audit": str(audit_dir),
-                                                  "wall_s": round(time.time() - t0, 1)}, indent=2, default=str))
+    atomic_write_text(out / "summary.json", json.dumps({"model": facts, "data": {"file": str(data), "stats": stats},
+                                                        "sae": str(sae_path), "audit": str(audit_dir),
+                                                        "wall_s": round(time.time() - t0, 1)}, indent=2, default=str))
     console.rule()
     console.print(f"[bold green]done in {time.time() - t0:.0f} s.[/] report: {report.resolve()}")

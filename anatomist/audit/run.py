@@ -1,6 +1,6 @@
 """`run_audit`: pairs → pooled SAE latents → topics × concept clusters → tables, labels, report.
 
-Output folder (every file is rewritten atomically; `pooled/` resumes after a kill):
+Output folder (every file is rewritten atomically; `latents/` resumes after a kill):
     latents/           per-token sparse SAE latents of every response + prompt embeddings (shard store)
     audit.json         every parameter, model, SAE and data hashes, topics, timings
     rows.parquet       one row per (topic, cluster) + dataset-wide rows (see rows.py)
