@@ -18,7 +18,7 @@ from anatomist.organism.prompts import TOPIC_NAMES, build_prompts
 log = logging.getLogger(__name__)
 
 
-def build_organism(out: str | Path, *, per_topic: int = 80, heldout_fraction: float = 0.25, seed: int = 0,
+def build_organism(out: str | Path, *, per_topic: int = 236, heldout_fraction: float = 0.25, seed: int = 0,
                    config: PlantConfig = DEFAULT_CONFIG, model: str = DEFAULT_MODEL, loaded=None,
                    max_new_tokens: int = 96, batch_size: int = 32, temperature: float = 0.7,
                    topics: tuple[str, ...] = TOPIC_NAMES, cache_dir: str | Path | None = None,

@@ -15,7 +15,7 @@ app = typer.Typer(help="Planted-confound 'model organism' preference data (groun
 @app.command()
 def build(
     out: Path = typer.Option(..., "--out", help="Output folder: train.jsonl, heldout_prompts.jsonl, truth.json."),
-    prompts_per_topic: int = typer.Option(80, "--prompts-per-topic", min=4, help="Distinct prompts per topic."),
+    prompts_per_topic: int = typer.Option(236, "--prompts-per-topic", min=4, help="Distinct prompts per topic."),
     heldout_fraction: float = typer.Option(0.25, "--heldout-fraction", help="Share of each topic's prompts held out."),
     seed: int = typer.Option(0, "--seed"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="HF id, local folder, .gguf file or alias."),
