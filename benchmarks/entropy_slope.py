@@ -22,18 +22,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from anatomist.models import load  # noqa: E402
 from anatomist.spec.analyze import DEFAULT_TEMPERATURES, collect, render_html, slopes  # noqa: E402
-from anatomist.spec.pipeline import cached_head, cached_samples, cached_states, spec_cache  # noqa: E402
+from anatomist.spec.pipeline import add_head_args, heads_from_args, spec_cache  # noqa: E402
 from anatomist.spec.prompts import chat_prompts  # noqa: E402
-from anatomist.spec.train import TrainConfig  # noqa: E402
-
-MODEL = "smollm2-135m-instruct"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=40)
-    ap.add_argument("--steps", type=int, default=200)
+    add_head_args(ap)
     ap.add_argument("--losses", default="ce,tv,e2e_tv")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--out", default=str(spec_cache() / "acceptance_vs_entropy.html"))
@@ -41,18 +38,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}")
-    lm = load(MODEL)
-    samples = cached_samples(lm.model, lm.tokenizer, model_name=MODEL)
-    states, stats = cached_states(lm.model, samples, model_name=MODEL)
-    heads = {}
-    for loss in args.losses.split(","):
-        cfg = TrainConfig(loss=loss, gamma=3, steps=args.steps, batch_size=8, lr=1e-3, draft_vocab=8192)
-        t = time.perf_counter()
-        head, folder = cached_head(lm.model, samples, cfg, model_name=MODEL,
-                                   eos_token_id=lm.tokenizer.eos_token_id, states=states, stats=stats)
-        print(f"{loss:7s} head {folder.name} ({time.perf_counter() - t:.0f} s); train α1..3 = "
-              f"{[round(head.config.extra.get(f'mtp/alpha_{i}', float('nan')), 3) for i in (1, 2, 3)]}")
-        heads[loss] = head
+    lm = load(args.model, device=args.device)
+    print(f"model {args.model} on {args.device}")
+    heads = heads_from_args(lm, args, args.losses.split(","))
     prompts = chat_prompts(lm.tokenizer, "eval", args.prompts)
     t = time.perf_counter()
     with torch.no_grad():

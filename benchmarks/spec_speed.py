@@ -26,31 +26,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from anatomist.models import load  # noqa: E402
 from anatomist.spec.drafters import MTPDrafter, NGramDrafter  # noqa: E402
 from anatomist.spec.generate import generate  # noqa: E402
-from anatomist.spec.pipeline import cached_head, cached_samples, cached_states  # noqa: E402
+from anatomist.spec.pipeline import add_head_args, heads_from_args  # noqa: E402
 from anatomist.spec.prompts import chat_prompts  # noqa: E402
-from anatomist.spec.train import TrainConfig  # noqa: E402
-
-MODEL = "smollm2-135m-instruct"
-
-
-def default_head(lm, steps: int, loss: str = "e2e_tv", draft_vocab: int = 8192):
-    samples = cached_samples(lm.model, lm.tokenizer, model_name=MODEL)
-    states, stats = cached_states(lm.model, samples, model_name=MODEL)
-    cfg = TrainConfig(loss=loss, gamma=3, steps=steps, batch_size=8, lr=1e-3, draft_vocab=draft_vocab)
-    t = time.perf_counter()
-    head, folder = cached_head(lm.model, samples, cfg, model_name=MODEL, eos_token_id=lm.tokenizer.eos_token_id,
-                               states=states, stats=stats)
-    print(f"head {folder} ({time.perf_counter() - t:.0f} s to train or load); "
-          f"train α1..3 = {[round(head.config.extra.get(f'mtp/alpha_{i}', float('nan')), 3) for i in (1, 2, 3)]}")
-    return head
 
 
 def run_hf(lm, batch, max_new_tokens, seed):
     tok = lm.tokenizer
     tok.padding_side = "left"
     P = max(len(p) for p in batch)
-    ids = torch.tensor([[tok.pad_token_id] * (P - len(p)) + p for p in batch])
-    att = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in batch])
+    dev = lm.model.device
+    ids = torch.tensor([[tok.pad_token_id] * (P - len(p)) + p for p in batch], device=dev)
+    att = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in batch], device=dev)
     torch.manual_seed(seed)
     out = lm.model.generate(input_ids=ids, attention_mask=att, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
                             max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
@@ -72,7 +58,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=6, help="batch-1 prompts (batch 8 uses 8 more)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=200, help="training steps of the head (cached)")
+    add_head_args(ap)
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default); on a shared, "
                     "busy host 1 thread avoids OpenMP barrier stalls that hit multi-token forwards hardest")
@@ -81,9 +67,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}")
     torch.set_grad_enabled(False)
-    lm = load(MODEL)
+    lm = load(args.model, device=args.device)
+    print(f"model {args.model} on {args.device}")
     with torch.enable_grad():
-        head = default_head(lm, args.steps)
+        head = heads_from_args(lm, args, ["e2e_tv"])["e2e_tv"]
     methods = {
         "hf": lambda b, s: run_hf(lm, b, args.max_new_tokens, s),
         "plain": lambda b, s: run_own(lm, b, args.max_new_tokens, s),
@@ -92,6 +79,11 @@ def main() -> None:
     }
     prompts = chat_prompts(lm.tokenizer, "eval", args.prompts + 8)
     run_own(lm, prompts[:1], 4, 0, MTPDrafter(head))  # warm-up
+    # Lossless at T=0: speculative output equals plain greedy decoding token for token (on this device).
+    same = [generate(lm.model, [p], drafter=d, gamma=3, temperature=0.0, max_new_tokens=32,
+                     eos_token_id=lm.tokenizer.eos_token_id).tokens[0] for p in prompts[:2]
+            for d in (None, MTPDrafter(head))]
+    print(f"T=0 speculative == greedy on {args.device}: {same[0] == same[1] and same[2] == same[3]}")
     results = {}
     for B in [int(x) for x in args.batches.split(",")]:
         groups = [[p] for p in prompts[:args.prompts]] if B == 1 else [prompts[i:i + B] for i in range(0, len(prompts) - B + 1, B)][:1]

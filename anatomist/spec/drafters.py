@@ -15,7 +15,7 @@ import torch
 from anatomist.errors import AnatomistError
 from anatomist.spec.head import MTPHead
 from anatomist.spec.ragged import RaggedKV
-from anatomist.spec.verify import sample_from_probs, sampling_probs
+from anatomist.spec.verify import sample_from_probs, sampling_probs, uniforms
 
 __all__ = ["Drafter", "MTPDrafter", "NGramDrafter", "DRAFTERS", "DRAFT_MODES", "make_drafter"]
 
@@ -108,7 +108,7 @@ class MTPDrafter:
             if mode == "greedy":
                 d_small = q_small.argmax(-1)
             else:
-                u = torch.rand(B, generator=generator, device=q_small.device)
+                u = uniforms((B,), generator, q_small.device)
                 d_small = sample_from_probs(q_small, u)
                 qs.append(self._full(q_small))
             tokens.append(self.head.vocab_ids[d_small])

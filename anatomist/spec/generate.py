@@ -19,7 +19,7 @@ import torch
 
 from anatomist.spec.drafters import DRAFT_MODES, Drafter
 from anatomist.spec.ragged import RaggedKV
-from anatomist.spec.verify import rejection_sample, sampling_probs
+from anatomist.spec.verify import rejection_sample, sampling_probs, uniforms
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def generate(model, prompts: list[list[int]], *, drafter: Drafter | None = None,
     rows = torch.arange(B, device=dev)
 
     def rand(n: int) -> torch.Tensor:
-        return torch.rand(B, n, generator=generator, device=dev)
+        return uniforms((B, n), generator, dev)
 
     # Prefill: the whole prompt in one forward; the first token is sampled from its last position.
     ids, valid = _left_pad(prompts, pad=0)

@@ -85,6 +85,7 @@ class MTPHead(nn.Module):
             vocab_ids = torch.arange(V) if config.draft_vocab <= 0 else torch.arange(config.draft_vocab)
         self.register_buffer("vocab_ids", vocab_ids.long().clone(), persistent=True)  # [V']
         self.vocab_size = V
+        self.to(trunk.get_input_embeddings().weight.device)  # the head lives where the trunk does
         self.bind(trunk)
 
     def bind(self, trunk: nn.Module) -> None:

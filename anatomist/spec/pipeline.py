@@ -21,7 +21,8 @@ from anatomist.spec.train import Samples, TrainConfig, self_samples, target_stat
 
 log = logging.getLogger(__name__)
 
-__all__ = ["spec_cache", "cached_samples", "cached_states", "cached_head"]
+__all__ = ["spec_cache", "cached_samples", "cached_states", "cached_head", "benchmark_heads", "add_head_args",
+           "heads_from_args"]
 
 
 def spec_cache() -> Path:
@@ -39,14 +40,17 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def cached_samples(model, tokenizer, *, model_name: str, n_prompts: int = 192, temperature: float = 1.0,
-                   max_new_tokens: int = 96, batch_size: int = 32, seed: int = 0) -> Samples:
-    """The model's own responses to the first n training prompts (generated once, then cached)."""
-    key = _key(model=model_name, n=n_prompts, t=temperature, new=max_new_tokens, seed=seed)
+                   max_new_tokens: int = 96, batch_size: int = 32, seed: int = 0,
+                   samples_per_prompt: int = 1) -> Samples:
+    """The model's own responses to the first n training prompts, `samples_per_prompt` each
+    (independent draws), generated once, then cached."""
+    spp = {} if samples_per_prompt == 1 else {"spp": samples_per_prompt}  # old cache keys stay valid
+    key = _key(model=model_name, n=n_prompts, t=temperature, new=max_new_tokens, seed=seed, **spp)
     path = spec_cache() / "samples" / f"{key}.pt"
     if path.is_file():
         d = torch.load(path, weights_only=True)
         return Samples(d["sequences"], d["prompt_lens"])
-    prompts = chat_prompts(tokenizer, "train", n_prompts)
+    prompts = chat_prompts(tokenizer, "train", n_prompts) * samples_per_prompt
     from rich.progress import Progress
 
     with Progress(transient=True) as bar:
@@ -84,3 +88,49 @@ def cached_head(model, samples: Samples, cfg: TrainConfig, *, model_name: str, e
     head = train_head(model, samples, cfg, folder, states=states, stats=stats, base_model=model_name,
                       eos_token_id=eos_token_id, extra={"data_temperature": temperature})
     return head, folder
+
+
+def benchmark_heads(lm, losses, *, model_name: str, steps: int = 200, batch_size: int = 8, lr: float = 1e-3,
+                    draft_vocab: int = 8192, n_prompts: int = 192, samples_per_prompt: int = 1,
+                    max_new_tokens: int = 96, gen_batch: int = 32) -> dict[str, MTPHead]:
+    """One cached head per loss, all trained on the same self-samples (what the benchmarks compare)."""
+    import time
+
+    samples = cached_samples(lm.model, lm.tokenizer, model_name=model_name, n_prompts=n_prompts,
+                             samples_per_prompt=samples_per_prompt, max_new_tokens=max_new_tokens,
+                             batch_size=gen_batch)
+    states, stats = cached_states(lm.model, samples, model_name=model_name)
+    n_tok = sum(len(s) - p for s, p in zip(samples.sequences, samples.prompt_lens))
+    heads = {}
+    for loss in losses:
+        cfg = TrainConfig(loss=loss, gamma=3, steps=steps, batch_size=batch_size, lr=lr, draft_vocab=draft_vocab)
+        t = time.perf_counter()
+        head, folder = cached_head(lm.model, samples, cfg, model_name=model_name,
+                                   eos_token_id=lm.tokenizer.eos_token_id, states=states, stats=stats)
+        alphas = [round(head.config.extra.get(f"mtp/alpha_{i}", float("nan")), 3) for i in (1, 2, 3)]
+        print(f"{loss:7s} head {folder.name}: {len(samples.sequences)} samples, {n_tok} response tokens, "
+              f"{steps} steps × {batch_size} ({time.perf_counter() - t:.0f} s to train or load); train α1..3 = {alphas}")
+        heads[loss] = head
+    return heads
+
+
+def add_head_args(ap) -> None:
+    """The head recipe flags the spec benchmarks share (defaults: the CPU recipe of session 1)."""
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="model name, folder or .gguf")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--steps", type=int, default=200, help="training steps of each head (cached)")
+    ap.add_argument("--train-batch", type=int, default=8, help="sequences per head training step")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--draft-vocab", type=int, default=8192, help="draft vocabulary size (0 = full)")
+    ap.add_argument("--data-prompts", type=int, default=192, help="training prompts for self-samples")
+    ap.add_argument("--samples-per-prompt", type=int, default=1, help="independent self-samples per prompt")
+
+
+def heads_from_args(lm, args, losses) -> dict[str, MTPHead]:
+    import torch
+
+    with torch.enable_grad():
+        return benchmark_heads(lm, losses, model_name=args.model, steps=args.steps, batch_size=args.train_batch,
+                               lr=args.lr, draft_vocab=args.draft_vocab, n_prompts=args.data_prompts,
+                               samples_per_prompt=args.samples_per_prompt,
+                               gen_batch=128 if args.device != "cpu" else 32)

@@ -98,10 +98,11 @@ def trunk_states(model, sequences: list[list[int]], batch_size: int = 8) -> list
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start:start + batch_size]
         L = max(len(s) for s in chunk)
-        ids = torch.zeros(len(chunk), L, dtype=torch.long)
-        att = torch.zeros(len(chunk), L, dtype=torch.long)
+        dev = model.get_input_embeddings().weight.device
+        ids = torch.zeros(len(chunk), L, dtype=torch.long, device=dev)
+        att = torch.zeros(len(chunk), L, dtype=torch.long, device=dev)
         for b, s in enumerate(chunk):
-            ids[b, :len(s)] = torch.tensor(s)
+            ids[b, :len(s)] = torch.tensor(s, device=dev)
             att[b, :len(s)] = 1
         h = model.model(input_ids=ids, attention_mask=att).last_hidden_state
         out += [h[b, :len(s)].clone() for b, s in enumerate(chunk)]
@@ -142,15 +143,15 @@ def _batch(states, stats, samples: Samples, idx: list[int], gamma: int, chains_p
     and their validity [B, C]: up to C chains per sequence drawn from those the chain mask allows
     (start in the response, at the last prompt position or later; all γ targets exist)."""
     L = max(len(samples.sequences[i]) for i in idx)
-    H = states[idx[0]].shape[-1]
-    h = torch.zeros(len(idx), L, H)
-    st = torch.zeros(len(idx), L, 2)
-    tok = torch.zeros(len(idx), L, dtype=torch.long)
+    H, dev = states[idx[0]].shape[-1], states[idx[0]].device
+    h = torch.zeros(len(idx), L, H, device=dev)
+    st = torch.zeros(len(idx), L, 2, device=dev)
+    tok = torch.zeros(len(idx), L, dtype=torch.long, device=dev)
     picks = []
     for b, i in enumerate(idx):
         s, P = samples.sequences[i], samples.prompt_lens[i]
         h[b, :len(s)], st[b, :len(s)] = states[i], stats[i]
-        tok[b, :len(s)] = torch.tensor(s)
+        tok[b, :len(s)] = torch.tensor(s, device=dev)
         allowed = torch.arange(P - 1, max(len(s) - gamma, P - 1))  # need i + γ ≤ L − 1
         if chains_per_seq and len(allowed) > chains_per_seq:
             allowed = allowed[torch.randperm(len(allowed), generator=gen)[:chains_per_seq]].sort().values
@@ -160,7 +161,7 @@ def _batch(states, stats, samples: Samples, idx: list[int], gamma: int, chains_p
     valid = torch.zeros(len(idx), C, dtype=torch.bool)
     for b, a in enumerate(picks):
         chains[b, :len(a)], valid[b, :len(a)] = a, True
-    return h, tok, st, chains, valid
+    return h, tok, st, chains.to(dev), valid.to(dev)
 
 
 def head_loss(head: MTPHead, hidden: torch.Tensor, tokens: torch.Tensor, stats: torch.Tensor,
@@ -173,8 +174,8 @@ def head_loss(head: MTPHead, hidden: torch.Tensor, tokens: torch.Tensor, stats: 
     g = head.chain_states(hidden, tokens, gamma, chains)  # [B, C, γ, H]
     q_logits = head.logits(g)  # [B, C, γ, V']
     with torch.no_grad():
-        rows = torch.arange(B)[:, None, None]
-        tgt = (chains[..., None] + torch.arange(1, gamma + 1)).clamp(max=T - 1)  # [B, C, γ]: position i+k
+        rows = torch.arange(B, device=hidden.device)[:, None, None]
+        tgt = (chains[..., None] + torch.arange(1, gamma + 1, device=hidden.device)).clamp(max=T - 1)  # [B, C, γ]: position i+k
         z = F.linear(hidden[rows, tgt], head._lm).float()  # [B, C, γ, V'] trunk logits on the draft vocab
         p = torch.exp(z - stats[rows, tgt, 0][..., None])  # restricted to V', not renormalised
         ent = stats[rows, tgt, 1][:, :, 0]  # [B, C] H(p) at the depth-1 target

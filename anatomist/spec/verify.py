@@ -19,7 +19,14 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["RSResult", "sampling_probs", "sample_from_probs", "rejection_sample"]
+__all__ = ["RSResult", "uniforms", "sampling_probs", "sample_from_probs", "rejection_sample"]
+
+
+def uniforms(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+    """U(0, 1) draws on `device`, taken from `generator` on the generator's own device, so a CPU
+    generator gives the same stream whether the model runs on CPU or GPU."""
+    src = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=src).to(device)
 
 
 def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
