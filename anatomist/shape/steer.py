@@ -1,0 +1,84 @@
+"""Activation steering: add α·d to the residual stream after decoder block L (DESIGN.md).
+
+    with add_to_residual(model, layer=15, vector=alpha * d):          # every position
+        model.generate(...)
+    with add_to_residual(model, 15, alpha * d, positions=response_mask):  # [B, T] bool: only these
+        loss = ...
+
+`d` is usually a concept's unit decoder direction (`concept_direction`). During DPO the hook goes
+on the policy only, on response tokens (preventative steering); at inference on every position.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from anatomist.models.layers import check_layer, decoder_layers
+
+
+def concept_direction(W_dec: torch.Tensor, features: np.ndarray, weights: np.ndarray | None = None) -> torch.Tensor:
+    """Unit direction [D] of a concept: the (weighted) sum of its members' decoder rows W_dec [F, D]."""
+    idx = torch.as_tensor(np.asarray(features), dtype=torch.long)
+    rows = W_dec[idx].float()                                            # [M, D]
+    w = torch.ones(len(idx)) if weights is None else torch.as_tensor(np.asarray(weights), dtype=torch.float32)
+    d = (w[:, None] * rows).sum(0)
+    return d / d.norm().clamp_min(1e-12)
+
+
+@contextmanager
+def add_to_residual(model: torch.nn.Module, layer: int, vector: torch.Tensor, positions: torch.Tensor | None = None):
+    """Add `vector` [D] to block `layer`'s output while the context is open.
+
+    positions: None (all positions) or a bool/0-1 mask [B, T] matching the forward's input; a
+    cached decode step (T = 1) with a mask given is steered only if the mask's last column is set."""
+    block = decoder_layers(model)[check_layer(model, layer)]
+
+    def hook(_module, _inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output          # [B, T, D]
+        add = vector.to(hidden.dtype).to(hidden.device)
+        if positions is None:
+            hidden = hidden + add
+        else:
+            m = positions.to(hidden.device)
+            if m.shape[1] != hidden.shape[1]:
+                m = m[:, -hidden.shape[1]:]
+            hidden = hidden + m[..., None].to(hidden.dtype) * add
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def audit_direction(audit, cluster: int, sae=None) -> torch.Tensor:
+    """d_C [D]: unit decoder direction of an audit cluster, members weighted like its concept score
+    (w_f = 1/sd_f). `sae` defaults to the audit's own (audit.json)."""
+    from anatomist.sae import load_sae
+
+    sae = load_sae(audit.sae_path) if sae is None else sae
+    c = audit.check_cluster(cluster)
+    members = audit.concepts.labels == c
+    return concept_direction(sae.decoder_directions(), audit.concepts.features[members], audit.concepts.weights[members])
+
+
+@torch.no_grad()
+def steered_generate(model, tokenizer, prompts: list[str], *, layer: int, vector: torch.Tensor,
+                     max_new_tokens: int = 64, do_sample: bool = False, seed: int = 0) -> list[str]:
+    """Chat-templated generation for each user prompt with `vector` added at every position of layer L."""
+    from anatomist.models.chat import apply_chat_template
+
+    out = []
+    for text in prompts:    # one at a time: no padding, so every position steered is a real token
+        ids = torch.tensor([apply_chat_template(tokenizer, [{"role": "user", "content": text}])],
+                           device=next(model.parameters()).device)
+        torch.manual_seed(seed)
+        with add_to_residual(model, layer, vector):
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=do_sample, pad_token_id=tokenizer.eos_token_id)
+        out.append(tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
+    return out
