@@ -27,6 +27,7 @@ from anatomist.capture.hook import residual_stream
 from anatomist.capture.run import CaptureItem, encode_batch, items_hash
 from anatomist.capture.store import ShardStore, ShardWriter
 from anatomist.errors import AnatomistError
+from anatomist.models.layers import check_layer
 from anatomist.progress import progress_bar
 
 FORMAT = "anatomist.latents/1"
@@ -142,6 +143,11 @@ def pool_features(model, tokenizer, sae, items: Sequence[CaptureItem], out: str 
         raise AnatomistError("the SAE config has no layer; pass layer=")
     if not items:
         raise AnatomistError("nothing to pool: the dataset is empty")
+    if sae.cfg.d_in != model.config.hidden_size:
+        raise AnatomistError(f"the SAE reads width d_in={sae.cfg.d_in} but the model's residual stream has "
+                             f"width {model.config.hidden_size}: the SAE was trained on another model")
+    check_layer(model, layer)
+    encode_batch(tokenizer, items[:1], max_length)  # a tokenizer without chat template fails before any file exists
     settings = dict(layer=int(layer), d_sae=sae.cfg.d_sae, sae_model=sae.cfg.model, max_length=max_length,
                     n_sequences=len(items), items_hash=items_hash(items),
                     sae_hash=_tensor_hash(sae.W_enc), model=getattr(model.config, "_name_or_path", ""))

@@ -72,8 +72,8 @@ def load_audit(audit_dir: Path) -> Audit:
     if missing:
         raise AnatomistError(f"{audit_dir}: missing {', '.join(missing)}; "
                              f"run `anatomist audit --out {audit_dir}` first")
-    read_json = lambda name: json.loads((audit_dir / name).read_text())  # noqa: E731
-    read_pq = lambda name: pd.read_parquet(audit_dir / name)  # noqa: E731
+    read_json = lambda name: _read(audit_dir / name, lambda p: json.loads(p.read_text()), dict)  # noqa: E731
+    read_pq = lambda name: _read(audit_dir / name, pd.read_parquet, pd.DataFrame)  # noqa: E731
     rows, clusters, pairs = read_pq("rows.parquet"), read_pq("clusters.parquet"), read_pq("pairs.parquet")
     _require(audit_dir / "rows.parquet", rows, ("topic", "topic_id", "cluster", "n", "mean", "d", "ci_low",
                                                 "ci_high", "split_half", "q", "direction", "tested", "excess"))
@@ -81,6 +81,17 @@ def load_audit(audit_dir: Path) -> Audit:
                                                         "n_features", "mean_delta", "direction"))
     _require(audit_dir / "pairs.parquet", pairs, ("pair_id", "cluster", "delta"))
     return Audit(audit_dir, read_json("audit.json"), rows, clusters, pairs, read_json("examples.json"))
+
+
+def _read(path: Path, reader, kind: type):
+    """`reader(path)`, or a one-line error naming the file (damaged, or not what an audit writes)."""
+    try:
+        value = reader(path)
+    except Exception as e:  # json / pyarrow raise many types; all mean the same to the user
+        raise AnatomistError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    if not isinstance(value, kind):
+        raise AnatomistError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _require(path: Path, frame: pd.DataFrame, columns: tuple[str, ...]) -> None:

@@ -74,6 +74,18 @@ class AuditConfig:
             raise AnatomistError(f"leiden_backend must be one of {tuple(LEIDEN_BACKENDS)}, got {self.leiden_backend!r}")
         if self.min_support < 1 or self.min_pairs < 2 or self.knn < 1 or self.n_boot < 10:
             raise AnatomistError("min_support >= 1, min_pairs >= 2, knn >= 1 and n_boot >= 10 are required")
+        if not self.resolution > 0:
+            raise AnatomistError(f"resolution must be positive, got {self.resolution}")
+        if self.topic_method not in ("kmeans", "leiden"):
+            raise AnatomistError(f"topic_method must be 'kmeans' or 'leiden', got {self.topic_method!r}")
+        # Checked here, not after pooling (minutes on a real model): the labeller's name and, for an
+        # LLM labeller, its endpoint — a remote host is refused (or warned about) before any work.
+        from anatomist.audit.labels import LABELLERS
+
+        if self.labeller not in LABELLERS:
+            raise AnatomistError(f"--labeller {self.labeller!r}: choose one of {', '.join(sorted(LABELLERS))}")
+        if self.labeller != "offline":
+            LABELLERS[self.labeller](**self.labeller_kwargs)
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -113,10 +125,11 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
     from anatomist.audit.labels import label_clusters
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     pairs = list(pairs)
     if len(pairs) < 2 * cfg.min_pairs:
         raise AnatomistError(f"audit needs at least {2 * cfg.min_pairs} pairs, got {len(pairs)}")
+    # `out` comes into being with latents/ (pool_features), after its input checks: a bad input
+    # leaves no folder behind.
     timings, t = {}, time.perf_counter()
     items = items_from_pairs(pairs)
     latents = pool_features(model, tokenizer, sae, items, out / "latents", max_length=cfg.max_length,

@@ -82,6 +82,7 @@ def capture(model, tokenizer, items: Sequence[CaptureItem], out: str | Path, lay
     if not items:
         raise AnatomistError("nothing to capture: the dataset is empty")
     layer = check_layer(model, layer)
+    encode_batch(tokenizer, items[:1], max_length)  # a tokenizer without chat template fails before any file exists
     settings = dict(model=model_name or getattr(model.config, "_name_or_path", ""), layer=layer,
                     d_model=model.config.hidden_size, n_layers_model=model.config.num_hidden_layers,
                     dtype=dtype, keep=keep, max_length=max_length, n_sequences=len(items),

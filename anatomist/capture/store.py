@@ -68,6 +68,16 @@ def _read_shard_info(path: Path) -> ShardInfo:
         raise AnatomistError(f"{path}: not a readable activation shard ({type(e).__name__}: {e})") from e
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise AnatomistError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+    if not isinstance(value, dict):
+        raise AnatomistError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def scan_shards(folder: Path) -> list[ShardInfo]:
     """Complete shards in order, checked to cover sequences 0..n contiguously."""
     shards = [_read_shard_info(p) for p in sorted(folder.glob("shard_*.safetensors")) if SHARD_RE.search(p.name)]
@@ -100,7 +110,7 @@ class ShardWriter:
         settings_path = self.folder / "capture.json"
         settings = {"format": format, **settings}
         if settings_path.exists():
-            existing = json.loads(settings_path.read_text())
+            existing = _read_json(settings_path)
             if existing != json.loads(json.dumps(settings)):
                 diff = sorted(k for k in set(existing) | set(settings) if existing.get(k) != settings.get(k))
                 raise AnatomistError(f"{self.folder}: holds a capture with other settings ({', '.join(diff)}); "
@@ -175,11 +185,11 @@ class ShardStore:
         self.folder = Path(folder)
         if not (self.folder / "capture.json").is_file():
             raise AnatomistError(f"{self.folder}: not a shard store (no capture.json)")
-        self.settings = json.loads((self.folder / "capture.json").read_text())
+        self.settings = _read_json(self.folder / "capture.json")
         if self.settings.get("format") != self.format:
             raise AnatomistError(f"{self.folder}: holds format {self.settings.get('format')!r}, expected {self.format!r}")
         manifest_path = self.folder / "manifest.json"
-        complete = manifest_path.is_file() and json.loads(manifest_path.read_text()).get("complete")
+        complete = manifest_path.is_file() and _read_json(manifest_path).get("complete")
         if not complete and not allow_partial:
             raise AnatomistError(f"{self.folder}: capture is not finished; rerun the same capture command to resume")
         self.shards = scan_shards(self.folder)

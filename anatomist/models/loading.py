@@ -82,6 +82,8 @@ def resolve(name_or_path: str) -> str:
         return str(_converted(path, f"{path.stem}-{key}"))
     if path.exists() and not path.is_dir():
         raise AnatomistError(f"{path}: expected a model folder, a .gguf file or a HF model id")
+    if not path.exists() and (path.is_absolute() or name_or_path.startswith((".", "~"))):
+        raise AnatomistError(f"{path}: model folder not found")  # a path, not a hub id
     return str(path) if path.is_dir() else name_or_path
 
 

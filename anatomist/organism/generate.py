@@ -27,6 +27,7 @@ from typing import Sequence
 import torch
 
 from anatomist.errors import AnatomistError
+from anatomist.fileio import atomic_write_text
 from anatomist.models.chat import apply_chat_template
 from anatomist.models.loading import cache_root
 from anatomist.progress import progress_bar
@@ -173,7 +174,7 @@ def generate(model, tokenizer, requests: Sequence[GenRequest], settings: GenSett
         raise AnatomistError("generation requests must have unique keys")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir(settings, requests)
     cache.mkdir(parents=True, exist_ok=True)
-    (cache / "settings.json").write_text(json.dumps(
+    atomic_write_text(cache / "settings.json", json.dumps(
         {"settings": asdict(settings), "n_requests": len(requests), "hash": run_hash(settings, requests)}, indent=1))
     batches = plan_batches(tokenizer, requests, settings.batch_size)
     path = cache / FILE

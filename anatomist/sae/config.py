@@ -118,6 +118,10 @@ class TrainConfig(_DictIO):
                 raise AnatomistError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.decay_frac <= 1:
             raise AnatomistError(f"decay_frac must be in [0, 1], got {self.decay_frac}")
+        if not self.lr > 0:
+            raise AnatomistError(f"lr must be positive, got {self.lr}")
+        if self.aux_k < 0:
+            raise AnatomistError(f"aux_k must be >= 0 (0: off), got {self.aux_k}")
 
     @property
     def steps(self) -> int:

@@ -20,14 +20,17 @@ Cache layout under `$ANATOMIST_CACHE/sae/<model>/`:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from anatomist.capture import CaptureItem, capture, items_from_pairs
 from anatomist.data.shared import shared_data_dir
+from anatomist.fileio import atomic_write_text
 from anatomist.models.loading import DEFAULT_MODEL, cache_root
 from anatomist.sae.config import TrainConfig, stable_hash
 from anatomist.sae.io import CFG_FILE, WEIGHTS_FILE
@@ -82,10 +85,21 @@ def recipe_items(recipe: Recipe, split: str, data_dir: str | Path | None = None)
     return items
 
 
+def model_dir_name(model_name: str) -> str:
+    """The cache sub-folder for `model_name`: aliases and HF ids ("org/name") as they are; anything
+    else (an absolute or relative path, "..") as a slug plus a hash, so that no model name can
+    point the cache outside itself (an absolute path joined to a folder replaces it)."""
+    parts = Path(model_name).parts
+    if 0 < len(parts) <= 2 and all(re.fullmatch(r"[A-Za-z0-9][\w.-]*", p) for p in parts):
+        return model_name
+    slug = re.sub(r"[^\w.-]+", "_", model_name).strip("._")[-48:] or "model"
+    return f"{slug}-{hashlib.sha256(model_name.encode()).hexdigest()[:8]}"
+
+
 def default_sae(model_name: str = DEFAULT_MODEL, *, recipe: Recipe = DEFAULT_RECIPE, data_dir: str | Path | None = None,
                 progress: bool = True, model=None) -> Path:
     """Path of the default SAE for `model_name`: trained on first use (capture + train), then cached."""
-    root = cache_root() / "sae" / model_name
+    root = cache_root() / "sae" / model_dir_name(model_name)
     out = root / recipe.key(model_name)
     if (out / CFG_FILE).is_file() and (out / WEIGHTS_FILE).is_file() and (out / SUMMARY).is_file():
         return out
@@ -106,6 +120,6 @@ def default_sae(model_name: str = DEFAULT_MODEL, *, recipe: Recipe = DEFAULT_REC
     t2 = time.perf_counter()
     timing = {"capture_s": t1 - t0, "train_s": t2 - t1, "total_s": t2 - t0, "capture_tokens": store.n_tokens,
               "note": "this call's wall time; a resumed run counts only the resumed part"}
-    (out / "recipe.json").write_text(json.dumps({"model": model_name, "recipe": asdict(recipe), **timing}, indent=2))
+    atomic_write_text(out / "recipe.json", json.dumps({"model": model_name, "recipe": asdict(recipe), **timing}, indent=2))
     log.warning("default SAE ready in %s (capture %.0f s, training %.0f s)", out, t1 - t0, t2 - t1)
     return out

@@ -82,6 +82,9 @@ def _foreign_cfg(raw: dict, path: Path) -> SAEConfig:
         raise AnatomistError(f"{path / CFG_FILE}: normalize_activations={norm!r} is not supported; "
                              "fold the scaling into the weights first (SAELens: "
                              "fold_activation_norm_scaling_factor)")
+    missing = [k for k in ("d_in", "d_sae") if k not in raw]
+    if missing:
+        raise AnatomistError(f'{path / CFG_FILE}: missing field "{missing[0]}"')
     meta = raw.get("metadata") or {}
     hook = meta.get("hook_name") or raw.get("hook_name") or ""
     m = HOOK_RE.search(hook)
@@ -102,15 +105,28 @@ def load_sae(path: str | Path) -> SAE:
         w = load_file(str(path / WEIGHTS_FILE))
     except Exception as e:
         raise AnatomistError(f"{path}: unreadable SAE files ({type(e).__name__}: {e})") from e
+    if not isinstance(raw, dict):
+        raise AnatomistError(f"{path / CFG_FILE}: expected a JSON object, got {type(raw).__name__}")
     ours = (raw.get("metadata") or {}).get("anatomist")
-    cfg = SAEConfig.from_dict(ours) if ours else _foreign_cfg(raw, path)
+    try:
+        cfg = SAEConfig.from_dict(ours) if ours else _foreign_cfg(raw, path)
+    except (AnatomistError, TypeError, ValueError) as e:  # out-of-range or mistyped config values
+        msg = str(e)
+        raise AnatomistError(msg if msg.startswith(str(path)) else f"{path / CFG_FILE}: {msg}") from e
     missing = {"W_enc", "b_enc", "W_dec", "b_dec"} - set(w)
     if missing:
         raise AnatomistError(f"{path / WEIGHTS_FILE}: missing tensors {sorted(missing)}")
+    bad = next((k for k, v in w.items() if not v.is_floating_point()), None)
+    if bad:
+        raise AnatomistError(f"{path / WEIGHTS_FILE}: {bad} has dtype {str(w[bad].dtype).removeprefix('torch.')}, "
+                             "expected a floating-point dtype")
     W_enc, b_enc, W_dec, b_dec = (w[k].float() for k in ("W_enc", "b_enc", "W_dec", "b_dec"))
     if tuple(W_enc.shape) != (cfg.d_in, cfg.d_sae) or tuple(W_dec.shape) != (cfg.d_sae, cfg.d_in):
         raise AnatomistError(f"{path / WEIGHTS_FILE}: W_enc {tuple(W_enc.shape)} / W_dec "
                              f"{tuple(W_dec.shape)} do not match d_in={cfg.d_in}, d_sae={cfg.d_sae}")
+    for name, shape in (("b_enc", (cfg.d_sae,)), ("b_dec", (cfg.d_in,)), ("threshold", (cfg.d_sae,))):
+        if name in w and tuple(w[name].shape) != shape and not (name == "threshold" and w[name].numel() == 1):
+            raise AnatomistError(f"{path / WEIGHTS_FILE}: {name} has shape {tuple(w[name].shape)}, expected {shape}")
     if not ours:
         if not raw.get("apply_b_dec_to_input", True):
             b_enc = b_enc + b_dec @ W_enc          # x W + b = (x − b_dec) W + (b + b_dec W)
