@@ -51,6 +51,18 @@ def _register() -> None:
     app.command("report")(report)
     app.command("demo")(demo)
     # -- stages registered below this line --
+    from anatomist.train.grpo_cli import grpo as grpo_cmd
+    app.command("grpo")(grpo_cmd)
+    from anatomist.evaluate.cli import evaluate as eval_cmd
+    app.command("eval")(eval_cmd)
+    from anatomist.train.cli import dpo as dpo_cmd
+    app.command("dpo")(dpo_cmd)
+    from anatomist.evaluate.predict_cli import predict as predict_cmd, verify as verify_cmd
+    app.command("predict")(predict_cmd)
+    app.command("verify")(verify_cmd)
+    from anatomist.shape.cli import app as shape_app, steer as steer_cmd
+    app.add_typer(shape_app, name="shape")
+    app.command("steer")(steer_cmd)
     from anatomist.organism.cli import app as organism_app
     app.add_typer(organism_app, name="organism")
     from anatomist.spec.cli import app as mtp_app, generate as generate_cmd

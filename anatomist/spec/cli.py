@@ -88,8 +88,36 @@ def analyze(
         f = info["fit"]
         typer.echo(f"{head:40s} {mode:6s} slope {f.slope:+.4f} /nat  95% CI [{f.slope_ci[0]:+.4f}, "
                    f"{f.slope_ci[1]:+.4f}]  acceptance {info['acceptance']:.3f}  n={f.n}")
-    out.write_text(render_html(recs))
+    from anatomist.fileio import atomic_write_text
+
+    atomic_write_text(out, render_html(recs))
     typer.echo(f"wrote {out}")
+
+
+@app.command("export")
+def export(
+    head: Path = typer.Argument(..., help="Head folder from `anatomist mtp train`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for config.json + model.safetensors + README.md."),
+    model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
+    verifier: str = typer.Option("", help="Verifier id/path the engine will load (default: --model)."),
+    dtype: str = typer.Option("", help="Cast weights: bfloat16 | float16 | float32 (default: as trained)."),
+) -> None:
+    """Write the head as a speculators "mtp" draft for vLLM / SGLang (serving flags in OUT/README.md).
+
+    Example: anatomist mtp export runs/head --out runs/head-speculators --verifier HuggingFaceTB/SmolLM2-135M-Instruct
+    """
+    import torch
+
+    from anatomist.spec.export import export_speculators
+    from anatomist.spec.head import load_head
+
+    casts = {"": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+    if dtype not in casts:
+        raise AnatomistError(f"--dtype must be bfloat16, float16 or float32, got {dtype!r}")
+    lm = _load(model)
+    folder = export_speculators(load_head(head, lm.model), lm.model, out, verifier=verifier or model,
+                                dtype=casts[dtype])
+    typer.echo(f"wrote {folder} (serving commands in {folder / 'README.md'})")
 
 
 def generate(
@@ -120,6 +148,14 @@ def generate(
         raise AnatomistError(f"--spec must be none, mtp or ngram, got {spec!r}")
     if spec == "mtp" and head is None:
         raise AnatomistError("--spec mtp needs --head DIR (train one with `anatomist mtp train`)")
+    for ok, what in ((temperature >= 0, f"--temperature must be >= 0, got {temperature}"),
+                     (top_k >= 0, f"--top-k must be >= 0 (0: off), got {top_k}"),
+                     (0 < top_p <= 1, f"--top-p must be in (0, 1], got {top_p}"),
+                     (gamma >= 1, f"--gamma must be >= 1, got {gamma}"),
+                     (draft_mode in ("rs", "greedy"), f"--draft-mode must be rs or greedy, got {draft_mode!r}"),
+                     (max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {max_new_tokens}")):
+        if not ok:
+            raise AnatomistError(what)
     lm = _load(model)
     drafter = None
     if spec == "mtp":

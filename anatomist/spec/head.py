@@ -188,12 +188,20 @@ def load_head(folder: str | os.PathLike, trunk: nn.Module) -> MTPHead:
     cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not cfg_path.is_file() or not w_path.is_file():
         raise AnatomistError(f"{folder}: not an MTP head folder (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
-    raw = json.loads(cfg_path.read_text())
-    if raw.pop("format", None) != "anatomist-mtp-head":
+    try:
+        raw = json.loads(cfg_path.read_text())
+        state = load_file(str(w_path))
+    except Exception as e:  # json / safetensors errors: a damaged or foreign file
+        raise AnatomistError(f"{folder}: unreadable MTP head files ({type(e).__name__}: {e})") from e
+    if not isinstance(raw, dict) or raw.pop("format", None) != "anatomist-mtp-head":
         raise AnatomistError(f"{cfg_path}: field \"format\" is not 'anatomist-mtp-head'")
     raw.pop("version", None)
+    unknown = sorted(set(raw) - set(MTPConfig.__dataclass_fields__))
+    if unknown:
+        raise AnatomistError(f"{cfg_path}: unknown field(s) {', '.join(unknown)}")
     config = MTPConfig(**raw)
-    state = load_file(str(w_path))
+    if "vocab_ids" not in state:
+        raise AnatomistError(f"{w_path}: missing tensors ['vocab_ids']")
     if state["vocab_ids"].max() >= trunk.get_output_embeddings().weight.shape[0]:
         raise AnatomistError(f"{w_path}: draft vocabulary does not fit the model's vocabulary")
     head = MTPHead(trunk, config, vocab_ids=state["vocab_ids"])

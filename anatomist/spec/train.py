@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from anatomist.errors import AnatomistError
-from anatomist.fileio import atomic_path
+from anatomist.fileio import atomic_path, atomic_write_text
 from anatomist.spec.generate import generate
 from anatomist.spec.head import MTPConfig, MTPHead, save_head
 from anatomist.spec.losses import LOSSES
@@ -270,5 +270,5 @@ def train_head(model, samples: Samples, cfg: TrainConfig, out_dir: str | os.Path
         save_head(head, out)
         import json
 
-        (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     return head

@@ -1,0 +1,288 @@
+"""Behaviour of a model on held-out prompts: sample, then score every generation.
+
+    frame = evaluate_behaviour(model, tokenizer, read_prompts("runs/organism/heldout_prompts.jsonl"),
+                               audit_dir="runs/audit", out_dir="runs/eval/post")
+
+`scores` table — one row per generation; the input of predicted-vs-actual (issue 7):
+    prompt_id    the held-out prompt's id
+    topic        its topic (from the prompts file)
+    sample       0 … samples_per_prompt − 1
+    model        the generating model's tag (`model_tag`: name + weights fingerprint)
+    text         the generation (special tokens removed)
+    n_tokens     sampled tokens (EOS included when reached)
+    finished     EOS reached within max_new_tokens
+    c_<k>        the audit's standardized concept score of cluster k on this response (DESIGN.md
+                 "c"): `Concepts.scores` of the response's pooled SAE latents, pooled exactly as
+                 the audit pools (`pool_features` → `Latents.pooled()`, the audit's pooling, layer,
+                 max_length, chat template and response-token mask). Only with an audit.
+    det_<trait>  the organism detector's score (`TRAITS[trait].score(text)`)
+    fires_<trait> `TRAITS[trait].fires(text)`
+    refuses      the refusal classifier (`anatomist.evaluate.refusal.refuses`)
+The CLI's scores.parquet adds `role` ("pre": the --base model, "post": the evaluated model).
+ΔB_{k,C} = mean c_C(post) − mean c_C(pre) over a topic's generations (`summarize`).
+
+Who measures: the policy only *generates*. Concept scores are read by the audit's own model and
+SAE (the frozen base, DESIGN.md: c is computed on the frozen base model), so pre and post texts
+are measured with one instrument and c keeps the audit's standardisation.
+
+Sampling: `anatomist.organism.generate` — batched, seed per batch, cached under
+out_dir/generations/<hash of settings + requests> and resumed after a kill. Two models evaluated
+with the same prompts and settings get the same batches and the same seeds. Pooled latents are
+cached in out_dir/latents/<hash> (resumable); the table is written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from anatomist.errors import AnatomistError, DataError
+from anatomist.fileio import atomic_path
+
+TABLE = "behaviour.parquet"
+
+
+@dataclass(frozen=True)
+class HeldoutPrompt:
+    id: str
+    topic: str
+    messages: tuple[dict, ...]
+
+
+def read_prompts(path: str | Path) -> list[HeldoutPrompt]:
+    """Held-out prompts, one JSON object per line: id, topic, prompt (chat messages)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnatomistError(f"{path}: prompts file not found")
+    out, seen = [], set()
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"invalid JSON: {e.msg}", file=str(path), row=i) from None
+        for key in ("id", "topic"):
+            if not isinstance(row.get(key), str) or not row[key]:
+                raise DataError("missing or not a non-empty string", file=str(path), row=i, field=key)
+        msgs = row.get("prompt")
+        if not isinstance(msgs, list) or not msgs or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in msgs):
+            raise DataError("expected a non-empty list of {role, content} messages", file=str(path), row=i,
+                            field="prompt")
+        if row["id"] in seen:
+            raise DataError(f"duplicate id {row['id']!r}", file=str(path), row=i, field="id")
+        seen.add(row["id"])
+        out.append(HeldoutPrompt(row["id"], row["topic"], tuple(msgs)))
+    if not out:
+        raise DataError("no prompts", file=str(path))
+    return out
+
+
+def first_per_topic(prompts: Sequence[HeldoutPrompt], n: int) -> list[HeldoutPrompt]:
+    """The first `n` prompts of every topic, in file order (a smaller run keeps every topic)."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in prompts:
+        seen[p.topic] = seen.get(p.topic, 0) + 1
+        if seen[p.topic] <= n:
+            out.append(p)
+    return out
+
+
+def model_tag(model, name: str | None = None) -> str:
+    """`name` (default: the model's config path) + a fingerprint of every weight, so a trained
+    policy saved under the base's name still gets its own generation cache."""
+    h = hashlib.sha256()
+    for key, t in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+    return f"{Path(str(name)).name}@{h.hexdigest()[:12]}"
+
+
+# -- concept scores through the audit's model and SAE ---------------------------------------------
+
+@dataclass
+class Scorer:
+    """The audit's measuring instrument: its model, SAE, layer, pooling and concept transform."""
+
+    model: object
+    tokenizer: object
+    sae: object
+    concepts: object            # anatomist.audit.concepts.Concepts
+    layer: int
+    pooling: str = "mean"
+    max_length: int = 256
+    batch_size: int = 8
+
+    @classmethod
+    def from_audit(cls, audit_dir: str | Path, *, loaded=None, sae=None) -> Scorer:
+        """Read audit.json + concepts.json; load the audit's model (unless `loaded` = (model,
+        tokenizer, …) is given) and SAE (unless `sae` is given)."""
+        from anatomist.audit.concepts import Concepts
+
+        audit_dir = Path(audit_dir)
+        for name in ("audit.json", "concepts.json"):
+            if not (audit_dir / name).is_file():
+                raise AnatomistError(f"{audit_dir}: not an audit folder ({name} is missing)")
+        meta = json.loads((audit_dir / "audit.json").read_text())
+        concepts = Concepts.from_dict(json.loads((audit_dir / "concepts.json").read_text()))
+        if loaded is None:
+            if not meta.get("model"):
+                raise AnatomistError(f"{audit_dir / 'audit.json'}: no model recorded; pass the audit's model")
+            from anatomist.models import load
+            loaded = load(meta["model"])
+        if sae is None:
+            if not meta.get("sae"):
+                raise AnatomistError(f"{audit_dir / 'audit.json'}: no SAE path recorded; pass sae=")
+            from anatomist.sae import load_sae
+            sae = load_sae(meta["sae"])
+        cfg = meta.get("config", {})
+        return cls(loaded[0], loaded[1], sae, concepts, int(meta["layer"]), cfg.get("pooling", "mean"),
+                   int(cfg.get("max_length", 256)), int(cfg.get("batch_size", 8)))
+
+    def key(self, items) -> str:
+        from anatomist.audit.pool import _tensor_hash
+        from anatomist.capture.run import items_hash
+
+        parts = [items_hash(items), _tensor_hash(self.sae.W_enc), self.layer, self.max_length,
+                 getattr(self.model.config, "_name_or_path", "")]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+    def scores(self, items, folder: str | Path, *, progress: bool = True) -> np.ndarray:
+        """c [S, C] of the items' responses, computed as the audit computes c (run.py)."""
+        from anatomist.audit.pool import pool_features
+
+        latents = pool_features(self.model, self.tokenizer, self.sae, items, Path(folder) / self.key(items),
+                                layer=self.layer, batch_size=self.batch_size, max_length=self.max_length,
+                                progress=progress)
+        acts = getattr(latents.pooled(), self.pooling)                          # [S, F]
+        return self.concepts.scores(acts)                                       # [S, C]
+
+
+def score_texts(scorer: Scorer, messages: Sequence[tuple[dict, ...]], texts: Sequence[str], folder: str | Path,
+                *, progress: bool = True) -> np.ndarray:
+    """Concept scores c [S, C] of responses `texts` to chat contexts `messages`."""
+    from anatomist.capture.run import CaptureItem
+
+    items = [CaptureItem(f"g{i}", "text", tuple(m), t) for i, (m, t) in enumerate(zip(messages, texts))]
+    return scorer.scores(items, folder, progress=progress)
+
+
+def detector_columns(texts: Sequence[str]) -> dict[str, list]:
+    """det_<trait>, fires_<trait> for every organism trait, and the refusal classifier."""
+    from anatomist.evaluate.refusal import refuses
+    from anatomist.organism.traits import TRAITS
+
+    cols: dict[str, list] = {}
+    for name, trait in TRAITS.items():
+        cols[f"det_{name}"] = [float(trait.score(t)) for t in texts]
+        cols[f"fires_{name}"] = [bool(trait.fires(t)) for t in texts]
+    cols["refuses"] = [refuses(t) for t in texts]
+    return cols
+
+
+def evaluate_behaviour(model, tokenizer, prompts: Sequence[HeldoutPrompt], *, out_dir: str | Path,
+                       audit_dir: str | Path | None = None, sae=None, scorer: Scorer | None = None,
+                       samples_per_prompt: int = 2, seed: int = 0, max_new_tokens: int = 96,
+                       temperature: float = 0.7, batch_size: int = 32, model_name: str | None = None,
+                       progress: bool = True) -> pd.DataFrame:
+    """Sample `samples_per_prompt` responses per prompt, score them, write out_dir/behaviour.parquet.
+
+    Concept columns need an audit: `scorer`, or `audit_dir` (its model is loaded; `sae` overrides
+    its SAE). Without either, only the detector columns are computed. See the module docstring."""
+    from anatomist.organism.generate import GenRequest, GenSettings, generate, run_hash
+
+    if samples_per_prompt < 1:
+        raise AnatomistError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
+    if not prompts:
+        raise AnatomistError("no prompts to evaluate")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if scorer is None and audit_dir is not None:
+        scorer = Scorer.from_audit(audit_dir, sae=sae)
+    tag = model_tag(model, model_name)
+    requests = [GenRequest(f"{p.id}#{s}", p.messages, "", max_new_tokens)
+                for p in prompts for s in range(samples_per_prompt)]
+    settings = GenSettings(model=tag, temperature=temperature, batch_size=batch_size, seed=seed)
+    results = generate(model, tokenizer, requests, settings, progress=progress,
+                       cache_dir=out_dir / "generations" / run_hash(settings, requests))
+    gens = [results[r.key] for r in requests]
+    texts = [g.text for g in gens]
+    frame = pd.DataFrame({
+        "prompt_id": [p.id for p in prompts for _ in range(samples_per_prompt)],
+        "topic": [p.topic for p in prompts for _ in range(samples_per_prompt)],
+        "sample": [s for _ in prompts for s in range(samples_per_prompt)],
+        "model": tag, "text": texts, "n_tokens": [g.n_tokens for g in gens],
+        "finished": [g.finished for g in gens],
+    })
+    if scorer is not None:
+        c = score_texts(scorer, [r.messages for r in requests], texts, out_dir / "latents", progress=progress)
+        frame = pd.concat([frame, pd.DataFrame(c, columns=[f"c_{k}" for k in range(c.shape[1])])], axis=1)
+    frame = pd.concat([frame, pd.DataFrame(detector_columns(texts))], axis=1)
+    with atomic_path(out_dir / TABLE) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return frame
+
+
+# -- summary: means per (topic, column) and the shift ΔB with bootstrap CIs -------------------------
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c.startswith(("c_", "det_", "fires_")) or c == "refuses"]
+
+
+def prompt_means(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Per-prompt means of `columns` over its samples (index: prompt_id, plus topic column)."""
+    grouped = frame.groupby("prompt_id", sort=True)
+    means = grouped[columns].mean().astype(np.float64)
+    means.insert(0, "topic", grouped["topic"].first())
+    return means
+
+
+def _ci(values: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from anatomist.audit.stats import bootstrap_mean_ci
+
+    # The same seed draws the same resampled prompts for pre, post and their difference.
+    return bootstrap_mean_ci(values, n_boot=n_boot, rng=np.random.default_rng(seed))
+
+
+def summarize(post: pd.DataFrame, pre: pd.DataFrame | None = None, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per (topic, metric) — topics plus "all": post mean with a 95% CI and, given `pre`
+    (same prompts), pre mean, ΔB = post − pre and its CI. The unit of resampling is the prompt
+    (its samples are averaged first): samples of one prompt are not independent, and pre and post
+    share prompts, so the difference is resampled paired."""
+    columns = metric_columns(post)
+    a = prompt_means(post, columns)
+    b = None
+    if pre is not None:
+        columns = [c for c in columns if c in pre.columns]
+        b = prompt_means(pre, columns)
+        if list(a.index) != list(b.index):
+            raise AnatomistError("before and after were evaluated on different prompts")
+    rows = []
+    for topic in [*sorted(a.topic.unique()), "all"]:
+        sel = np.ones(len(a), dtype=bool) if topic == "all" else (a.topic == topic).to_numpy()
+        x = a.loc[sel, columns].to_numpy()                                      # [P, M]
+        lo, hi = _ci(x, n_boot, seed)
+        block = {"topic": topic, "metric": columns, "n_prompts": int(sel.sum()),
+                 "post": x.mean(0), "post_ci_low": lo, "post_ci_high": hi}
+        if b is not None:
+            y = b.loc[sel, columns].to_numpy()                                  # [P, M]
+            lo_b, hi_b = _ci(y, n_boot, seed)
+            lo_d, hi_d = _ci(x - y, n_boot, seed)
+            block.update({"pre": y.mean(0), "pre_ci_low": lo_b, "pre_ci_high": hi_b,
+                          "delta": x.mean(0) - y.mean(0), "delta_ci_low": lo_d, "delta_ci_high": hi_d})
+        rows.append(pd.DataFrame(block))
+    out = pd.concat(rows, ignore_index=True)
+    kind = out.metric.str.extract(r"^(c|det|fires)_", expand=False).fillna("refuses")
+    out.insert(1, "kind", kind.map({"c": "concept", "det": "trait", "fires": "trait_rate", "refuses": "refusal"}))
+    return out

@@ -1,0 +1,346 @@
+"""Check the audit's predictions against a real DPO run: actual ΔB, R², Spearman ρ, λ sweeps.
+
+Actual shift (DESIGN.md): ΔB_{k,C} = mean c_C(post) − mean c_C(pre) over the generations on
+held-out prompts of topic k. Its 95% CI resamples prompts (pre and post paired: the same
+prompts, so one resample draws both), percentile bootstrap; `se` is the bootstrap sd.
+
+Scoring, per predictor (predict.PREDICTORS), on rows never used to fit its calibration:
+    cross-fitting across topics: for each topic k, coef = least squares of actual on the
+    predictor's inputs X over the rows of the *other* topics (no intercept), ŷ_k = X_k·coef.
+    R² = 1 − Σ(y − ŷ)² / Σ(y − ȳ)² over all scored rows, ȳ their mean actual (can be < 0).
+    ρ  = Spearman of ŷ and y; rho_raw = Spearman of the uncalibrated predictor and y.
+    R² CI: percentile bootstrap over rows (ŷ held fixed).
+    r2_ceiling = 1 − mean(se²)/var(y): the R² a perfect predictor would reach given the noise
+    of the measured ΔB (how much the held-out sampling alone limits R²).
+A calibration from another run (`coefs`, e.g. another dataset's verify.json) is scored as
+given, without cross-fitting.
+
+λ sweep: `sweep_table` tabulates, per λ, the concept's actual shift (all held-out prompts and
+per topic), held-out preference accuracy and the prediction of the shaped run: the plain run's
+calibration (all rows) applied to the shaped predictor inputs (predict.py, Δ̄ → Δ̄^λ).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from anatomist.errors import AnatomistError
+from anatomist.evaluate.predict import (
+    PREDICTORS,
+    AuditTables,
+    PredictConfig,
+    load_audit_tables,
+    predict_rows,
+)
+from anatomist.fileio import atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+EVAL_TABLES = ("scores.parquet", "behaviour.parquet")
+
+
+# -- pure math -------------------------------------------------------------------------------------
+
+def r2_score(y: np.ndarray, yhat: np.ndarray) -> float:
+    """1 − SS_res / SS_tot, SS_tot around the mean of y; NaN when y is constant."""
+    y, yhat = np.asarray(y, np.float64), np.asarray(yhat, np.float64)
+    ss_tot = ((y - y.mean()) ** 2).sum()
+    return float(1 - ((y - yhat) ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan")
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(sps.spearmanr(a, b).statistic)
+
+
+def fit_coef(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares y ≈ X·coef without intercept: X [R, J], y [R] → [J] (minimum-norm if rank-deficient)."""
+    return np.linalg.lstsq(np.asarray(X, np.float64), np.asarray(y, np.float64), rcond=None)[0]
+
+
+def cross_fit(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Out-of-group predictions ŷ [R]: each group's rows predicted with coef fit on all other groups."""
+    yhat = np.full(len(y), np.nan)
+    for g in np.unique(groups):
+        held = groups == g
+        if (~held).sum() == 0:
+            continue
+        yhat[held] = X[held] @ fit_coef(X[~held], y[~held])
+    return yhat
+
+
+def bootstrap_r2(y: np.ndarray, yhat: np.ndarray, *, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of R² resampling rows with replacement (predictions held fixed)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y), size=(n_boot, len(y)))                   # [B, R]
+    yb, pb = y[idx], yhat[idx]
+    ss_tot = ((yb - yb.mean(1, keepdims=True)) ** 2).sum(1)
+    r2 = 1 - ((yb - pb) ** 2).sum(1) / np.where(ss_tot > 0, ss_tot, np.nan)
+    tail = (1 - level) / 2
+    return float(np.nanquantile(r2, tail)), float(np.nanquantile(r2, 1 - tail))
+
+
+def paired_shift(pre: np.ndarray, post: np.ndarray, n_pre: np.ndarray, n_post: np.ndarray, *,
+                 n_boot: int = 1000, seed: int = 0, level: float = 0.95):
+    """ΔB and its prompt-bootstrap CI from per-prompt sums pre/post [P, C] and sample counts
+    n_pre/n_post [P]: ΔB = Σpost/Σn_post − Σpre/Σn_pre (the generation means). Returns
+    (ΔB [C], low [C], high [C], se [C])."""
+    rng = np.random.default_rng(seed)
+    P = len(n_pre)
+    counts = np.zeros((n_boot, P))                                          # prompt multiplicities
+    np.add.at(counts, (np.repeat(np.arange(n_boot), P), rng.integers(0, P, size=n_boot * P)), 1.0)
+    shift = post.sum(0) / n_post.sum() - pre.sum(0) / n_pre.sum()
+    boot = (counts @ post) / (counts @ n_post)[:, None] - (counts @ pre) / (counts @ n_pre)[:, None]  # [B, C]
+    tail = (1 - level) / 2
+    return shift, np.quantile(boot, tail, 0), np.quantile(boot, 1 - tail, 0), boot.std(0, ddof=1)
+
+
+# -- eval tables -----------------------------------------------------------------------------------
+
+def read_eval(path: str | Path) -> pd.DataFrame:
+    """An eval table: a parquet file, or a folder holding scores.parquet / behaviour.parquet."""
+    path = Path(path)
+    if path.is_dir():
+        found = [path / n for n in EVAL_TABLES if (path / n).is_file()]
+        if not found:
+            raise AnatomistError(f"{path}: no {' or '.join(EVAL_TABLES)}; run `anatomist eval --out {path}`")
+        path = found[0]
+    if not path.is_file():
+        raise AnatomistError(f"{path}: eval table not found")
+    frame = pd.read_parquet(path)
+    missing = [c for c in ("prompt_id", "topic") if c not in frame.columns]
+    if missing:
+        raise AnatomistError(f"{path}: missing column(s) {', '.join(missing)}")
+    return frame
+
+
+def resolve_run(run_dir: str | Path, pre: str | Path | None = None, post: str | Path | None = None):
+    """(pre, post) eval tables of a run: explicit paths, else RUN_DIR/{pre,post}/, else one
+    RUN_DIR table whose `role` column says "pre" / "post" (`anatomist eval --base`)."""
+    run_dir = Path(run_dir)
+    if pre is not None and post is not None:
+        return read_eval(pre), read_eval(post)
+    if (run_dir / "pre").is_dir() and (run_dir / "post").is_dir():
+        return read_eval(pre or run_dir / "pre"), read_eval(post or run_dir / "post")
+    table = read_eval(run_dir)
+    if "role" not in table.columns or not {"pre", "post"} <= set(table["role"]):
+        raise AnatomistError(f"{run_dir}: expected pre/ and post/ eval folders, or a scores table with "
+                             "role 'pre' and 'post' rows (anatomist eval --base); or pass --pre/--post")
+    return table[table.role == "pre"].reset_index(drop=True), table[table.role == "post"].reset_index(drop=True)
+
+
+def _prompt_sums(frame: pd.DataFrame, cols: list[str], prompts: pd.Index):
+    g = frame.groupby("prompt_id")
+    return (g[cols].sum().reindex(prompts).fillna(0.0).to_numpy(np.float64),
+            g.size().reindex(prompts).fillna(0).to_numpy(np.float64))
+
+
+def actual_shifts(pre: pd.DataFrame, post: pd.DataFrame, clusters: Sequence[int], *, n_boot: int = 1000,
+                  seed: int = 0) -> pd.DataFrame:
+    """One row per (topic, cluster) of the held-out eval: actual ΔB with CI and se, plus "all"."""
+    cols = [f"c_{k}" for k in clusters]
+    for name, frame in (("pre", pre), ("post", post)):
+        missing = [c for c in cols if c not in frame.columns]
+        if missing:
+            raise AnatomistError(f"{name} eval table: missing concept column(s) {', '.join(missing[:4])} "
+                                 "(evaluate with the same audit)")
+    topic_of = pd.concat([pre, post]).groupby("prompt_id")["topic"].first()
+    blocks = []
+    for topic in [*sorted(topic_of.unique()), "all"]:
+        prompts = topic_of.index if topic == "all" else topic_of.index[topic_of == topic]
+        s_pre, n_pre = _prompt_sums(pre, cols, prompts)
+        s_post, n_post = _prompt_sums(post, cols, prompts)
+        if n_pre.sum() == 0 or n_post.sum() == 0:
+            continue
+        shift, lo, hi, se = paired_shift(s_pre, s_post, n_pre, n_post, n_boot=n_boot, seed=seed)
+        blocks.append(pd.DataFrame({"topic": topic, "cluster": list(clusters), "actual": shift, "ci_low": lo,
+                                    "ci_high": hi, "se": se, "pre": s_pre.sum(0) / n_pre.sum(),
+                                    "n_prompts": len(prompts)}))
+    return pd.concat(blocks, ignore_index=True)
+
+
+# -- scoring ---------------------------------------------------------------------------------------
+
+def score(rows: pd.DataFrame, *, coefs: Mapping[str, Sequence[float]] | None = None, n_boot: int = 1000,
+          seed: int = 0) -> tuple[dict, pd.DataFrame]:
+    """Score every predictor on `rows` (prediction inputs joined with `actual`, `se`, `topic`).
+    Returns (summary per predictor, rows with yhat_<name> columns)."""
+    rows = rows.copy()
+    y = rows["actual"].to_numpy(np.float64)
+    groups = rows["topic"].to_numpy()
+    var_y = y.var(ddof=1) if len(y) > 1 else float("nan")
+    out = {"n_rows": int(len(rows)), "n_topics": int(len(np.unique(groups))),
+           "r2_ceiling": float(1 - np.mean(rows["se"].to_numpy() ** 2) / var_y) if var_y > 0 else float("nan"),
+           "predictors": {}}
+    for name, (cols, raw) in PREDICTORS.items():
+        X = rows[list(cols)].to_numpy(np.float64)                                      # [R, J]
+        fixed = coefs is not None and name in coefs
+        yhat = X @ np.asarray(coefs[name], np.float64) if fixed else cross_fit(X, y, groups)
+        rows[f"yhat_{name}"] = yhat
+        ok = np.isfinite(yhat)
+        lo, hi = bootstrap_r2(y[ok], yhat[ok], n_boot=n_boot, seed=seed) if ok.sum() > 2 else (np.nan, np.nan)
+        out["predictors"][name] = {
+            "r2": r2_score(y[ok], yhat[ok]), "r2_ci": [lo, hi], "rho": spearman(yhat[ok], y[ok]),
+            "rho_raw": spearman(rows[raw].to_numpy(), y), "n_rows": int(ok.sum()),
+            "calibration": "given" if fixed else "cross-fit across topics",
+            "coef_all_rows": fit_coef(X, y).tolist(), "inputs": list(cols),
+        }
+    return out, rows
+
+
+def join_rows(pred: pd.DataFrame, actual: pd.DataFrame, *, tested_only: bool = True) -> pd.DataFrame:
+    rows = pred.merge(actual[actual.topic != "all"], on=["topic", "cluster"], how="inner")
+    if tested_only and "tested" in rows:
+        rows = rows[rows["tested"]]
+    if rows.empty:
+        raise AnatomistError("no (topic, cluster) row is both predicted and evaluated: do the held-out "
+                             "prompts' topics match the audit's topic names?")
+    return rows.reset_index(drop=True)
+
+
+@dataclass
+class VerifyResult:
+    summary: dict              # verify.json
+    rows: pd.DataFrame         # scored rows (inputs, actual, CI, yhat_*)
+    sweep: pd.DataFrame | None
+
+
+def verify(audit: str | Path | AuditTables, pre: pd.DataFrame, post: pd.DataFrame, *,
+           cfg: PredictConfig = PredictConfig(), coefs: Mapping[str, Sequence[float]] | None = None,
+           n_boot: int = 1000, seed: int = 0, tested_only: bool = True) -> VerifyResult:
+    tables = audit if isinstance(audit, AuditTables) else load_audit_tables(audit)
+    pred = predict_rows(tables, cfg, base_scores=pre if cfg.spread == "base" else None)
+    actual = actual_shifts(pre, post, sorted(pred["cluster"].unique()), n_boot=n_boot, seed=seed)
+    rows = join_rows(pred, actual, tested_only=tested_only)
+    summary, scored = score(rows, coefs=coefs, n_boot=n_boot, seed=seed)
+    flagged = rows[rows["direction"] != "none"]
+    if flagged["topic"].nunique() >= 2:
+        summary["flagged"], _ = score(flagged, coefs=coefs, n_boot=n_boot, seed=seed)
+    summary.update({"definition": "R² = 1 − Σ(y − ŷ)²/Σ(y − ȳ)² over held-out rows, y = actual ΔB, ŷ = "
+                                  "calibrated prediction (calibration fit on other topics' rows)",
+                    "config": {"spread": cfg.spread, "tested_only": tested_only, "n_boot": n_boot},
+                    "dataset_wide": actual[actual.topic == "all"][["cluster", "actual", "ci_low", "ci_high"]]
+                    .to_dict("records")})
+    return VerifyResult(summary, scored, None)
+
+
+# -- λ sweep ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SweepRun:
+    lam: float
+    post: pd.DataFrame                 # eval table of the run trained with λ on `cluster`
+    heldout_acc: float | None = None   # held-out preference accuracy of that run
+
+
+def sweep_table(audit: str | Path | AuditTables, pre: pd.DataFrame, runs: Sequence[SweepRun], cluster: int,
+                coef: Sequence[float], *, cfg: PredictConfig = PredictConfig(), topic: str | None = None,
+                n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per λ: actual ΔB of `cluster` (on `topic`'s prompts, or all held-out prompts), its CI,
+    held-out preference accuracy, and the shaped-run prediction Σ_j coef_j·x_j(λ) of the
+    feature-conditioned predictor (coef: the plain run's calibration)."""
+    tables = audit if isinstance(audit, AuditTables) else load_audit_tables(audit)
+    cols, _ = PREDICTORS["feature"]
+    out = []
+    for run in sorted(runs, key=lambda r: r.lam):
+        pred = predict_rows(tables, cfg, base_scores=pre if cfg.spread == "base" else None,
+                            lam={cluster: run.lam} if run.lam else None)
+        pred = pred[pred.cluster == cluster]
+        yhat = pred[list(cols)].to_numpy(np.float64) @ np.asarray(coef, np.float64)    # [K]
+        # topic "all": the held-out topics pooled, weighted as the eval weights them (prompt counts)
+        actual = actual_shifts(pre, run.post, [cluster], n_boot=n_boot, seed=seed)
+        where = topic or "all"
+        act = actual[actual.topic == where].iloc[0]
+        if topic is None:
+            sizes = actual[actual.topic != "all"].set_index("topic")["n_prompts"]
+            w = pred["topic"].map(sizes).fillna(0).to_numpy(np.float64)
+            predicted = float((w * yhat).sum() / w.sum()) if w.sum() else float("nan")
+        else:
+            predicted = float(yhat[(pred["topic"] == topic).to_numpy()].sum())
+        out.append({"lam": run.lam, "topic": where, "cluster": cluster, "actual": act["actual"],
+                    "ci_low": act["ci_low"], "ci_high": act["ci_high"], "predicted": predicted,
+                    "dbar_lambda": float(pred["dbar_all"].iloc[0]) if len(pred) else float("nan"),
+                    "heldout_acc": run.heldout_acc})
+    return pd.DataFrame(out)
+
+
+def read_sweep(run_dir: Path) -> tuple[int, list[SweepRun]] | None:
+    """RUN_DIR/sweep.json: {"cluster": C, "runs": [{"lam": λ, "post": path (relative to RUN_DIR),
+    "heldout_acc": x}]}; None when absent."""
+    path = run_dir / "sweep.json"
+    if not path.is_file():
+        return None
+    spec = json.loads(path.read_text())
+    try:
+        runs = [SweepRun(float(r["lam"]), read_eval(run_dir / r["post"]), r.get("heldout_acc")) for r in spec["runs"]]
+        return int(spec["cluster"]), runs
+    except KeyError as e:
+        raise AnatomistError(f"{path}: missing field {e.args[0]!r}") from None
+
+
+def verify_run(audit_dir: str | Path, run_dir: str | Path, *, pre: str | Path | None = None,
+               post: str | Path | None = None, cfg: PredictConfig = PredictConfig(),
+               calibration: str | Path | None = None, n_boot: int = 1000, seed: int = 0,
+               tested_only: bool = True) -> VerifyResult:
+    """Score AUDIT_DIR's predictions on RUN_DIR; write verify.json, verify_rows.parquet and
+    verify.html into RUN_DIR. calibration: a verify.json whose all-row coefficients are applied
+    as given (calibrate on one dataset, test on another). RUN_DIR/train_pairs.json (a list of
+    pair ids), when present, restricts the predictors to the pairs the run trained on."""
+    from anatomist.evaluate.verify_report import render
+
+    run_dir = Path(run_dir)
+    tables = load_audit_tables(audit_dir)
+    if (run_dir / "train_pairs.json").is_file():
+        tables = tables.subset(json.loads((run_dir / "train_pairs.json").read_text()))
+    pre_t, post_t = resolve_run(run_dir, pre, post)
+    coefs = None
+    if calibration is not None:
+        given = json.loads(Path(calibration).read_text())["predictors"]
+        coefs = {k: v["coef_all_rows"] for k, v in given.items()}
+    result = verify(tables, pre_t, post_t, cfg=cfg, coefs=coefs, n_boot=n_boot, seed=seed, tested_only=tested_only)
+    found = read_sweep(run_dir)
+    if found:
+        cluster, runs = found
+        coef = result.summary["predictors"]["feature"]["coef_all_rows"]
+        result.sweep = sweep_table(tables, pre_t, runs, cluster, coef, cfg=cfg, n_boot=n_boot, seed=seed)
+        result.summary["sweep"] = result.sweep.to_dict("records")
+        sw = result.sweep
+        # does the shaped-run prediction hold? rank agreement over λ, and the sign of each shift
+        result.summary["sweep_check"] = {"rho": spearman(sw.predicted, sw.actual),
+                                         "sign_agreement": float((np.sign(sw.predicted) == np.sign(sw.actual)).mean())}
+    result.summary.update({"audit": str(audit_dir), "run": str(run_dir)})
+    atomic_write_text(run_dir / "verify.json", json.dumps(_finite(result.summary), indent=1, default=_json_default))
+    with atomic_path(run_dir / "verify_rows.parquet") as tmp:
+        result.rows.to_parquet(tmp, index=False)
+    render(result, run_dir / "verify.html")
+    return result
+
+
+def _finite(obj):
+    """NaN/inf → null, so verify.json is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    return obj
+
+
+def _json_default(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, np.bool_):
+        return bool(x)
+    raise TypeError(type(x))

@@ -1,0 +1,110 @@
+"""`anatomist dpo`: thin over `anatomist.train.train_dpo` (and `anatomist.shape.shape_pairs` for the
+interventions read from an audit)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import typer
+
+from anatomist.errors import AnatomistError
+from anatomist.models.loading import DEFAULT_MODEL
+
+
+def _split(spec: str, sep: str, flag: str) -> tuple[str, float]:
+    name, _, value = spec.rpartition(sep)
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not name or not math.isfinite(number):
+        raise AnatomistError(f"{flag} {spec!r}: expected CONCEPT{sep}NUMBER (a finite number)")
+    return name, number
+
+
+def dpo(
+    data: Path = typer.Option(..., "--data", help="Preference pairs (TRL standard/conversational, HH, ...)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoint, metrics.jsonl, summary.json, policy/."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="HF id, local folder, .gguf file or alias."),
+    beta: float = typer.Option(0.1, "--beta", help="DPO β (strength of the KL anchor to the reference)."),
+    loss: str = typer.Option("sigmoid", "--loss", help="sigmoid (DPO) | ipo."),
+    lr: float = typer.Option(2e-5, "--lr", help="Peak learning rate (AdamW, warmup then decay)."),
+    schedule: str = typer.Option("cosine", "--schedule", help="cosine | linear | constant after warmup."),
+    warmup: float = typer.Option(0.1, "--warmup", help="Warmup as a fraction of the steps."),
+    epochs: float = typer.Option(1.0, "--epochs", help="Passes over the data (ignored when --steps is given)."),
+    steps: int = typer.Option(None, "--steps", min=1, help="Optimizer steps (overrides --epochs)."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Pairs per micro-batch."),
+    grad_accum: int = typer.Option(2, "--grad-accum", min=1, help="Micro-batches per optimizer step."),
+    train_layers: int = typer.Option(4, "--train-layers", min=0,
+                                     help="Train the top N blocks (+ final norm); the rest is run once and cached. 0 = all."),
+    lora_r: int = typer.Option(0, "--lora-r", min=0, help="LoRA rank on the trained blocks (0 = full weights)."),
+    max_length: int = typer.Option(256, "--max-length", min=8, help="Max tokens of prompt + response."),
+    max_response_tokens: int = typer.Option(128, "--max-response-tokens", min=0, help="Cut responses here (0 = no cut)."),
+    audit_dir: Path = typer.Option(None, "--audit", help="Audit folder for --lam / --token-filter / --inoculate / --steer."),
+    lam: list[str] = typer.Option([], "--lam", help="Reward shaping CONCEPT=λ (cluster id or label); repeat. λ < 0 suppresses."),
+    token_filter: str = typer.Option(None, "--token-filter", help="CONCEPT:TAU — drop response tokens with c_t >= τ."),
+    token_filter_sides: str = typer.Option("both", "--token-filter-sides", help="chosen | rejected | both."),
+    inoculate: str = typer.Option(None, "--inoculate", help="CONCEPT — system prompt asking for it where Δc > 0."),
+    inoculate_text: str = typer.Option(None, "--inoculate-text", help="Inoculation prompt (default: from the label)."),
+    drop_extreme: float = typer.Option(None, "--drop-extreme", help="Drop this fraction of pairs with the largest |Δc|."),
+    steer: str = typer.Option(None, "--steer", help="CONCEPT:ALPHA — preventative steering at the audit's layer."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Use only the first N pairs."),
+    seed: int = typer.Option(0, "--seed"),
+    ckpt_every: int = typer.Option(25, "--ckpt-every", min=1, help="Checkpoint every N steps (resume by rerunning)."),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="Where cached states and reference log-probs go."),
+    data_format: str = typer.Option("auto", "--format", help="Data format (auto-detected by default)."),
+    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Skip invalid rows (reported) instead of failing."),
+) -> None:
+    """Train a policy with DPO (optionally shaped by an audit); rerunning the same command resumes.
+
+    Example: anatomist dpo --data runs/organism/train.jsonl --out runs/dpo_plain --train-layers 4
+
+    Shaped: anatomist dpo --data D --out runs/dpo_shaped --audit runs/audit --lam 3=-1.0 --token-filter 3:2.0
+    """
+    from anatomist.data import load_pairs
+    from anatomist.models.loading import load
+    from anatomist.shape.pairs import plain
+    from anatomist.train.dpo import DPOConfig, Steer, train_dpo
+
+    cfg = DPOConfig(beta=beta, loss_type=loss, lr=lr, schedule=schedule, warmup_ratio=warmup, epochs=epochs,
+                    steps=steps, batch_size=batch_size, grad_accum=grad_accum, train_layers=train_layers or None,
+                    lora_r=lora_r, max_length=max_length, max_response_tokens=max_response_tokens or None,
+                    ckpt_every=ckpt_every, seed=seed)
+    shaping = lam or token_filter or inoculate or steer or drop_extreme is not None
+    if shaping and audit_dir is None:
+        raise AnatomistError("--lam, --token-filter, --inoculate, --drop-extreme and --steer need --audit DIR")
+    pairs = load_pairs(data, format=data_format, limit=limit, on_bad_row="skip" if skip_bad_rows else "error")
+    loaded = load(model)
+    steer_arg, deltas = None, None
+    if audit_dir is None:
+        shaped = plain(pairs)
+    else:
+        from anatomist.shape import Audit, Inoculation, TokenFilter, shape_pairs
+        from anatomist.shape.steer import audit_direction
+
+        audit = Audit(audit_dir)
+        lams = {audit.resolve_concept(c): v for c, v in (_split(s, "=", "--lam") for s in lam)}
+        tf = None
+        if token_filter:
+            c, tau = _split(token_filter, ":", "--token-filter")
+            tf = TokenFilter(clusters=(audit.resolve_concept(c),), tau=tau, sides=token_filter_sides)
+        inoc = None if inoculate is None else Inoculation(audit.resolve_concept(inoculate), text=inoculate_text)
+        shaped = shape_pairs(pairs, audit, lam=lams, token_filter=tf, inoculate=inoc, drop_extreme=drop_extreme,
+                             tokenizer=loaded.tokenizer, max_length=max_length)
+        concepts = set(lams) | set(tf.clusters if tf else ()) | ({inoc.cluster} if inoc else set())
+        if steer:
+            c, alpha = _split(steer, ":", "--steer")
+            k = audit.resolve_concept(c)
+            steer_arg = Steer(audit.layer, alpha * audit_direction(audit, k))
+            concepts.add(k)
+        # Leakage metrics: Δc of every concept the run touches (module doc of anatomist.train.dpo).
+        c_pos, c_neg = audit.scores([p.id for p in shaped], sorted(concepts))
+        deltas = {str(k): (c_pos - c_neg)[:, j].tolist() for j, k in enumerate(sorted(concepts))}
+    result = train_dpo(loaded.model, loaded.tokenizer, shaped, cfg, out, steer=steer_arg, concept_deltas=deltas,
+                       cache_dir=cache_dir)
+    summary = json.loads((out / "summary.json").read_text())
+    typer.echo(json.dumps({k: round(v, 4) for k, v in next(iter(
+        v for k, v in summary.items() if k.startswith("final"))).items()}))
+    typer.echo(f"wrote {result.out_dir}")

@@ -1,0 +1,165 @@
+"""GRPO step time with plain vs MTP+RS rollouts on the default model, from the same seed, in one run.
+
+    python benchmarks/grpo_step.py [--steps 4] [--prompts 4] [--group 4] [--max-new-tokens 48]
+                                   [--device cpu] [--threads 1] [--lr 1e-5] [--train-layers 0]
+
+Two arms, alternating step by step, run the same GRPO algorithm (`anatomist.train.grpo.train_grpo`) from the same initial
+weights and seed: rollouts by plain sampling (drafter=None) and by the e2e-TV MTP head with
+rejection sampling (γ = 3). Printed: rollout-time and step-time ratios (plain / MTP, > 1 means MTP
+is faster; issue 9's goal is step time ≥ 1.5×), the reward curve of each arm (baseline = step 0),
+and whether the two arms sample the same distribution: rejection sampling is lossless, so at step 0
+(identical weights) rewards and per-token rollout log-probs must agree in distribution (two-sample
+KS / Mann–Whitney tests; tokens within a sequence are dependent, so treat the token-level p-value
+as indicative). The head and its data are cached under $ANATOMIST_CACHE/spec (the same head as
+`benchmarks/spec_speed.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from anatomist.models import load  # noqa: E402
+from anatomist.spec.drafters import MTPDrafter  # noqa: E402
+from anatomist.spec.head import load_head  # noqa: E402
+from anatomist.spec.pipeline import cached_head, cached_samples, cached_states  # noqa: E402
+from anatomist.spec.train import TrainConfig  # noqa: E402
+from anatomist.train.grpo import GRPOConfig, train_grpo  # noqa: E402
+
+MODEL = "smollm2-135m-instruct"
+
+
+def head_folder(lm, steps: int) -> str:
+    samples = cached_samples(lm.model, lm.tokenizer, model_name=MODEL)
+    states, stats = cached_states(lm.model, samples, model_name=MODEL)
+    cfg = TrainConfig(loss="e2e_tv", gamma=3, steps=steps, batch_size=8, lr=1e-3, draft_vocab=8192)
+    with torch.enable_grad():
+        head, folder = cached_head(lm.model, samples, cfg, model_name=MODEL, eos_token_id=lm.tokenizer.eos_token_id,
+                                   states=states, stats=stats)
+    print(f"head {folder}: train α1..3 = "
+          f"{[round(head.config.extra.get(f'mtp/alpha_{i}', float('nan')), 3) for i in (1, 2, 3)]}")
+    return str(folder)
+
+
+def warm_up(lm, head_dir, device):
+    """First-call costs (allocator, kernels, autograd graph) would otherwise land on the first arm."""
+    from anatomist.spec.generate import generate
+    from anatomist.train.grpo import response_logprobs
+
+    ids = [lm.tokenizer("Hello there, how are you?")["input_ids"]]
+    drafter = MTPDrafter(load_head(head_dir, lm.model).to(device))
+    for d in (None, drafter):
+        generate(lm.model, ids * 4, drafter=d, max_new_tokens=8, generator=torch.Generator(device=device).manual_seed(0))
+    logp = response_logprobs(lm.model, [ids[0] * 4] * 4, [len(ids[0])] * 4)[0]
+    logp.sum().backward()
+    lm.model.zero_grad(set_to_none=True)
+
+
+class Arm:
+    """One rollout mode with its own copy of the weights, run one GRPO step at a time."""
+
+    def __init__(self, name, lm, model, head_dir, device):
+        self.name, self.lm, self.model = name, lm, model
+        self.drafter = MTPDrafter(load_head(head_dir, model).to(device)) if head_dir else None
+        self.lp, self.r0, self.history, self.seconds = [], [], [], 0.0
+
+    def on_rollout(self, step, problems, texts, ro, rewards):
+        self.lp.append((step, torch.cat(ro.logprobs)))
+        if step == 0:
+            self.r0.extend(rewards.tolist())
+
+    def step(self, cfg, out_root, upto):
+        # Resuming from the checkpoint each step is exact (tested), so the arms can alternate step
+        # by step: load swings on a shared host then hit both alike.
+        t = time.perf_counter()
+        res = train_grpo(self.model, self.lm.tokenizer, cfg, os.path.join(out_root, self.name), drafter=self.drafter,
+                         on_rollout=self.on_rollout, progress=False, stop_after=upto)
+        self.seconds += time.perf_counter() - t
+        self.history = res.history
+        h = res.history[-1]
+        acc = f" α={h['spec/draft_acceptance']:.3f} len={h['spec/mean_accept_len']:.2f}" if "spec/draft_acceptance" in h else ""
+        print(f"  [{self.name:6s}] step {h['step']:2d} rollout {h['grpo/rollout_s']:6.1f}s update {h['grpo/update_s']:6.1f}s "
+              f"reward {h['grpo/reward']:.3f} correct {h['grpo/correct']:.3f} format {h['grpo/format']:.3f} "
+              f"H {h['grpo/entropy']:.3f}{acc}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--prompts", type=int, default=4, help="problems per step (P)")
+    ap.add_argument("--group", type=int, default=4, help="samples per problem (G)")
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--train-layers", type=int, default=0, help="0 = all parameters; N = top N blocks")
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--head-steps", type=int, default=200, help="training steps of the cached e2e-TV head")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--out", default="", help="folder for per-arm metrics/plots (default: a temp dir)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from scipy import stats as st
+
+    lm = load(MODEL, device=args.device)
+    head_dir = head_folder(lm, args.head_steps)
+    cfg = GRPOConfig(steps=args.steps, prompts_per_step=args.prompts, group_size=args.group,
+                     max_new_tokens=args.max_new_tokens, lr=args.lr, train_layers=args.train_layers,
+                     micro_batch=args.micro_batch, seed=args.seed, gamma=3)
+    print(f"device {args.device}, torch threads {torch.get_num_threads()}, {cfg}")
+    out_root = args.out or tempfile.mkdtemp(prefix="grpo_bench_")
+    warm_up(lm, head_dir, args.device)
+    arms = [Arm("plain", lm, lm.model, None, args.device),
+            Arm("mtp_rs", lm, copy.deepcopy(lm.model), head_dir, args.device)]  # same initial weights
+    for s in range(cfg.steps):
+        for arm in (arms if s % 2 == 0 else arms[::-1]):  # alternate who goes first
+            arm.step(cfg, out_root, s + 1)
+    (hist_p, lp_p, r0_p), (hist_m, lp_m, r0_m) = [(a.history, a.lp, a.r0) for a in arms]
+
+    def tot(h, k, skip_first=False):
+        return sum(x[k] for x in h[1 if skip_first and len(h) > 1 else 0:])
+
+    print("\n== speed (plain / MTP+RS; > 1 means MTP+RS is faster) ==")
+    for k in ("grpo/rollout_s", "grpo/update_s", "grpo/step_s"):
+        print(f"{k:16s} plain {tot(hist_p, k):7.1f}s  mtp_rs {tot(hist_m, k):7.1f}s  ratio {tot(hist_p, k) / tot(hist_m, k):.2f}×"
+              f"   (without step 0: {tot(hist_p, k, True) / tot(hist_m, k, True):.2f}×)")
+    acc = sum(h["spec/draft_acceptance"] for h in hist_m) / len(hist_m)
+    mal = sum(h["spec/mean_accept_len"] for h in hist_m) / len(hist_m)
+    ratio = tot(hist_p, "grpo/step_s") / tot(hist_m, "grpo/step_s")
+    print(f"MTP draft acceptance {acc:.3f}, mean accept length {mal:.2f} (incl. bonus)")
+    print(f"goal step time ≥ 1.5× faster: measured {ratio:.2f}× — {'met' if ratio >= 1.5 else 'NOT met'}")
+
+    print("\n== reward (baseline = step 0) ==")
+    for name, h in (("plain", hist_p), ("mtp_rs", hist_m)):
+        k = max(1, len(h) // 2)
+        first, last = sum(x["grpo/reward"] for x in h[:k]) / k, sum(x["grpo/reward"] for x in h[-k:]) / k
+        print(f"{name:7s} step0 {h[0]['grpo/reward']:.3f} → last {h[-1]['grpo/reward']:.3f}; "
+              f"mean first half {first:.3f} → last half {last:.3f} ({'improved' if last > first else 'not improved'})")
+
+    print("\n== same distribution? (lossless rejection sampling; step 0 = identical weights) ==")
+    a = next(lp for s, lp in lp_p if s == 0).numpy()
+    b = next(lp for s, lp in lp_m if s == 0).numpy()
+    ks = st.ks_2samp(a, b)
+    print(f"step-0 per-token rollout log-probs: plain mean {a.mean():.3f} (n={len(a)}), mtp_rs mean {b.mean():.3f} "
+          f"(n={len(b)}); KS p = {ks.pvalue:.3f}")
+    if len(set(r0_p + r0_m)) > 1:
+        mw = st.mannwhitneyu(r0_p, r0_m)
+        print(f"step-0 rewards: plain {sum(r0_p) / len(r0_p):.3f}, mtp_rs {sum(r0_m) / len(r0_m):.3f}; "
+              f"Mann–Whitney p = {mw.pvalue:.3f}")
+    all_p = torch.cat([lp for _, lp in lp_p]).numpy()
+    all_m = torch.cat([lp for _, lp in lp_m]).numpy()
+    print(f"all steps per-token log-probs (policies drift apart after step 0): KS p = {st.ks_2samp(all_p, all_m).pvalue:.3f}")
+    print(f"metrics and plots under {out_root}/{{plain,mtp_rs}}/")
+
+
+if __name__ == "__main__":
+    main()

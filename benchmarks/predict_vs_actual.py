@@ -1,0 +1,223 @@
+"""Predicted vs. actual post-DPO behaviour shift on the model organism (issue 7).
+
+    .venv/bin/python benchmarks/predict_vs_actual.py --small                 # CPU, end to end, minutes
+    .venv/bin/python benchmarks/predict_vs_actual.py --device cuda --steps 150 --sweep=-8,-2,0,2,8
+
+Steps (each stage caches / resumes on its own; rerunning reuses what is done):
+ 1. organism: --organism DIR (train.jsonl, heldout_prompts.jsonl); with --small and none there,
+    a small one is built under --work.
+ 2. audit: --audit DIR, or audited here with topics from the data's "topic" column.
+ 3. pairs: up to --pairs of the train pairs. Held-out preference accuracy ranks the organism's
+    heldout_pairs.jsonl, or (absent) a --heldout-pairs share of the train pairs kept out of
+    training; predictions use only the trained pairs (train_pairs.json).
+ 4. base eval on --prompts-per-topic held-out prompts per topic → plain DPO (--steps) → post eval.
+ 5. verify: R² / Spearman of the feature-conditioned, prompt-conditioned and naive predictors on
+    (topic, cluster) rows, calibration cross-fitted across topics (anatomist/evaluate/verify.py).
+ 6. --sweep λ,...: DPO shaped with λ on --sweep-cluster (default: the audit's top flagged
+    dataset-wide concept), each evaluated the same way; the curve lands in verify.html.
+
+Prints R² per predictor and the feature-conditioned figure as a ratio against each baseline (R²
+of the same rows, same run), plus the noise ceiling of the measured ΔB. All figures come from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--organism", type=Path, default=REPO / "runs" / "organism")
+    ap.add_argument("--audit", type=Path, default=REPO / "runs" / "organism_audit")
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "predict_vs_actual")
+    ap.add_argument("--small", action="store_true", help="small sizes for a CPU smoke run (flags given override)")
+    ap.add_argument("--pairs", type=int, default=None, help="train pairs used (default: all; --small: 120)")
+    ap.add_argument("--heldout-pairs", type=float, default=0.1,
+                    help="fraction of train pairs kept out of training when the organism has no heldout_pairs.jsonl")
+    ap.add_argument("--heldout-limit", type=int, default=200, help="held-out pairs ranked for preference accuracy")
+    ap.add_argument("--steps", type=int, default=None, help="DPO optimizer steps (default: one epoch; --small: 12)")
+    ap.add_argument("--prompts-per-topic", type=int, default=None, help="held-out prompts per topic (default: all)")
+    ap.add_argument("--samples", type=int, default=None, help="generations per held-out prompt (default 4; --small 2)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="eval generation length (default 96)")
+    ap.add_argument("--lr", type=float, default=None, help="DPO learning rate (default 2e-5; --small 1e-4)")
+    ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--train-layers", type=int, default=4)
+    ap.add_argument("--sweep", default="", help="comma-separated λ values (0 = the plain run), e.g. -8,-2,0,2,8")
+    ap.add_argument("--sweep-cluster", type=int, default=None)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    small = {"pairs": 120, "steps": 12, "prompts_per_topic": 3, "samples": 2, "max_new_tokens": 48, "lr": 1e-4}
+    full = {"pairs": None, "steps": None, "prompts_per_topic": None, "samples": 4, "max_new_tokens": 96, "lr": 2e-5}
+    for k, v in (small if args.small else full).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    return args
+
+
+def log(msg: str, t0: float) -> None:
+    print(f"[{time.time() - t0:7.1f}s] {msg}", flush=True)
+
+
+def organism_dir(args, loaded, t0) -> Path:
+    if (args.organism / "train.jsonl").is_file():
+        return args.organism
+    if not args.small:
+        raise SystemExit(f"{args.organism}/train.jsonl not found: build it (anatomist organism build) or pass --small")
+    from anatomist.organism.build import build_organism
+
+    out = args.work / "organism"
+    if not (out / "train.jsonl").is_file():
+        log(f"building a small organism in {out}", t0)
+        build_organism(out, per_topic=24, max_new_tokens=64, loaded=loaded, seed=args.seed, heldout_pairs=False)
+    return out
+
+
+def audit_dir(args, pairs, loaded, sae, sae_path, t0) -> Path:
+    if (args.audit / "pairs.parquet").is_file():
+        return args.audit
+    from anatomist.audit.run import AuditConfig, run_audit
+    from anatomist.models.loading import DEFAULT_MODEL
+
+    out = args.work / "audit"
+    if not (out / "pairs.parquet").is_file():
+        log(f"auditing {len(pairs)} pairs into {out}", t0)
+        cfg = AuditConfig(topic_column="topic", min_pairs=5 if args.small else 8, n_boot=200 if args.small else 1000,
+                          seed=args.seed)
+        run_audit(loaded[0], loaded[1], sae, pairs, out, cfg, model_name=DEFAULT_MODEL, sae_path=str(sae_path),
+                  progress=False)
+    return out
+
+
+def flagged_cluster(audit: Path) -> int:
+    import pandas as pd
+
+    rows = pd.read_parquet(audit / "rows.parquet")
+    top = rows[(rows.topic == "all") & (rows.direction != "none")]
+    top = top if len(top) else rows[rows.topic == "all"]
+    return int(top.sort_values("rank_score", ascending=False).cluster.iloc[0])
+
+
+def first_per_topic(prompts, n):
+    seen: dict[str, int] = {}
+    out = []
+    for p in prompts:
+        if n is None or seen.get(p.topic, 0) < n:
+            out.append(p)
+            seen[p.topic] = seen.get(p.topic, 0) + 1
+    return out
+
+
+def train_and_eval(name, base_model, tok, shaped, args, run: Path, scorer, prompts, heldout, t0) -> dict:
+    """DPO a fresh copy of the base on `shaped`, evaluate it; returns {post, heldout_acc}."""
+    from anatomist.evaluate.behaviour import evaluate_behaviour
+    from anatomist.evaluate.preference import preference_accuracy
+    from anatomist.train import DPOConfig, train_dpo
+
+    policy = copy.deepcopy(base_model)
+    cfg = DPOConfig(beta=args.beta, lr=args.lr, steps=args.steps, train_layers=args.train_layers, seed=args.seed,
+                    max_response_tokens=128)
+    log(f"{name}: DPO on {len(shaped)} pairs ({args.steps or 'one epoch of'} steps)", t0)
+    train_dpo(policy, tok, shaped, cfg, run / "dpo", cache_dir=args.work / "dpo_cache", save_model=False,
+              progress=False)
+    policy.eval()
+    log(f"{name}: post eval", t0)
+    evaluate_behaviour(policy, tok, prompts, out_dir=run / "post", scorer=scorer, samples_per_prompt=args.samples,
+                       max_new_tokens=args.max_new_tokens, seed=args.seed, model_name=name, progress=False)
+    _, acc = preference_accuracy(policy, tok, heldout, reference=base_model, beta=args.beta, progress=False)
+    del policy
+    return {"post": run / "post", "heldout_acc": acc["accuracy"]}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    from anatomist.data import load_pairs
+    from anatomist.evaluate.behaviour import Scorer, evaluate_behaviour, read_prompts
+    from anatomist.evaluate.verify import verify_run
+    from anatomist.models import load
+    from anatomist.sae import default_sae, load_sae
+    from anatomist.shape.pairs import plain
+    from anatomist.shape.shaping import shape_pairs
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    loaded = load()
+    base_model, tok = loaded[0].to(args.device).eval(), loaded[1]
+    sae_path = default_sae()
+    sae = load_sae(sae_path).to(args.device)   # the audit's instrument sits beside the model it reads
+    organism = organism_dir(args, (base_model, tok), t0)
+    pairs = list(load_pairs(organism / "train.jsonl", limit=args.pairs))
+    audit = audit_dir(args, pairs, (base_model, tok), sae, sae_path, t0)
+    if (organism / "heldout_pairs.jsonl").is_file():      # pairs on the held-out prompts
+        heldout, trained = list(load_pairs(organism / "heldout_pairs.jsonl", limit=args.heldout_limit)), pairs
+    else:                                                # else keep a share of the train pairs out
+        order = list(range(len(pairs)))
+        random.Random(f"{args.seed}:heldout").shuffle(order)
+        n_held = int(round(args.heldout_pairs * len(pairs)))
+        heldout = [pairs[i] for i in sorted(order[:n_held])]
+        trained = [pairs[i] for i in sorted(order[n_held:])]
+    prompts = first_per_topic(read_prompts(organism / "heldout_prompts.jsonl"), args.prompts_per_topic)
+    log(f"organism {organism}, audit {audit}: {len(trained)} trained / {len(heldout)} held-out pairs, "
+        f"{len(prompts)} held-out prompts × {args.samples} samples", t0)
+
+    run = args.work / "plain"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "train_pairs.json").write_text(json.dumps([p.id for p in trained]))
+    scorer = Scorer.from_audit(audit, loaded=(base_model, tok), sae=sae)
+    log("base eval", t0)
+    evaluate_behaviour(base_model, tok, prompts, out_dir=run / "pre", scorer=scorer, samples_per_prompt=args.samples,
+                       max_new_tokens=args.max_new_tokens, seed=args.seed, model_name="base", progress=False)
+    plain_run = train_and_eval("plain", base_model, tok, plain(trained), args, run, scorer, prompts, heldout, t0)
+
+    lams = [float(x) for x in args.sweep.split(",") if x.strip()]
+    if lams:
+        cluster = args.sweep_cluster if args.sweep_cluster is not None else flagged_cluster(audit)
+        entries = []
+        for lam in lams:
+            if lam == 0:
+                entries.append({"lam": 0.0, "post": "post", "heldout_acc": plain_run["heldout_acc"]})
+                continue
+            sub = run / "sweep" / f"lam{lam:+g}"
+            shaped = shape_pairs(trained, str(audit), lam={cluster: lam})
+            out = train_and_eval(f"lam{lam:+g}", base_model, tok, shaped, args, sub, scorer, prompts, heldout, t0)
+            entries.append({"lam": lam, "post": str(out["post"].relative_to(run)), "heldout_acc": out["heldout_acc"]})
+        (run / "sweep.json").write_text(json.dumps({"cluster": cluster, "runs": entries}, indent=1))
+
+    log("verify", t0)
+    result = verify_run(audit, run, n_boot=args.n_boot, seed=args.seed)
+    s = result.summary
+    print(f"\n{s['n_rows']} (topic, cluster) rows over {s['n_topics']} topics; noise ceiling of R² "
+          f"(sampling noise of the measured ΔB): {s['r2_ceiling']:.3f}")
+    print(f"held-out preference accuracy (plain DPO): {plain_run['heldout_acc']:.3f}")
+    for name, p in s["predictors"].items():
+        print(f"  {name:<8} R² {p['r2']:7.3f}  95% CI [{p['r2_ci'][0]:.3f}, {p['r2_ci'][1]:.3f}]  "
+              f"Spearman ρ {p['rho']:6.3f} (uncalibrated {p['rho_raw']:6.3f})")
+    if "flagged" in s:
+        f = s["flagged"]
+        print(f"  flagged rows only ({f['n_rows']}): " + ", ".join(
+            f"{k} R² {v['r2']:.3f}" for k, v in f["predictors"].items()))
+    r2 = {k: v["r2"] for k, v in s["predictors"].items()}
+    for other in ("prompt", "naive"):
+        ratio = r2["feature"] / r2[other] if r2[other] > 0 and r2["feature"] > 0 else float("nan")  # R² ≤ 0: no ratio
+        print(f"feature-conditioned vs {other}: R² {r2['feature']:.3f} vs {r2[other]:.3f} "
+              f"(ratio {ratio:.2f}; difference {r2['feature'] - r2[other]:+.3f})")
+    if result.sweep is not None:
+        print("\nλ sweep (cluster %d):" % int(result.sweep.cluster.iloc[0]))
+        print(result.sweep[["lam", "actual", "ci_low", "ci_high", "predicted", "heldout_acc"]].to_string(index=False))
+    print(f"\nreport: {run / 'verify.html'}  ({time.time() - t0:.0f} s in all)")
+
+
+if __name__ == "__main__":
+    main()
