@@ -1,0 +1,170 @@
+"""Kill -9 every resumable job at random points, resume it, and compare with an uninterrupted run.
+
+Jobs: `anatomist capture` (CLI), capture with a shard per sequence, the audit's pooling (latents
+store), `anatomist sae train` (CLI), MTP head training, organism generation, `anatomist dpo` (CLI). All on tiny random
+models saved to a temporary folder; see tests/killharness.py for how kills and checks work. The
+last test prints the summary line (`pytest -s` shows it; it is also in the assertion message
+should anything go wrong).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_llama
+from killharness import Harness, Job, Zygote, compare_dirs, parse_problem, scan
+
+SEEDS = (0,)            # the slow test below runs six more seeds per job
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, smol_tokenizer):
+    root = tmp_path_factory.mktemp("kill-inputs")
+    torch.manual_seed(0)
+    chat = root / "tiny-chat"                      # the real tokenizer (chat template) on a random Llama
+    tiny_llama(vocab_size=49152, hidden_size=16, layers=2).save_pretrained(chat)
+    smol_tokenizer.save_pretrained(chat)
+    small = root / "tiny-small"                    # a small vocabulary for MTP training
+    tiny_llama(vocab_size=64, hidden_size=32, layers=2, seed=1).save_pretrained(small)
+    data = root / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Question {i}: why is the sky blue at {i} o'clock?",
+                                        "chosen": f"Because of scattering, reason {i}.",
+                                        "rejected": f"No idea about {i}, sorry."}) + "\n" for i in range(16)))
+    from anatomist.capture import ShardWriter
+    from anatomist.sae import SAE, SAEConfig, save_sae
+
+    sae = root / "sae"
+    save_sae(SAE(SAEConfig(d_in=16, d_sae=64, architecture="topk", k=4, layer=1, model="tiny")).init_weights(
+        torch.Generator().manual_seed(0)), sae)
+    store = root / "store"
+    g = torch.Generator().manual_seed(0)
+    w = ShardWriter(store, {"model": "tiny", "layer": 1, "d_model": 16}, shard_rows=300)
+    for s in range(40):
+        acts = torch.randn(30, 16, generator=g) * torch.rand(16, generator=g)
+        acts[0] *= 100.0  # an attention-sink-like first token
+        w.add(s, str(s), "text", acts=acts, pos=torch.arange(30), token=torch.zeros(30, dtype=torch.long),
+              response=torch.ones(30, dtype=torch.bool))
+    w.close(40)
+    return {"chat": str(chat), "small": str(small), "data": str(data), "sae": str(sae), "store": str(store),
+            "root": root}
+
+
+JOBS = {
+    "capture-cli": lambda i: Job("capture-cli", "job_capture_cli", {"data": i["data"], "model": i["chat"]},
+                                 immutable=("shard_*.safetensors", "capture.json")),
+    "capture": lambda i: Job("capture", "job_capture", {"data": i["data"], "model": i["chat"]},
+                             immutable=("shard_*.safetensors", "capture.json")),
+    "pool": lambda i: Job("pool", "job_pool", {"data": i["data"], "model": i["chat"], "sae": i["sae"]},
+                          immutable=("shard_*.safetensors", "capture.json")),
+    "sae-train-cli": lambda i: Job("sae-train-cli", "job_sae_train", {"store": i["store"]},
+                                   normalise=("training.json",)),
+    "mtp-train": lambda i: Job("mtp-train", "job_mtp_train", {"model": i["small"]}),
+    "organism-generate": lambda i: Job("organism-generate", "job_organism", {"model": i["chat"]},
+                                       immutable=("settings.json",), journals=("generations.jsonl",),
+                                       append_only=("generations.jsonl",)),
+    "dpo-cli": lambda i: Job("dpo-cli", "job_dpo", {"data": i["data"], "model": i["chat"]},
+                             # metrics.jsonl: lines after the last checkpoint are recomputed on resume
+                             immutable=("cache/*/shard-*.safetensors",), journals=("metrics.jsonl",),
+                             normalise=("metrics.jsonl", "summary.json")),
+}
+
+
+@pytest.fixture(scope="module")
+def harness(inputs, tmp_path_factory):
+    z = Zygote(env={"ANATOMIST_CACHE": str(inputs["root"] / "cache"), "HF_HUB_OFFLINE": "1",
+                    "TRANSFORMERS_OFFLINE": "1"})
+    h = Harness(z, tmp_path_factory.mktemp("kill-runs"))
+    yield h
+    z.close()
+
+
+# --- the checkers themselves must catch what they are meant to catch ---------------------------
+
+def test_scan_flags_half_written_files(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.arange(100.0)}, str(tmp_path / "a.safetensors"))
+    full = (tmp_path / "a.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(full[:len(full) - 7])
+    (tmp_path / "b.json").write_text('{"a": 1')
+    (tmp_path / "c.jsonl").write_text('{"a": 1}\n{"b"')
+    (tmp_path / "g.jsonl").write_text('{"a": 1}\n{"b"')
+    (tmp_path / ".d.json.tmp123").write_text("{")
+    problems, tmps = scan(tmp_path, journals=("g.jsonl",))
+    assert sorted(p.split(":")[0] for p in problems) == ["b.json", "c.jsonl", "cut.safetensors"]
+    assert [t.name for t in tmps] == [".d.json.tmp123"]
+    assert parse_problem(tmp_path / "a.safetensors") is None
+
+
+def test_compare_dirs_sees_one_changed_byte(tmp_path):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "x.bin").write_bytes(b"\x00" * 10)
+        (tmp_path / d / "t.json").write_text(json.dumps({"loss": 1.0, "wall_s": 3.0 if d == "a" else 4.0}))
+    assert compare_dirs(tmp_path / "a", tmp_path / "b", normalise=("t.json",)) == []
+    (tmp_path / "b" / "x.bin").write_bytes(b"\x00" * 9 + b"\x01")
+    assert compare_dirs(tmp_path / "a", tmp_path / "b", normalise=("t.json",)) == ["differs x.bin"]
+    assert compare_dirs(tmp_path / "a", tmp_path / "b") == ["differs t.json", "differs x.bin"]
+
+
+def test_atomic_write_removes_a_dead_writers_temp_file(tmp_path):
+    """A kill between write and rename leaves `.NAME.tmpPID`; the next write of NAME removes it
+    when PID is gone, and leaves a live writer's alone."""
+    import os
+    import subprocess
+    import sys
+
+    from anatomist.fileio import atomic_write_text
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (tmp_path / f".x.json.tmp{dead}").write_text("{half")
+    (tmp_path / f".x.json.tmp{os.getppid()}").write_text("{")   # a live process's
+    (tmp_path / f".y.json.tmp{dead}").write_text("{")           # another file's: not touched here
+    atomic_write_text(tmp_path / "x.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["x.json", f".x.json.tmp{os.getppid()}", f".y.json.tmp{dead}"])
+
+
+# --- kill -9 and resume ------------------------------------------------------------------------
+
+# Known gaps in other stages, found by this harness; the rows stay so a fix shows up as XPASS.
+KNOWN_GAPS: dict[str, str] = {}
+
+
+def _params(names):
+    return [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_GAPS[n], strict=False)) if n in KNOWN_GAPS else n
+            for n in names]
+
+
+@pytest.mark.parametrize("name", _params(JOBS))
+def test_kill_and_resume(harness, inputs, name):
+    job = JOBS[name](inputs)
+    before = len(harness.tally.problems), len(harness.tally.mismatches)
+    for seed in SEEDS:
+        harness.run(job, seed, max_kills=2)
+    new = harness.tally.problems[before[0]:] + harness.tally.mismatches[before[1]:]
+    assert not new, "\n".join(new)
+
+
+def test_summary(harness):
+    t = harness.tally
+    print("\n" + t.line())
+    assert t.kills >= len(JOBS), t.line()          # every job was really killed at least once, overall
+    findings = [f for f in t.problems + t.mismatches if not f.startswith(tuple(KNOWN_GAPS))]
+    assert t.bytes_lost == 0 and t.half_written == 0 and not findings, t.line() + "\n" + "\n".join(findings)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _params(JOBS))
+def test_kill_and_resume_many_seeds(harness, inputs, name):
+    job = JOBS[name](inputs)
+    before = len(harness.tally.problems), len(harness.tally.mismatches)
+    for seed in range(10, 16):
+        harness.run(job, seed, max_kills=3)
+    new = harness.tally.problems[before[0]:] + harness.tally.mismatches[before[1]:]
+    assert not new, "\n".join(new)
+    print("\n" + harness.tally.line())
