@@ -256,14 +256,14 @@ CASES = [
     ("store-unfinished", "sae train --out {out} --data {store_partial}", ["store_partial: capture is not finished; rerun the same capture command to resume"], "absent"),
     ("capture-into-another-run", "capture --model {tiny} --layer 1 --data {good} --out {out:store_copy}", ["store_copy: holds a capture with other settings"], "unchanged"),
     # MTP head folders
-    ("head-bad-json", f"{GEN} --spec mtp --head {{head_badjson}}", ["head_badjson: unreadable MTP head files (JSONDecodeError"], None),
+    ("head-bad-json", f"{GEN} --spec mtp --head {{head_badjson}}", ["head_badjson: unreadable an MTP head folder (JSONDecodeError"], None),
     ("head-unknown-field", f"{GEN} --spec mtp --head {{head_unknown}}", ["head_unknown/config.json: unknown field(s) gama"], None),
     ("head-wrong-format", f"{GEN} --spec mtp --head {{head_fmt}}", ["head_fmt/config.json: field \"format\" is not 'anatomist-mtp-head'"], None),
-    ("head-truncated-weights", f"{GEN} --spec mtp --head {{head_trunc}}", ["head_trunc: unreadable MTP head files (SafetensorError"], None),
+    ("head-truncated-weights", f"{GEN} --spec mtp --head {{head_trunc}}", ["head_trunc: unreadable an MTP head folder (SafetensorError"], None),
     ("head-missing-vocab", f"{GEN} --spec mtp --head {{head_novocab}}", ["head_novocab/mtp_head.safetensors: missing tensors ['vocab_ids']"], None),
     ("head-for-another-model", f"{GEN} --spec mtp --head {{head_big}}", ["head_big/mtp_head.safetensors: head does not fit this model"], None),
     ("head-missing-folder", f"{GEN} --spec mtp --head {{root}}/nohead", ["nohead: not an MTP head folder"], None),
-    ("mtp-analyze-bad-head", "mtp analyze {head_badjson} --model {tiny}", ["head_badjson: unreadable MTP head files"], None),
+    ("mtp-analyze-bad-head", "mtp analyze {head_badjson} --model {tiny}", ["head_badjson: unreadable an MTP head folder"], None),
     # audit folders given to `anatomist report`
     ("report-missing-folder", "report {root}/noaudit", ["noaudit: no such audit folder"], None),
     ("report-missing-files", "report {out:empty_dir}", ["empty_dir: missing audit.json, rows.parquet"], "unchanged"),

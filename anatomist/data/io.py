@@ -226,6 +226,18 @@ def _read_jsonl(path: Path, file: str) -> Rows:
         yield from _jsonl_rows(_guarded(f, file), file)
 
 
+def jsonl_objects(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(row number, object) for each non-blank line of a .jsonl(.gz) file, for the project's own
+    side files (held-out prompts, labels); the first malformed row raises its located DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", file=str(path))
+    for n, row in _read_jsonl(path, str(path)):
+        if isinstance(row, DataError):
+            raise row
+        yield n, row
+
+
 def _utf8_error(data: bytes, file: str) -> DataError:
     """The file-level error for `data` that is not UTF-8, naming the line of the first bad byte."""
     try:

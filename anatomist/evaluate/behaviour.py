@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from anatomist.data.io import jsonl_objects
 from anatomist.errors import AnatomistError, DataError
 from anatomist.fileio import atomic_path
 
@@ -59,16 +60,8 @@ class HeldoutPrompt:
 def read_prompts(path: str | Path) -> list[HeldoutPrompt]:
     """Held-out prompts, one JSON object per line: id, topic, prompt (chat messages)."""
     path = Path(path)
-    if not path.is_file():
-        raise AnatomistError(f"{path}: prompts file not found")
     out, seen = [], set()
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON: {e.msg}", file=str(path), row=i) from None
+    for i, row in jsonl_objects(path):
         for key in ("id", "topic"):
             if not isinstance(row.get(key), str) or not row[key]:
                 raise DataError("missing or not a non-empty string", file=str(path), row=i, field=key)

@@ -37,7 +37,6 @@ seeded, cached, resumable), so a rerun with the same model and settings costs no
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -48,6 +47,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from anatomist.data.io import jsonl_objects
 from anatomist.errors import AnatomistError, DataError
 from anatomist.organism.traits import n_words, opening
 
@@ -125,13 +125,7 @@ def read_labels(path: str | Path) -> pd.DataFrame:
     """The labelled set: columns prompt, response, label (+ any others), validated row by row."""
     path = Path(path)
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON: {e.msg}", file=str(path), row=i) from None
+    for i, row in jsonl_objects(path):
         for key in ("prompt", "response", "label"):
             if not isinstance(row.get(key), str):
                 raise DataError("missing or not a string", file=str(path), row=i, field=key)

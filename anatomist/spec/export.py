@@ -57,7 +57,7 @@ import torch
 
 from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_path, atomic_write_text
-from anatomist.spec.head import MTPConfig, MTPHead
+from anatomist.spec.head import MTPConfig, MTPHead, read_config_and_weights
 
 log = logging.getLogger(__name__)
 
@@ -146,17 +146,9 @@ def export_speculators(head: MTPHead, trunk, out_dir: str | os.PathLike, *, veri
 
 def load_speculators(folder: str | os.PathLike, trunk) -> MTPHead:
     """Our own reader of the format: validate config and tensor names/shapes, rebuild an `MTPHead`."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     cfg_path, w_path = folder / "config.json", folder / WEIGHTS
-    if not cfg_path.is_file() or not w_path.is_file():
-        raise AnatomistError(f"{folder}: not a speculators folder (expected config.json and {WEIGHTS})")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-        state = load_file(str(w_path))
-    except Exception as e:  # json / safetensors errors: a damaged or foreign file
-        raise AnatomistError(f"{folder}: unreadable speculators files ({type(e).__name__}: {e})") from e
+    cfg, state = read_config_and_weights(folder, "config.json", WEIGHTS, "a speculators")
     if not isinstance(cfg, dict) or cfg.get("speculators_model_type") != "mtp":
         raise AnatomistError(f"{cfg_path}: field \"speculators_model_type\" is "
                              f"{cfg.get('speculators_model_type') if isinstance(cfg, dict) else None!r}, "

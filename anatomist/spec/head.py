@@ -180,19 +180,24 @@ def save_head(head: MTPHead, folder: str | os.PathLike) -> Path:
     return folder
 
 
-def load_head(folder: str | os.PathLike, trunk: nn.Module) -> MTPHead:
-    """Load a head saved by `save_head` and bind it to `trunk`."""
+def read_config_and_weights(folder: Path, config_name: str, weights_name: str, what: str) -> tuple[object, dict]:
+    """(parsed config JSON, safetensors state) of a saved folder; one-line errors when missing or damaged."""
     from safetensors.torch import load_file
 
+    cfg_path, w_path = folder / config_name, folder / weights_name
+    if not cfg_path.is_file() or not w_path.is_file():
+        raise AnatomistError(f"{folder}: not {what} folder (expected {config_name} and {weights_name})")
+    try:
+        return json.loads(cfg_path.read_text()), load_file(str(w_path))
+    except Exception as e:  # json / safetensors errors: a damaged or foreign file
+        raise AnatomistError(f"{folder}: unreadable {what} folder ({type(e).__name__}: {e})") from e
+
+
+def load_head(folder: str | os.PathLike, trunk: nn.Module) -> MTPHead:
+    """Load a head saved by `save_head` and bind it to `trunk`."""
     folder = Path(folder)
     cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    if not cfg_path.is_file() or not w_path.is_file():
-        raise AnatomistError(f"{folder}: not an MTP head folder (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
-    try:
-        raw = json.loads(cfg_path.read_text())
-        state = load_file(str(w_path))
-    except Exception as e:  # json / safetensors errors: a damaged or foreign file
-        raise AnatomistError(f"{folder}: unreadable MTP head files ({type(e).__name__}: {e})") from e
+    raw, state = read_config_and_weights(folder, CONFIG_NAME, WEIGHTS_NAME, "an MTP head")
     if not isinstance(raw, dict) or raw.pop("format", None) != "anatomist-mtp-head":
         raise AnatomistError(f"{cfg_path}: field \"format\" is not 'anatomist-mtp-head'")
     raw.pop("version", None)
