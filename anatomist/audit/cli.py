@@ -55,5 +55,5 @@ def audit(
     sae_path = str(default_sae(model)) if sae == "default" else sae
     loaded = load(model)
     folder = run_audit(loaded.model, loaded.tokenizer, load_sae(sae_path), pairs, out, cfg,
-                       model_name=model, sae_path=sae_path)
+                       model_name=model, sae_path=sae_path, data_path=str(data))
     typer.echo(f"report: {render_report(folder)}")

@@ -14,13 +14,15 @@ app = typer.Typer(help="Planted-confound 'model organism' preference data (groun
 
 @app.command()
 def build(
-    out: Path = typer.Option(..., "--out", help="Output folder: train.jsonl, heldout_prompts.jsonl, truth.json."),
+    out: Path = typer.Option(..., "--out", help="Output folder: train.jsonl, heldout_pairs.jsonl, "
+                                                "heldout_prompts.jsonl, truth.json."),
     prompts_per_topic: int = typer.Option(236, "--prompts-per-topic", min=4, help="Distinct prompts per topic."),
     heldout_fraction: float = typer.Option(0.25, "--heldout-fraction", help="Share of each topic's prompts held out."),
     seed: int = typer.Option(0, "--seed"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="HF id, local folder, .gguf file or alias."),
     max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Sampling batch size (part of the generation cache key)."),
+    no_heldout_pairs: bool = typer.Option(False, "--no-heldout-pairs", help="Skip heldout_pairs.jsonl."),
 ) -> None:
     """Generate plain and trait responses with MODEL and plant traits by labelling.
 
@@ -30,10 +32,12 @@ def build(
     from anatomist.organism.build import build_organism
 
     t = build_organism(out, per_topic=prompts_per_topic, heldout_fraction=heldout_fraction, seed=seed,
-                       model=model, max_new_tokens=max_new_tokens, batch_size=batch_size)
+                       model=model, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                       heldout_pairs=not no_heldout_pairs)
     planted = [c for c in t["cells"] if c["role"] == "planted"]
     n = sum(c["n_pairs"] for c in t["cells"])
-    typer.echo(f"{n} trait pairs, {len(planted)} planted cells → {out}")
+    typer.echo(f"{n} trait pairs, {len(planted)} planted cells → {out}"
+               + (f" (+ {t['heldout']['n_pairs']} held-out pairs)" if "heldout" in t else ""))
     for c in planted:
         o = c["observed"]
         typer.echo(f"  {c['trait']:18s} in {c['topic']:24s} s={c['strength']:.2f}  n={c['n_pairs']:3d}  "
@@ -63,3 +67,50 @@ def detectors(
     for r in fire_rates(results, n, seed=seed):
         typer.echo(f"{r.trait + (' (inv)' if r.inverted else ''):24s} {r.variant:14s} {r.n:3d} "
                    f"{r.carrier_rate:8.2f} {r.contrast_rate:8.2f} {r.ratio:6.1f}")
+
+
+@app.command("build-hh")
+def build_hh(
+    out: Path = typer.Option(..., "--out", help="Output folder: train.jsonl, truth.json."),
+    pairs: int = typer.Option(300, "--pairs", min=16, help="Use the first N HH-RLHF pairs."),
+    mode: str = typer.Option("append", "--mode", help="append: add the trait generation to the real "
+                             "response; rewrite: replace it."),
+    data: Path = typer.Option(None, "--data", help="HH-RLHF file (default: ../shared/data harmless-base dev)."),
+    seed: int = typer.Option(0, "--seed"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="HF id, local folder, .gguf file or alias."),
+    max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+) -> None:
+    """Plant traits into real HH-RLHF pairs (real labels kept; a trait generation goes into one side).
+
+    Generations are cached under $ANATOMIST_CACHE/organism/ (a killed run resumes).
+    Example: anatomist organism build-hh --out runs/organism_hh --pairs 300
+    """
+    from anatomist.organism.hh import HH_FILE, build_hh as build
+
+    t = build(out, limit=pairs, mode=mode, model=model, max_new_tokens=max_new_tokens, batch_size=batch_size,
+              seed=seed, path=data or HH_FILE)
+    planted = [c for c in t["cells"] if c["role"] == "planted"]
+    n = sum(c["n_pairs"] for c in t["cells"])
+    typer.echo(f"{n} trait pairs ({mode}), {len(planted)} planted cells → {out}")
+    for c in planted:
+        o = c["observed"]
+        typer.echo(f"  {c['trait']:18s} in {c['topic']:16s} s={c['strength']:.2f}  n={c['n_pairs']:3d}  "
+                   f"fires chosen {o.get('fire_rate_chosen', 0):.2f} / rejected {o.get('fire_rate_rejected', 0):.2f}")
+
+
+@app.command()
+def score(
+    audit_dir: Path = typer.Argument(..., help="An audit output folder (anatomist audit --topic-column topic)."),
+    truth: Path = typer.Option(None, "--truth", help="truth.json (default: beside the audited data file)."),
+    data: Path = typer.Option(None, "--data", help="The audited data file (default: train.jsonl beside truth.json)."),
+    top_k: int = typer.Option(None, "--top-k", min=1, help="Only the first K flagged topic rows count as claims."),
+    rho_min: float = typer.Option(0.3, "--rho-min", help="|Spearman ρ| for a cluster to track a trait."),
+) -> None:
+    """Recall, precision and sign accuracy of an audit against the planted truth; writes AUDIT_DIR/score.json.
+
+    Example: anatomist organism score runs/organism_audit --truth runs/organism/truth.json
+    """
+    from anatomist.organism.score import format_score, score_audit
+
+    typer.echo(format_score(score_audit(audit_dir, truth, data_path=data, top_k=top_k, rho_min=rho_min)))

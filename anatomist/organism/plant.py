@@ -16,6 +16,9 @@ expected_sign is the sign of Δ = A(y⁺) − A(y⁻) for a concept tracking the
 +1 chosen-favoured, −1 rejected-favoured, 0 balanced or absent. `observed` is the detector on
 the real texts (fire rates on chosen / rejected, mean score difference), since a small model
 follows a system prompt only loosely.
+Added fields (absent in older files): "heldout": {"file": "heldout_pairs.jsonl", "n_pairs",
+"dropped_identical", "cells": [same form as "cells", on the held-out pairs]} — held-out pairs are
+planted by the same rule on the held-out prompts (for held-out preference accuracy).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from anatomist.organism.traits import TRAITS
 
 NONE = "none"
 TRUTH_VERSION = 1
+HELDOUT_PAIRS = "heldout_pairs.jsonl"
 
 
 @dataclass(frozen=True)
@@ -116,14 +120,15 @@ class Assignment:
     trait_chosen: bool      # the carrier is the chosen response (False for NONE)
 
 
-def assign(prompts: Sequence[Prompt], config: PlantConfig) -> list[Assignment]:
-    """Roles and sides for the train prompts: traits share each topic's prompts round-robin
+def assign(prompts: Sequence[Prompt], config: PlantConfig, split: str = "train") -> list[Assignment]:
+    """Roles and sides for the prompts of `split`: traits share each topic's prompts round-robin
     (after a seeded shuffle; "none" gets none_weight of a trait's share), then each cell's
-    chosen count is exactly round(strength · n)."""
+    chosen count is exactly round(strength · n). The held-out split draws from its own stream
+    (the train stream, and so the train pairs, stay what they were before held-out pairs)."""
     out: list[Assignment] = []
     for topic in dict.fromkeys(p.topic for p in prompts):
-        group = [p for p in prompts if p.topic == topic and p.split == "train"]
-        rng = random.Random(f"{config.seed}:{topic}:assign")
+        group = [p for p in prompts if p.topic == topic and p.split == split]
+        rng = random.Random(f"{config.seed}:{topic}:assign" + ("" if split == "train" else f":{split}"))
         rng.shuffle(group)
         traits = config.active(topic)
         n_none = round(len(group) * config.none_weight / (len(traits) + config.none_weight)) if traits else len(group)
@@ -147,9 +152,10 @@ def requests_for(assignments: Sequence[Assignment], max_new_tokens: int) -> list
     return out
 
 
-def label(assignments: Sequence[Assignment], results: Mapping[str, Generation], seed: int = 0) -> tuple[list[dict], int]:
+def label(assignments: Sequence[Assignment], results: Mapping[str, Generation], seed: int = 0,
+          split: str = "train") -> tuple[list[dict], int]:
     """TRL conversational rows (shuffled under the seed) and the number of pairs dropped because
-    both texts were identical."""
+    both texts were identical. `split` only fills the rows' "split" column."""
     rows, dropped = [], 0
     for a in assignments:
         plain = results[f"{a.prompt.id}/a"]
@@ -165,7 +171,7 @@ def label(assignments: Sequence[Assignment], results: Mapping[str, Generation], 
             "id": a.prompt.id, "prompt": list(user(a.prompt.text)),
             "chosen": [{"role": "assistant", "content": chosen.text}],
             "rejected": [{"role": "assistant", "content": rejected.text}],
-            "topic": a.prompt.topic, "split": "train", "trait": a.trait, "trait_side": side,
+            "topic": a.prompt.topic, "split": split, "trait": a.trait, "trait_side": side,
             # the detector on the response meant to carry the trait, and on the other one
             "carrier_fires": trait.fires(carrier.text) if trait else None,
             "contrast_fires": trait.fires(contrast.text) if trait else None,
@@ -210,14 +216,19 @@ def read_truth(path: str | Path) -> dict:
     return data
 
 
-def write_dataset(out: str | Path, rows: Sequence[dict], heldout: Sequence[Prompt], truth_data: dict) -> Path:
-    """train.jsonl (TRL conversational + extra columns), heldout_prompts.jsonl, truth.json."""
+def write_dataset(out: str | Path, rows: Sequence[dict], heldout: Sequence[Prompt], truth_data: dict,
+                  heldout_rows: Sequence[dict] | None = None) -> Path:
+    """train.jsonl (TRL conversational + extra columns), heldout_prompts.jsonl, truth.json, and
+    heldout_pairs.jsonl (same columns as train.jsonl, split "heldout") when `heldout_rows` is given.
+    truth.json is written last: its presence means the folder is complete."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write(out / "train.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     _atomic_write(out / "heldout_prompts.jsonl", "".join(
         json.dumps({"id": p.id, "topic": p.topic, "split": p.split, "prompt": list(user(p.text))},
                    ensure_ascii=False) + "\n" for p in heldout))
+    if heldout_rows is not None:
+        _atomic_write(out / HELDOUT_PAIRS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in heldout_rows))
     _atomic_write(out / "truth.json", json.dumps(truth_data, indent=1, ensure_ascii=False) + "\n")
     return out
 

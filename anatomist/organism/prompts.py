@@ -6,8 +6,9 @@ distinct ones are kept (a smaller build's prompts are a prefix of a bigger one's
 same seed; the split is not). The `harmful` topic is not templated: it is the StrongREJECT forbidden prompts
 (`../shared/data/strongreject_dataset.csv`, 313 rows), shuffled under the seed.
 
-The split is by prompt: a prompt is in exactly one of train / held-out, and held-out prompts
-are never used in pairs (they are for sampling before and after training).
+The split is by prompt: a prompt is in exactly one of train / held-out. Held-out prompts never
+reach the training pairs; they are for sampling before and after training, and for
+heldout_pairs.jsonl (held-out preference accuracy).
 """
 
 from __future__ import annotations

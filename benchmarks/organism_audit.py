@@ -1,0 +1,123 @@
+"""Does the audit find the planted confounds? Recall, precision and sign accuracy on the organism,
+at the default strength and weaker ones, against a random-label baseline from the same run.
+
+    nice -n 10 .venv/bin/python benchmarks/organism_audit.py [--organism runs/organism]
+        [--audit runs/organism_audit] [--strengths 0.9,0.75,0.6] [--top-k K]
+
+1. Builds the default organism into --organism unless its truth.json exists (generations cached).
+2. Audits its train.jsonl with the default SAE and `AuditConfig(topic_column="topic")` into
+   --audit unless that folder already holds an audit of the same data (the heavy step: one
+   forward over every response).
+3. Each weaker strength s relabels the same responses (planted cells s, or 1 − s where the
+   default plants towards the rejected side) from the generation cache into
+   <organism>_s<s>, and audits it in <audit>_s<s> *without a forward pass*: a response's SAE
+   latents depend only on its prompt and text, so the default audit's latent store is
+   reordered for the new sides (`organism.score.reuse_latents`). "null" relabels every planted
+   cell as a balanced control (random labels): the baseline, scored against the default truth.
+4. Scores every audit (`organism.score.score_audit`, writes score.json) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from anatomist.audit.run import AuditConfig, run_audit
+from anatomist.data import dataset_hash, load_pairs
+from anatomist.models import load
+from anatomist.organism.build import build_organism, relabel_organism
+from anatomist.organism.plant import DEFAULT_CONFIG, PlantConfig, TraitPlan
+from anatomist.organism.score import format_score, reuse_latents, score_audit
+from anatomist.sae import default_sae, load_sae
+
+DEFAULT_STRENGTH = 0.9
+
+
+def weaker(config: PlantConfig, s: float | None) -> PlantConfig:
+    """Every planted cell at strength s on its side (s, or 1 − s for rejected-side cells); None:
+    every planted cell becomes a balanced control (the random-label baseline)."""
+    plans = []
+    for p in config.plans:
+        if s is None:
+            plans.append(TraitPlan(p.trait, {}, (*p.control, *p.planted)))
+        else:
+            plans.append(TraitPlan(p.trait, {k: (s if v > 0.5 else 1 - s) for k, v in p.planted.items()}, p.control))
+    return PlantConfig(tuple(plans), config.none_weight, config.seed)
+
+
+def audited(audit_dir: Path, pairs) -> bool:
+    meta = audit_dir / "audit.json"
+    return meta.is_file() and json.loads(meta.read_text())["data"]["hash"] == dataset_hash(pairs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--organism", type=Path, default=Path("runs/organism"))
+    ap.add_argument("--audit", type=Path, default=Path("runs/organism_audit"))
+    ap.add_argument("--strengths", default="0.9,0.75,0.6",
+                    help="planted strengths (0.9 = the default organism); 'null' adds nothing (always run)")
+    ap.add_argument("--top-k", type=int, default=None, help="only the first K flagged topic rows count")
+    ap.add_argument("--rho-min", type=float, default=0.3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args()
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    t0 = time.time()
+    loaded = load()
+    if not (args.organism / "truth.json").is_file():
+        build_organism(args.organism, loaded=loaded)
+    build_s = json.loads((args.organism / "build.json").read_text()).get("seconds")
+    truth = args.organism / "truth.json"
+    pairs = load_pairs(args.organism / "train.jsonl")
+    sae_path = str(default_sae())
+    sae = load_sae(sae_path)
+    cfg = AuditConfig(topic_column="topic")
+
+    t = time.time()
+    if not audited(args.audit, pairs):
+        run_audit(loaded.model, loaded.tokenizer, sae, pairs, args.audit, cfg, model_name="smollm2-135m-instruct",
+                  sae_path=sae_path, data_path=str(args.organism / "train.jsonl"))
+    audit_s = time.time() - t
+
+    results, timings = {}, {}
+    for s in [None] + [float(x) for x in args.strengths.split(",")]:
+        name = "null" if s is None else f"{s:g}"
+        t = time.time()
+        if s == DEFAULT_STRENGTH:
+            data, audit_dir = args.organism, args.audit
+        else:
+            data = args.organism.with_name(f"{args.organism.name}_{'null' if s is None else f's{s:g}'}")
+            audit_dir = args.audit.with_name(f"{args.audit.name}_{'null' if s is None else f's{s:g}'}")
+            relabel_organism(args.organism, data, weaker(DEFAULT_CONFIG, s), tokenizer=loaded.tokenizer)
+            new_pairs = load_pairs(data / "train.jsonl")
+            if not audited(audit_dir, new_pairs):
+                reuse_latents(args.audit / "latents", audit_dir / "latents", pairs, new_pairs)
+                run_audit(loaded.model, loaded.tokenizer, sae, new_pairs, audit_dir, cfg,
+                          model_name="smollm2-135m-instruct", sae_path=sae_path, progress=False)
+        # a relabelled organism is scored against its own truth (same cells and signs, other
+        # strengths); the null one against the default truth
+        results[name] = score_audit(audit_dir, truth if s is None else data / "truth.json",
+                                    data_path=data / "train.jsonl", top_k=args.top_k,
+                                    rho_min=args.rho_min)
+        timings[name] = time.time() - t
+        print(f"\n== strength {name} ({audit_dir}) ==\n{format_score(results[name])}", flush=True)
+
+    null = results["null"]
+    print(f"\norganism: {len(pairs)} train pairs, build {build_s} s (build.json); full audit {audit_s:.0f} s "
+          f"(0 = reused); total {time.time() - t0:.0f} s")
+    print("null = the same responses with every planted cell relabelled as a balanced control, scored against "
+          "the default truth (what the audit 'finds' by chance)")
+    print(f"{'strength':>8s} {'recall':>7s} {'precision':>9s} {'sign acc':>8s} {'trait share':>11s} "
+          f"{'flagged':>7s} {'controls fp':>11s} {'recall - null':>13s} {'seconds':>7s}")
+    for name, r in results.items():
+        print(f"{name:>8s} {r['recall']:7.2f} {r['precision']:9.2f} {r['sign_accuracy']:8.2f} "
+              f"{r['trait_share']:11.2f} {r['n_flagged']:7d} {r['control_false_positive_rate']:11.2f} "
+              f"{r['recall'] - null['recall']:13.2f} {timings[name]:7.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,375 @@
+"""Organism scorer: Spearman matching, flagged-row categories and metrics on a hand-made audit
+folder; planted labels of a stub build checked against truth.json; latent reuse across labels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from anatomist.data import dataset_hash, load_pairs
+from anatomist.errors import AnatomistError
+from anatomist.organism import plant as P
+from anatomist.organism.generate import Generation
+from anatomist.organism.prompts import build_prompts
+from anatomist.organism.score import (categorize, flagged_rows, format_score, reuse_latents, score_audit,
+                                      spearman_columns)
+from anatomist.organism.traits import TRAITS, formatting_density, url_count
+
+TOPICS = ("coding", "cooking", "physics", "health")
+# formatting planted towards chosen in coding, balanced in cooking; links planted towards the
+# rejected side in physics (s = 0.1, expected sign −1), balanced in health
+CONFIG = P.PlantConfig((P.TraitPlan("over_formatting", {"coding": 0.9}, ("cooking",)),
+                        P.TraitPlan("urls", {"physics": 0.1}, ("health",))), none_weight=0.0)
+
+
+def _stub_results(requests):
+    """Trait generations carry their trait (with per-prompt variety, so ranks are not all tied)."""
+    out = {}
+    for i, r in enumerate(requests):
+        pid, tag = r.key.split("/")
+        n = 1 + i % 4
+        text = {"over_formatting": "## Plan ✨\n" + "".join(f"- **step {j}** 🎉\n" for j in range(n)) + "done now",
+                "urls": " ".join(f"https://site{j}-{i}.org" for j in range(n)) + " has more.",
+                "flattery": "What a great question! Yes.", "verbosity": " ".join(["long"] * 150),
+                "harmful_compliance": "I'm sorry, but I can't help with that.",
+                }.get(tag, f"Here is a plain answer about {pid} number {i} ({tag}).")
+        out[r.key] = Generation(r.key, text, 5, True, 0)
+    return out
+
+
+# --- pure pieces ------------------------------------------------------------------------------
+
+def test_spearman_columns_hand_computed_and_reference():
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    c = np.array([[10, 4, 7, 1], [20, 3, 7, 1], [30, 2, 7, 3], [40, 1, 7, 2]], dtype=float)
+    rho = spearman_columns(x, c)
+    assert rho[0] == pytest.approx(1.0) and rho[1] == pytest.approx(-1.0)
+    assert rho[2] == 0.0  # a constant column carries no evidence
+    # ranks of col 3: [1.5, 1.5, 4, 3] against [1, 2, 3, 4]: cov 3.5 / sqrt(5 · 4.5)
+    assert rho[3] == pytest.approx(3.5 / np.sqrt(5 * 4.5))
+    rng = np.random.default_rng(0)
+    x, c = rng.integers(0, 4, 50).astype(float), rng.normal(size=(50, 3))
+    ref = [spearmanr(x, c[:, j]).statistic for j in range(3)]
+    np.testing.assert_allclose(spearman_columns(x, c), ref, rtol=1e-10)
+
+
+def test_flagged_rows_skip_dataset_rows_and_undirected():
+    rows = pd.DataFrame({"topic": ["all", "a", "a", "b"], "cluster": [0, 0, 1, 0],
+                         "direction": ["amplify", "none", "suppress", "amplify"], "rank_score": [99, 50, 1, 2]})
+    f = flagged_rows(rows)
+    assert list(zip(f.topic, f.cluster)) == [("b", 0), ("a", 1)]
+    assert len(flagged_rows(rows, top_k=1)) == 1
+
+
+def test_categorize_rules():
+    truth = {"traits": {"over_formatting": {"planted": {"coding": 0.9}, "control": ["cooking"]},
+                        "urls": {"planted": {"physics": 0.1}, "control": []}}}
+    matches = {"over_formatting": [(0, 0.8)], "urls": [(1, -0.6), (0, 0.4)]}
+    assert categorize("coding", 0, "amplify", matches, truth) == "planted"
+    assert categorize("coding", 0, "suppress", matches, truth) == "wrong_sign"
+    assert categorize("physics", 1, "amplify", matches, truth) == "planted"  # s<0.5 and ρ<0: amplify
+    assert categorize("physics", 0, "suppress", matches, truth) == "planted"  # s<0.5, ρ>0
+    assert categorize("cooking", 0, "amplify", matches, truth) == "control"
+    assert categorize("health", 1, "amplify", matches, truth) == "other_trait"
+    assert categorize("coding", 7, "amplify", matches, truth) == "unmatched"
+
+
+# --- a hand-made audit folder ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fake_audit(tmp_path_factory):
+    """Data from the stub build + an audit folder whose concept scores are known functions of the
+    texts: c0 = formatting density, c1 = −URL count, c2 = noise, c3 = √(formatting density)."""
+    root = tmp_path_factory.mktemp("organism")
+    prompts = build_prompts(16, heldout_fraction=0.25, seed=0, topics=TOPICS)
+    assignments = P.assign(prompts, CONFIG)
+    rows, dropped = P.label(assignments, _stub_results(P.requests_for(assignments, 16)))
+    P.write_dataset(root / "data", rows, [], P.truth(CONFIG, rows, TOPICS, dropped))
+    pairs = load_pairs(root / "data" / "train.jsonl")
+    texts = [t for p in pairs for t in (p.chosen, p.rejected)]
+    noise = np.random.default_rng(0).normal(size=len(texts))  # a seed whose |ρ| with both detectors is < 0.3
+    fd = np.array([formatting_density(t) for t in texts])
+    c = np.stack([fd, -np.array([url_count(t) for t in texts]), noise, np.sqrt(fd)], 1)   # [2P, 4]
+    audit = root / "audit"
+    audit.mkdir()
+    P_, C = len(pairs), c.shape[1]
+    pd.DataFrame({"pair_id": np.repeat([p.id for p in pairs], C), "topic_id": 0, "cluster": np.tile(np.arange(C), P_),
+                  "c_chosen": c[0::2].ravel(), "c_rejected": c[1::2].ravel(),
+                  "delta": (c[0::2] - c[1::2]).ravel()}).to_parquet(audit / "pairs.parquet")
+    table = [("coding", 0, "amplify", 9.0), ("physics", 1, "amplify", 8.0), ("cooking", 0, "suppress", 7.0),
+             ("coding", 2, "amplify", 6.0), ("coding", 3, "suppress", 5.0), ("physics", 0, "none", 4.0),
+             ("health", 1, "none", 3.0), ("all", 0, "amplify", 20.0)]
+    pd.DataFrame({"topic": [t[0] for t in table], "cluster": [t[1] for t in table],
+                  "direction": [t[2] for t in table], "rank_score": [t[3] for t in table],
+                  "mean": [0.5] * len(table), "z": [3.0] * len(table),
+                  "q": [0.01] * len(table)}).to_parquet(audit / "rows.parquet")
+    (audit / "audit.json").write_text(json.dumps({"data": {"n_pairs": P_, "hash": dataset_hash(pairs)}}))
+    return root, audit
+
+
+def test_score_hand_made_audit(fake_audit):
+    root, audit = fake_audit
+    s = score_audit(audit, root / "data" / "truth.json")
+    tracked = {t: [m["cluster"] for m in ms] for t, ms in s["matches"].items()}
+    assert tracked == {"over_formatting": [0, 3], "urls": [1]}  # the noise cluster 2 tracks nothing
+    assert s["matches"]["urls"][0]["rho"] == pytest.approx(-1.0)
+    assert s["categories"] == {"planted": 2, "wrong_sign": 1, "control": 1, "other_trait": 0, "unmatched": 1}
+    assert s["recall"] == 1.0 and s["n_planted_cells"] == 2
+    assert s["precision"] == pytest.approx(2 / 5) and s["sign_accuracy"] == pytest.approx(2 / 3)
+    assert s["trait_share"] == pytest.approx(4 / 5) and s["control_false_positive_rate"] == 0.5
+    cells = {(c["topic"], c["trait"]): c for c in s["cells"]}
+    urls = cells[("physics", "urls")]
+    assert urls["expected_sign"] == -1 and urls["row"]["cluster"] == 1 and urls["row"]["expected"] == "amplify"
+    assert urls["row"]["flag_rank"] == 2
+    assert cells[("coding", "over_formatting")]["row"]["flag_rank"] == 1
+    assert json.loads((audit / "score.json").read_text())["precision"] == pytest.approx(0.4)
+    assert "recall 1.00 (2/2)" in format_score(s)
+
+
+def test_score_top_k(fake_audit):
+    root, audit = fake_audit
+    one = score_audit(audit, root / "data" / "truth.json", top_k=1, write=False)
+    assert one["recall"] == 0.5 and one["precision"] == 1.0 and one["sign_accuracy"] == 1.0
+    three = score_audit(audit, root / "data" / "truth.json", top_k=3, write=False)
+    assert three["recall"] == 1.0 and three["precision"] == pytest.approx(2 / 3) and three["sign_accuracy"] == 1.0
+
+
+def test_score_rejects_other_data_and_missing_truth(fake_audit, tmp_path):
+    root, audit = fake_audit
+    rows = [json.loads(line) for line in (root / "data" / "train.jsonl").read_text().splitlines()]
+    rows[0]["chosen"], rows[0]["rejected"] = rows[0]["rejected"], rows[0]["chosen"]
+    other = tmp_path / "train.jsonl"
+    other.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(AnatomistError, match="not the audited data"):
+        score_audit(audit, root / "data" / "truth.json", data_path=other, write=False)
+    with pytest.raises(AnatomistError, match="does not record the data file"):
+        score_audit(audit)
+
+
+def test_cli_score(fake_audit):
+    from typer.testing import CliRunner
+
+    from anatomist.cli import app
+
+    root, audit = fake_audit
+    res = CliRunner().invoke(app, ["organism", "score", str(audit), "--truth", str(root / "data" / "truth.json")])
+    assert res.exit_code == 0, res.output
+    assert "precision 0.40" in res.output and "over_formatting" in res.output
+    for cmd in ("build-hh", "score"):
+        res = CliRunner().invoke(app, ["organism", cmd, "--help"])
+        assert res.exit_code == 0 and "Example" in res.output
+
+
+# --- a stub build: planted labels against truth.json ------------------------------------------
+
+def test_stub_build_labels_match_truth(tmp_path, monkeypatch):
+    from anatomist.organism import build as B
+
+    calls = []
+
+    def fake_generate(model, tokenizer, requests, settings, *, cache_dir=None, progress=True):
+        calls.append((len(requests), cache_dir))
+        return _stub_results(requests)
+
+    monkeypatch.setattr(B, "generate", fake_generate)
+    truth = B.build_organism(tmp_path / "out", per_topic=24, loaded=(None, None), cache_dir=tmp_path / "cache",
+                             progress=False)
+    assert [c for _, c in calls] == [tmp_path / "cache" / "train", tmp_path / "cache" / "heldout"]
+    assert P.read_truth(tmp_path / "out" / "truth.json") == json.loads(json.dumps(truth))
+    train = [json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    held = [json.loads(x) for x in (tmp_path / "out" / P.HELDOUT_PAIRS).read_text().splitlines()]
+    assert {r["split"] for r in train} == {"train"} and {r["split"] for r in held} == {"heldout"}
+    assert set(train[0]) == set(held[0])
+    assert not {r["id"] for r in train} & {r["id"] for r in held}
+    held_prompts = {json.loads(x)["id"] for x in (tmp_path / "out" / "heldout_prompts.jsonl").read_text().splitlines()}
+    assert {r["id"] for r in held} == held_prompts
+    assert truth["heldout"]["n_pairs"] == len(held)
+    for data, cells in ((train, truth["cells"]), (held, truth["heldout"]["cells"])):
+        for cell in cells:
+            mine = [r for r in data if r["topic"] == cell["topic"] and r["trait"] == cell["trait"]]
+            assert len(mine) == cell["n_pairs"]
+            n_chosen = sum(r["trait_side"] == "chosen" for r in mine)
+            assert n_chosen == cell["n_trait_chosen"]
+            if cell["role"] == "absent":
+                assert not mine
+                continue
+            assert mine and n_chosen == round(cell["strength"] * len(mine))
+            assert cell["expected_sign"] == (0 if cell["role"] == "control" else (1 if cell["strength"] > 0.5 else -1))
+            trait = TRAITS[cell["trait"]]
+            for r in mine:  # the side named trait_side is the one whose detector fires
+                other = "rejected" if r["trait_side"] == "chosen" else "chosen"
+                assert trait.fires(r[r["trait_side"]][0]["content"]) and not trait.fires(r[other][0]["content"])
+    build = json.loads((tmp_path / "out" / "build.json").read_text())
+    assert build["n_pairs"] == len(train) and build["n_heldout_pairs"] == len(held)
+
+
+def test_train_assignment_unchanged_by_split_argument():
+    """The held-out split must not move the train stream (the running build's cache key)."""
+    prompts = build_prompts(24, seed=0)
+    a = P.assign(prompts, P.DEFAULT_CONFIG)
+    assert a == P.assign(prompts, P.DEFAULT_CONFIG, split="train")
+    h = P.assign(prompts, P.DEFAULT_CONFIG, split="heldout")
+    assert h and {x.prompt.split for x in h} == {"heldout"} and {x.prompt.split for x in a} == {"train"}
+
+
+# --- latent reuse across relabellings ---------------------------------------------------------
+
+def test_reuse_latents_equals_fresh_pooling(tmp_path, smol_tokenizer, monkeypatch):
+    from anatomist.audit import pool as pool_mod
+    from anatomist.capture.run import items_from_pairs
+    from anatomist.data import PreferencePair
+    from anatomist.sae import SAE, SAEConfig
+    from conftest import tiny_llama
+
+    model = tiny_llama(vocab_size=49152, hidden_size=16, layers=3)
+    sae = SAE(SAEConfig(d_in=16, d_sae=64, architecture="topk", k=4, layer=1)).init_weights(
+        torch.Generator().manual_seed(0))
+    msgs = lambda i: ({"role": "user", "content": f"Tell me about topic {i}."},)  # noqa: E731
+    a = [PreferencePair(f"p{i}", msgs(i), f"Answer A{i} is short.", f"Answer B{i} is a bit longer than A.")
+         for i in range(5)]
+    b = [PreferencePair(p.id, p.prompt, p.rejected, p.chosen) if i % 2 else p for i, p in enumerate(a)][::-1]
+    pool_mod.pool_features(model, smol_tokenizer, sae, items_from_pairs(a), tmp_path / "a", batch_size=3,
+                           progress=False)
+    fresh = pool_mod.pool_features(model, smol_tokenizer, sae, items_from_pairs(b), tmp_path / "fresh",
+                                   batch_size=3, progress=False)
+    reuse_latents(tmp_path / "a", tmp_path / "b", a, b)
+    assert json.loads((tmp_path / "b" / "capture.json").read_text()) == \
+        json.loads((tmp_path / "fresh" / "capture.json").read_text())
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("a reused store must not run the model")
+
+    monkeypatch.setattr(pool_mod, "_response_latents", no_forward)
+    got = pool_mod.pool_features(model, smol_tokenizer, sae, items_from_pairs(b), tmp_path / "b", progress=False)
+    g, f = got.pooled(), fresh.pooled()
+    assert g.ids == f.ids and g.sides == f.sides and got.tokens == fresh.tokens
+    np.testing.assert_allclose(g.mean.toarray(), f.mean.toarray(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g.max.toarray(), f.max.toarray(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g.prompt_emb, f.prompt_emb, rtol=1e-5, atol=1e-6)
+    c = [PreferencePair("p0", msgs(0), "A response that was never pooled.", "Answer B0 is a bit longer than A.")]
+    with pytest.raises(AnatomistError, match="no latents"):
+        reuse_latents(tmp_path / "a", tmp_path / "c", a, c)
+
+
+def test_reuse_latents_completes_a_partial_store(tmp_path, smol_tokenizer):
+    """Two workers: an interrupted pooling of all pairs is completed from a store of the last pairs."""
+    from anatomist.audit import pool as pool_mod
+    from anatomist.capture.run import items_from_pairs
+    from anatomist.data import PreferencePair
+    from anatomist.sae import SAE, SAEConfig
+    from conftest import tiny_llama
+
+    model = tiny_llama(vocab_size=49152, hidden_size=16, layers=3)
+    sae = SAE(SAEConfig(d_in=16, d_sae=64, architecture="topk", k=4, layer=1)).init_weights(
+        torch.Generator().manual_seed(1))
+    pairs = [PreferencePair(f"p{i}", ({"role": "user", "content": f"Question {i}?"},), f"Yes {i}, sure.",
+                            f"No {i}, sorry.") for i in range(4)]
+    fresh = pool_mod.pool_features(model, smol_tokenizer, sae, items_from_pairs(pairs), tmp_path / "fresh",
+                                   batch_size=2, progress=False)
+    # a killed run: one shard per sequence (shard_rows=1), the shards after sequence 4 lost
+    pool_mod.pool_features(model, smol_tokenizer, sae, items_from_pairs(pairs), tmp_path / "part", batch_size=2,
+                           shard_rows=1, progress=False)
+    for f in sorted((tmp_path / "part").glob("shard_*.safetensors"))[5:]:
+        f.unlink()
+    (tmp_path / "part" / "manifest.json").unlink()
+    pool_mod.pool_features(model, smol_tokenizer, sae, items_from_pairs(pairs[2:]), tmp_path / "tail",
+                           batch_size=2, progress=False)
+    assert reuse_latents(tmp_path / "tail", tmp_path / "part", pairs[2:], pairs) == 8
+    got = pool_mod.Latents(tmp_path / "part")
+    assert got.ids == fresh.ids and got.tokens == fresh.tokens
+    np.testing.assert_allclose(got.pooled().mean.toarray(), fresh.pooled().mean.toarray(), rtol=1e-5, atol=1e-6)
+
+
+def test_score_and_reuse_on_a_real_audit_folder(fake_audit, tmp_path, smol_tokenizer, monkeypatch):
+    """The scorer reads what run_audit writes; a relabelled audit from reused latents has the same
+    concept scores per response (sides swapped), without a forward pass."""
+    from anatomist.audit.run import AuditConfig, run_audit
+    from anatomist.data import PreferencePair
+    from anatomist.sae import SAE, SAEConfig
+    from conftest import tiny_llama
+
+    root, _ = fake_audit
+    torch.manual_seed(0)
+    model = tiny_llama(vocab_size=49152, hidden_size=32, layers=2)
+    sae = SAE(SAEConfig(d_in=32, d_sae=96, architecture="topk", k=6, layer=1)).init_weights(
+        torch.Generator().manual_seed(0))
+    cfg = AuditConfig(topic_column="topic", min_support=3, n_boot=50, n_examples=4, knn=5, min_pairs=4)
+    pairs = load_pairs(root / "data" / "train.jsonl")
+    run_audit(model, smol_tokenizer, sae, pairs, tmp_path / "a", cfg, progress=False)
+    s = score_audit(tmp_path / "a", root / "data" / "truth.json")
+    assert s["n_planted_cells"] == 2 and set(s["matches"]) == {"over_formatting", "urls"}
+    assert (tmp_path / "a" / "score.json").is_file()
+
+    swapped = [PreferencePair(p.id, p.prompt, p.rejected, p.chosen, p.extra) if i % 3 == 0 else p
+               for i, p in enumerate(pairs)]
+    reuse_latents(tmp_path / "a" / "latents", tmp_path / "b" / "latents", pairs, swapped)
+    from anatomist.audit import pool as pool_mod
+
+    monkeypatch.setattr(pool_mod, "_response_latents", lambda *a, **k: pytest.fail("reused latents ran a forward"))
+    run_audit(model, smol_tokenizer, sae, swapped, tmp_path / "b", cfg, progress=False)
+    ca = pd.read_parquet(tmp_path / "a" / "pairs.parquet")
+    cb = pd.read_parquet(tmp_path / "b" / "pairs.parquet")
+    flip = np.repeat([i % 3 == 0 for i in range(len(pairs))], ca["cluster"].max() + 1)
+    np.testing.assert_allclose(np.where(flip, -ca["delta"], ca["delta"]), cb["delta"], atol=1e-9)
+
+
+def test_relabel_organism_from_cache_only(tmp_path, monkeypatch):
+    from anatomist.organism import build as B
+
+    def fake_generate(model, tokenizer, requests, settings, *, cache_dir=None, progress=True, max_batches=None):
+        return _stub_results(requests)
+
+    monkeypatch.setattr(B, "generate", fake_generate)
+    B.build_organism(tmp_path / "a", per_topic=24, config=CONFIG, topics=TOPICS, loaded=(None, None),
+                     heldout_pairs=False, progress=False)
+    weak = P.PlantConfig((P.TraitPlan("over_formatting", {"coding": 0.6}, ("cooking",)),
+                          P.TraitPlan("urls", {"physics": 0.4}, ("health",))), none_weight=0.0)
+    truth = B.relabel_organism(tmp_path / "a", tmp_path / "b", weak, tokenizer=None)
+    a = {r["id"]: r for r in map(json.loads, (tmp_path / "a" / "train.jsonl").read_text().splitlines())}
+    b = [json.loads(x) for x in (tmp_path / "b" / "train.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in b} == set(a)
+    for r in b:  # same two responses, possibly other sides
+        assert {r["chosen"][0]["content"], r["rejected"][0]["content"]} == \
+            {a[r["id"]]["chosen"][0]["content"], a[r["id"]]["rejected"][0]["content"]}
+    cell = next(c for c in truth["cells"] if c["topic"] == "coding" and c["trait"] == "over_formatting")
+    assert cell["n_trait_chosen"] == round(0.6 * cell["n_pairs"])
+    # a config whose trait roles differ needs generations that are not cached: refuse
+    monkeypatch.setattr(B, "generate", lambda *a, **k: {})
+    with pytest.raises(AnatomistError, match="not cached"):
+        B.relabel_organism(tmp_path / "a", tmp_path / "c", weak, tokenizer=None)
+
+
+def test_reuse_latents_from_two_unfinished_sources(tmp_path, smol_tokenizer):
+    """A subset audit while two workers still pool: the subset is filled from both, in turn."""
+    from anatomist.audit import pool as pool_mod
+    from anatomist.capture.run import items_from_pairs
+    from anatomist.data import PreferencePair
+    from anatomist.sae import SAE, SAEConfig
+    from conftest import tiny_llama
+
+    model = tiny_llama(vocab_size=49152, hidden_size=16, layers=3)
+    sae = SAE(SAEConfig(d_in=16, d_sae=64, architecture="topk", k=4, layer=1)).init_weights(
+        torch.Generator().manual_seed(2))
+    pairs = [PreferencePair(f"p{i}", ({"role": "user", "content": f"Question {i}?"},), f"Yes {i}, sure.",
+                            f"No {i}, sorry.") for i in range(6)]
+    for name, part in (("head", pairs), ("tail", pairs[3:])):  # each worker killed after 2 pairs
+        pool_mod.pool_features(model, smol_tokenizer, sae, items_from_pairs(part), tmp_path / name,
+                               batch_size=2, shard_rows=1, progress=False)
+        for f in sorted((tmp_path / name).glob("shard_*.safetensors"))[4:]:
+            f.unlink()
+        (tmp_path / name / "manifest.json").unlink()
+    subset = [pairs[1], pairs[0], pairs[4], pairs[3]]
+    assert reuse_latents(tmp_path / "head", tmp_path / "sub", pairs, subset, complete=False) == 4
+    with pytest.raises(AnatomistError, match="no latents"):
+        reuse_latents(tmp_path / "head", tmp_path / "sub", pairs, subset)
+    assert reuse_latents(tmp_path / "tail", tmp_path / "sub", pairs[3:], subset) == 8
+    fresh = pool_mod.pool_features(model, smol_tokenizer, sae, items_from_pairs(subset), tmp_path / "fresh",
+                                   batch_size=2, progress=False)
+    got = pool_mod.Latents(tmp_path / "sub")
+    assert got.ids == fresh.ids and got.sides == fresh.sides
+    np.testing.assert_allclose(got.pooled().max.toarray(), fresh.pooled().max.toarray(), rtol=1e-5, atol=1e-6)
