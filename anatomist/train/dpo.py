@@ -44,6 +44,9 @@ scheduler state, torch RNG, step, config and metric history. Batches are a pure 
 (seed, step), so a killed run resumed from its checkpoint ends with exactly the parameters of an
 uninterrupted one. Output: metrics.jsonl, summary.json, policy/ (full model, safetensors,
 `anatomist.models.load(out/"policy")` reads it) and, with LoRA, adapter/.
+
+Data parallel (same global batch, gradients summed over ranks, rank 0 writes): `torchrun
+--nproc-per-node N -m anatomist.train.distributed <anatomist dpo flags>` (anatomist.train.distributed).
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
@@ -83,6 +86,9 @@ from anatomist.train.split import (
     precompute,
     to_device,
 )
+
+if TYPE_CHECKING:
+    from anatomist.train.distributed import DataParallel
 
 log = logging.getLogger(__name__)
 
@@ -182,14 +188,18 @@ def batch_dpo(split: SplitLM, cache: StateCache, batch: Batch, offsets: torch.Te
 
 def train_step(split: SplitLM, cache: StateCache, seqs: Sequence[Seq], micro: list[list[int]], offsets: torch.Tensor,
                cfg: DPOConfig, params: list[torch.Tensor], opt, sched, *, pad_id: int, device,
-               steer: Steer | None = None) -> tuple[list[tuple[list[int], DPOOutput]], float, float]:
-    """One optimizer step over `micro` (lists of pair indices): gradient = mean over all their pairs."""
+               steer: Steer | None = None, parallel: DataParallel | None = None
+               ) -> tuple[list[tuple[list[int], DPOOutput]], float, float]:
+    """One optimizer step over `micro` (lists of pair indices): gradient = mean over all their pairs.
+    With `parallel`, this rank does its share of each micro-batch; then gradients are summed over ranks."""
     n_pairs = sum(len(m) for m in micro)
     outs = []
-    for idx in micro:
+    for idx in (micro if parallel is None else parallel.share(micro)):
         o = batch_dpo(split, cache, collate(seqs, idx, pad_id), offsets[idx], cfg, device, steer)
         (o.loss.sum() / n_pairs).backward()
         outs.append((idx, o))
+    if parallel is not None:
+        outs = parallel.sync(params, micro, outs)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
     lr = sched.get_last_lr()[0]
     opt.step()
@@ -308,18 +318,25 @@ def _save_ckpt(path: Path, state: dict) -> None:
 def train_dpo(model, tokenizer, pairs: Sequence[ShapedPair], cfg: DPOConfig, out_dir: str | os.PathLike, *,
               steer: Steer | tuple | None = None, concept_deltas: Mapping[str, Sequence[float]] | None = None,
               cache_dir: str | os.PathLike | None = None, stop_after: int | None = None,
-              save_model: bool = True, progress: bool = True) -> DPOResult:
+              save_model: bool = True, progress: bool = True, parallel: DataParallel | None = None) -> DPOResult:
     """Train (or resume) DPO on `pairs`; writes checkpoints, metrics and the final policy into out_dir.
 
     `model` is modified in place (its top blocks are trained). `stop_after` ends the run after that
-    many optimizer steps without a final checkpoint, as a kill would (for tests)."""
+    many optimizer steps without a final checkpoint, as a kill would (for tests). Under torchrun
+    (an initialized process group) it runs data-parallel: `anatomist.train.distributed`."""
     from accelerate import Accelerator
+
+    # imported here, not at the top: `python -m anatomist.train.distributed` runs that module as __main__
+    from anatomist.train.distributed import DataParallel, lead_first
 
     if not pairs:
         raise AnatomistError("no preference pairs to train on")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = Accelerator().device
+    parallel = parallel or DataParallel.current()
+    lead = parallel is None or parallel.lead  # the one process that writes files
+    progress = progress and lead
     model.to(device).eval()  # eval: no dropout, so policy == reference at step 0 exactly
     steer = Steer(*steer) if steer is not None else None
     deltas = {k: torch.tensor([float(x) for x in v]) for k, v in (concept_deltas or {}).items()}
@@ -329,8 +346,9 @@ def train_dpo(model, tokenizer, pairs: Sequence[ShapedPair], cfg: DPOConfig, out
 
     # 1. Tokenize; run the frozen bottom and the reference once (cached on disk by settings hash).
     total = _total_steps(len(pairs), cfg)
-    seqs, split, cache, key, pad_id = prepare(model, tokenizer, pairs, cfg, cache_dir=cache_dir, device=device,
-                                              steer=steer, steps=total, progress=progress)
+    with lead_first(parallel):  # other ranks then read rank 0's cache
+        seqs, split, cache, key, pad_id = prepare(model, tokenizer, pairs, cfg, cache_dir=cache_dir, device=device,
+                                                  steer=steer, steps=total, progress=progress)
 
     # 2. Policy parameters, optimizer and schedule; resume from a checkpoint when there is one.
     policy = make_trainable(model, split, cfg)
@@ -356,7 +374,8 @@ def train_dpo(model, tokenizer, pairs: Sequence[ShapedPair], cfg: DPOConfig, out
         torch.set_rng_state(state["rng"])
         start, history = state["step"], state["history"]
         log.info("resuming %s at step %d of %d", ckpt, start, total)
-    write_metrics(metrics_path, history)
+    if lead:
+        write_metrics(metrics_path, history)
     lengths = pair_lengths(seqs)
     offsets = torch.tensor([float(p.offset) for p in pairs])
     window = deque(maxlen=cfg.leak_window)  # (pair index, margin) of recent pairs
@@ -368,12 +387,14 @@ def train_dpo(model, tokenizer, pairs: Sequence[ShapedPair], cfg: DPOConfig, out
             t0 = time.perf_counter()
             micro = step_microbatches(lengths, cfg.batch_size, cfg.grad_accum, cfg.seed, step)
             outs, lr, grad_norm = train_step(split, cache, seqs, micro, offsets, cfg, params, opt, sched,
-                                             pad_id=pad_id, device=device, steer=steer)
+                                             pad_id=pad_id, device=device, steer=steer, parallel=parallel)
             row = step_metrics(outs, step, lr, grad_norm, time.perf_counter() - t0, window, deltas)
             history.append(row)
+            bar.advance(1)
+            if not lead:
+                continue
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
-            bar.advance(1)
             if (step + 1) % cfg.ckpt_every == 0 or step + 1 == total:
                 _save_ckpt(ckpt, {"step": step + 1, "trainable": _trainable_state(policy), "opt": opt.state_dict(),
                                   "sched": sched.state_dict(), "rng": torch.get_rng_state(),
@@ -381,11 +402,13 @@ def train_dpo(model, tokenizer, pairs: Sequence[ShapedPair], cfg: DPOConfig, out
 
     # 4. Save the policy so evaluation can load it like any model.
     if cfg.lora_r:
-        if end == total and save_model:
+        if end == total and save_model and lead:
             policy.save_pretrained(out / "adapter", safe_serialization=True)
         model = policy.merge_and_unload() if end == total else model
-    if end == total:
+    if end == total and lead:
         _finish(model, tokenizer, history, cfg, out, total, save_model)
+    if parallel is not None:
+        parallel.barrier()  # the others return once rank 0's files exist
     return DPOResult(model, history, out)
 
 
