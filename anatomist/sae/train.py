@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,9 @@ from anatomist.sae.config import SAEConfig, TrainConfig, stable_hash
 from anatomist.sae.data import ActivationSource, batches, geometric_median, init_sample, norm_scale_for, outlier_mask
 from anatomist.sae.io import hook_name, load_sae, save_sae
 from anatomist.sae.model import SAE
+
+if TYPE_CHECKING:
+    from anatomist.sae.distributed import SAEParallel
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +69,15 @@ def aux_k_loss(pre: torch.Tensor, err: torch.Tensor, dead: torch.Tensor, W_dec: 
     return min(n_dead / aux_k, 1.0) * (recon - err).pow(2).sum(-1).mean()
 
 
-def forward_loss(sae: SAE, x: torch.Tensor, dead: torch.Tensor, tc: TrainConfig):
-    """Training loss on scaled inputs x [B, D] with dead-latent mask [F]: (loss, Latents, x̂, aux)."""
+def forward_loss(sae: SAE, x: torch.Tensor, dead: torch.Tensor, tc: TrainConfig, select=None):
+    """Training loss on scaled inputs x [B, D] with dead-latent mask [F]: (loss, Latents, x̂, aux).
+    `select` replaces the architecture's selector (data parallel: a batch-global one)."""
     arch = sae.arch
     c = sae.b_enc - sae.b_dec @ sae.W_enc                                             # [F]
     if arch.select is not None:      # sparse path: select on detached pre, sparse backward
         with torch.no_grad():
             pre = torch.addmm(c, x, sae.W_enc)                                        # [B, F]
-        lat, penalty = gather_latents(arch.select(pre, sae.cfg.k), sae.W_enc, c, x, pre), 0.0
+        lat, penalty = gather_latents((select or arch.select)(pre, sae.cfg.k), sae.W_enc, c, x, pre), 0.0
     else:
         pre = x @ sae.W_enc + c                                                       # [B, F]
         lat, penalty = arch.train_acts(pre, sae.threshold, sae.cfg.k, tc)
@@ -169,7 +173,7 @@ def _init_sae(source: ActivationSource, cfg: SAEConfig, tc: TrainConfig) -> SAE:
 
 def train_sae(data, cfg: SAEConfig, out: str | Path, *, train: TrainConfig = TrainConfig(),
               init: SAE | None = None, progress: bool = True, eval_fn: Callable[[SAE], dict] | None = None, eval_every: int = 0,
-              on_step: Callable[[int, dict], None] | None = None) -> SAE:
+              on_step: Callable[[int, dict], None] | None = None, parallel: SAEParallel | None = None) -> SAE:
     """Train an SAE on `data` (an ActivationStore, its folder, or a [N, d_in] tensor) into `out`.
 
     `cfg` fixes architecture, widths and k; its `norm_scale` and `max_norm` are computed from the
@@ -177,7 +181,12 @@ def train_sae(data, cfg: SAEConfig, out: str | Path, *, train: TrainConfig = Tra
     the last checkpoint, or returns the finished SAE. `init` starts from a copy of that SAE's
     weights and input scale instead of a fresh initialisation. `eval_fn(sae)` (e.g. CE loss recovered)
     runs every `eval_every` steps and at the end; `on_step(step, metrics)` after every step.
+    Under a process group of >1 rank (or with `parallel`) it runs data-parallel: `anatomist.sae.distributed`.
     """
+    # imported here: `python -m anatomist.sae.distributed` imports this module first
+    from anatomist.sae.distributed import SAEParallel
+
+    par = parallel or SAEParallel.current()   # world 1: every hook is the identity
     source = ActivationSource(data)
     if cfg.d_in != source.d_in:
         raise AnatomistError(f"SAE d_in={cfg.d_in} but the activations have width {source.d_in}")
@@ -214,42 +223,47 @@ def train_sae(data, cfg: SAEConfig, out: str | Path, *, train: TrainConfig = Tra
     sae.train()
 
     def checkpoint(step: int) -> None:
-        _atomic_save(dict(run_key=run_key, cfg=cfg.to_dict(), sae=sae.state_dict(), opt=opt.state_dict(),
-                          step=step, since_fired=since_fired, history=history), ckpt_path)
+        if par.lead:
+            _atomic_save(dict(run_key=run_key, cfg=cfg.to_dict(), sae=sae.state_dict(), opt=opt.state_dict(),
+                              step=step, since_fired=since_fired, history=history), ckpt_path)
 
     t0, n_steps = time.perf_counter(), tc.steps
     stream = batches(source, batch_size=tc.batch_size, buffer_tokens=tc.buffer_tokens, seed=tc.seed,
                      exclude_first=cfg.exclude_first_token, max_norm=cfg.max_norm, start_step=start)
     with progress_bar(f"train SAE ({cfg.architecture}, {cfg.d_sae} latents)", total=n_steps,
-                      completed=start, enabled=progress) as bar:
+                      completed=start, enabled=progress and par.lead) as bar:
         for step, x in stream:
             if step >= n_steps:
                 break
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, tc)
             x = x * s                                                                 # [B, D]
-            loss, lat, x_hat, aux = forward_loss(sae, x, since_fired >= tc.dead_tokens, tc)
+            xs, B = par.share(x), x.shape[0]                                          # [b, D] this rank's rows
+            loss, lat, x_hat, aux = forward_loss(sae, xs, since_fired >= tc.dead_tokens, tc,
+                                                 select=par.select(arch.select))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            par.backward(loss, xs.shape[0], B, opt.param_groups[0]["params"])
             constrain_decoder_grad(sae.W_dec)
             opt.step()
             with torch.no_grad():
                 normalize_decoder(sae.W_dec)
                 if arch.learns_threshold:
                     sae.threshold.clamp_(min=1e-6)
-                fired = _fired(lat, cfg.d_sae)                                        # [F] bool
-                since_fired += x.shape[0]
+                fired = par.any(_fired(lat, cfg.d_sae))                               # [F] bool
+                since_fired += B
                 since_fired[fired] = 0
                 if arch.has_threshold and not arch.learns_threshold:
-                    m = min_active(lat)
+                    m = par.min(min_active(lat))
                     if m is not None:   # BatchTopK inference threshold: EMA of the smallest kept value
                         th = sae.threshold
                         th.copy_(m.expand_as(th) if step == 0 else (1 - tc.threshold_lr) * th + tc.threshold_lr * m)
             metrics = None
             if (step + 1) % tc.log_every == 0 or step + 1 == n_steps:
                 with torch.no_grad():
-                    metrics = {"step": step + 1, "tokens": (step + 1) * tc.batch_size, "loss": loss.item(),
-                               "fvu": fvu(x, x_hat).item(), "l0": _l0(lat, x.shape[0]), "aux": aux.item(),
+                    b = xs.shape[0]
+                    metrics = {"step": step + 1, "tokens": (step + 1) * tc.batch_size,
+                               "loss": par.mean(loss, b, B).item(), "fvu": par.fvu(xs, x_hat).item(),
+                               "l0": par.sum((lat.values > 0).sum()).item() / B, "aux": par.mean(aux, b, B).item(),
                                "dead_frac": (since_fired >= tc.dead_tokens).float().mean().item(),
                                "lr": lr_at(step, tc), "elapsed_s": time.perf_counter() - t0}
                 if eval_fn is not None and eval_every and (step + 1) % eval_every == 0:
@@ -269,6 +283,9 @@ def train_sae(data, cfg: SAEConfig, out: str | Path, *, train: TrainConfig = Tra
     final = dict(history[-1]) if history else {}
     if eval_fn is not None:
         final.update(eval_fn(sae))
+    if not par.lead:
+        par.barrier()  # return once rank 0's files exist
+        return sae
     save_sae(sae, out)
     summary = {"complete": True, "run_key": run_key, "sae": cfg.to_dict(), "train": tc.to_dict(),
                "data": {"n_tokens": sum(source.sizes), "settings": source.settings},
@@ -277,6 +294,7 @@ def train_sae(data, cfg: SAEConfig, out: str | Path, *, train: TrainConfig = Tra
                "tokens_per_s": (n_steps - start) * tc.batch_size / (time.perf_counter() - t0)}
     atomic_write_text(summary_path, json.dumps(summary, indent=2))
     ckpt_path.unlink(missing_ok=True)
+    par.barrier()
     return sae
 
 
@@ -284,10 +302,6 @@ def _fired(lat: Latents, d_sae: int) -> torch.Tensor:
     if lat.indices is None:
         return (lat.values > 0).any(0)
     return torch.bincount(lat.indices[lat.values > 0], minlength=d_sae) > 0
-
-
-def _l0(lat: Latents, n_rows: int) -> float:
-    return (lat.values > 0).sum().item() / n_rows
 
 
 def sae_config(d_in: int, *, width: str | int = "8x", k: int = 32, architecture: str = "batchtopk",
