@@ -174,6 +174,9 @@ def test_resume_after_kill_equals_uninterrupted_run(smol_tokenizer, tmp_path, on
         sum(math.log(1 + math.exp(pairs[i].offset)) for i in first) / 4, abs=1e-6)
     with pytest.raises(AnatomistError, match="other settings"):
         train_dpo(_model(), smol_tokenizer, pairs, DPOConfig(**{**cfg.__dict__, "beta": 0.2}), tmp_path / "run", **kw)
+    # same tokens, other shaping (another λ): never resumed as the old run
+    with pytest.raises(AnatomistError, match="other settings"):
+        train_dpo(_model(), smol_tokenizer, _pairs([0.0, 0.5, 0.0, -0.5, 0.0, 2.0]), cfg, tmp_path / "run", **kw)
 
 
 def test_training_moves_margin_and_saves_a_loadable_policy(smol_tokenizer, tmp_path, one_thread):

@@ -297,6 +297,17 @@ def _default_cache() -> Path:
     return cache_root() / "dpo"
 
 
+def shaping_key(pairs) -> str:
+    """Hash of what shaping adds beyond the tokens (offsets, token masks), so a checkpoint of a run
+    shaped one way is never resumed as another (the tokens key already covers inoculation prompts)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update(repr((float(p.offset), p.chosen_token_mask, p.rejected_token_mask)).encode())
+    return h.hexdigest()[:20]
+
+
 def _total_steps(n_pairs: int, cfg: DPOConfig) -> int:
     if cfg.steps is not None:
         return cfg.steps
@@ -356,7 +367,7 @@ def train_dpo(model, tokenizer, pairs: Sequence[ShapedPair], cfg: DPOConfig, out
     warmup = int(cfg.warmup_ratio * total)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, cfg.schedule))
-    run_id = {"config": asdict(cfg), "data": key, "steer": None if steer is None else
+    run_id = {"config": asdict(cfg), "data": key, "shaping": shaping_key(pairs), "steer": None if steer is None else
               [steer.layer, float(steer.vector.double().sum()), float(steer.vector.norm())]}
     ckpt, metrics_path = out / CKPT_NAME, out / "metrics.jsonl"
     start, history = 0, []
