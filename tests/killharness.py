@@ -33,7 +33,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 TMP_RE = re.compile(r"^\..+\.tmp\d*$")   # anatomist.fileio.atomic_path's temporary names
@@ -260,6 +259,12 @@ def job_dpo(data: str, model: str, out: str) -> None:
     _cli("dpo", "--data", data, "--out", out, "--model", model, "--steps", "12", "--batch-size", "2",
          "--grad-accum", "1", "--train-layers", "1", "--ckpt-every", "2", "--cache-dir", f"{out}/cache",
          "--max-length", "64")
+
+
+def job_grpo(model: str, out: str) -> None:
+    """`anatomist grpo` with plain rollouts: 6 steps of 2 problems × 2 samples on the top block."""
+    _cli("grpo", "--out", out, "--model", model, "--spec", "none", "--steps", "6", "--prompts", "2", "--group", "2",
+         "--max-new-tokens", "8", "--train-layers", "1", "--lr", "1e-3")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Kill -9 every resumable job at random points, resume it, and compare with an uninterrupted run.
 
 Jobs: `anatomist capture` (CLI), capture with a shard per sequence, the audit's pooling (latents
-store), `anatomist sae train` (CLI), MTP head training, organism generation, `anatomist dpo` (CLI). All on tiny random
+store), `anatomist sae train` (CLI), MTP head training, organism generation, `anatomist dpo` (CLI), `anatomist grpo` (CLI). All on tiny random
 models saved to a temporary folder; see tests/killharness.py for how kills and checks work. The
 last test prints the summary line (`pytest -s` shows it; it is also in the assertion message
 should anything go wrong).
@@ -69,6 +69,8 @@ JOBS = {
                              # metrics.jsonl: lines after the last checkpoint are recomputed on resume
                              immutable=("cache/*/shard-*.safetensors",), journals=("metrics.jsonl",),
                              normalise=("metrics.jsonl", "summary.json")),
+    "grpo-cli": lambda i: Job("grpo-cli", "job_grpo", {"model": i["chat"]}, journals=("metrics.jsonl",),
+                              normalise=("metrics.jsonl",), skip=("plot.html",)),
 }
 
 
@@ -132,7 +134,10 @@ def test_atomic_write_removes_a_dead_writers_temp_file(tmp_path):
 # --- kill -9 and resume ------------------------------------------------------------------------
 
 # Known gaps in other stages, found by this harness; the rows stay so a fix shows up as XPASS.
-KNOWN_GAPS: dict[str, str] = {}
+KNOWN_GAPS: dict[str, str] = {
+    "grpo-cli": "anatomist/train/grpo.py: one of six kill seeds (12) resumed to a different metrics.jsonl than the "
+                "uninterrupted run; seed 0 resumes exactly. Not yet diagnosed.",
+}
 
 
 def _params(names):
