@@ -134,10 +134,7 @@ def test_atomic_write_removes_a_dead_writers_temp_file(tmp_path):
 # --- kill -9 and resume ------------------------------------------------------------------------
 
 # Known gaps in other stages, found by this harness; the rows stay so a fix shows up as XPASS.
-KNOWN_GAPS: dict[str, str] = {
-    "grpo-cli": "anatomist/train/grpo.py: one of six kill seeds (12) resumed to a different metrics.jsonl than the "
-                "uninterrupted run; seed 0 resumes exactly. Not yet diagnosed.",
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 
 def _params(names):

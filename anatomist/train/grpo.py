@@ -347,7 +347,8 @@ def train_grpo(model, tokenizer, cfg: GRPOConfig, out_dir: str | os.PathLike, *,
             if (step + 1) % cfg.ckpt_every == 0 or step + 1 == end:
                 _save(ckpt, step + 1, params, opt, cfg, history, head)
                 atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    if history:
+    if history:  # also after a kill between the last checkpoint and its metrics write (nothing left to run)
+        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         atomic_write_text(out / "plot.html", render_plot(history))
     return GRPOResult(history=history, out_dir=out)
 
