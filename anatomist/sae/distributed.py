@@ -33,7 +33,7 @@ import torch.distributed as dist
 
 from anatomist.capture.distributed import rank_slice
 from anatomist.sae.arch import Selection, batchtopk_select
-from anatomist.train.distributed import DataParallel, _all_reduce_grads
+from anatomist.train.distributed import DataParallel, _all_reduce_grads, join_launch
 
 
 @dataclass(frozen=True)
@@ -122,13 +122,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from anatomist.errors import AnatomistError
     from anatomist.sae.cli import _is_store, train
 
-    launched = "WORLD_SIZE" in os.environ  # under torchrun / accelerate launch; else one process (and --help)
-    if launched:
-        cuda = torch.cuda.is_available()
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if cuda else "gloo")
-    rank = dist.get_rank() if launched else 0
+    launched, rank = join_launch()
 
     def store_only_train(**kwargs):
         if launched and not (len(kwargs["data"]) == 1 and _is_store(kwargs["data"][0])):

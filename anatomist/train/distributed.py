@@ -107,6 +107,20 @@ def lead_first(parallel: DataParallel | None):
         parallel.barrier()
 
 
+def join_launch() -> tuple[bool, int]:
+    """(launched, rank): join torchrun's / accelerate's process group when this process was launched
+    by one (nccl on GPU, gloo on CPU); otherwise one process, rank 0 (also for --help)."""
+    import os
+
+    if "WORLD_SIZE" not in os.environ:
+        return False, 0
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return True, dist.get_rank()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point for `torchrun ... -m anatomist.train.distributed` (flags as `anatomist dpo`)."""
     import os
@@ -116,13 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from anatomist.errors import AnatomistError
     from anatomist.train.cli import dpo
 
-    launched = "WORLD_SIZE" in os.environ  # under torchrun / accelerate launch; else one process (and --help)
-    if launched:
-        cuda = torch.cuda.is_available()
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if cuda else "gloo")
-    rank = dist.get_rank() if launched else 0
+    launched, rank = join_launch()
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command(help=dpo.__doc__ + "\n\nData parallel: torchrun --nproc-per-node N -m anatomist.train.distributed ...")(dpo)
     try:
