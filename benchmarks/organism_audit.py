@@ -14,7 +14,9 @@ at the default strength and weaker ones, against a random-label baseline from th
    latents depend only on its prompt and text, so the default audit's latent store is
    reordered for the new sides (`organism.score.reuse_latents`). "null" relabels every planted
    cell as a balanced control (random labels): the baseline, scored against the default truth.
-4. Scores every audit (`organism.score.score_audit`, writes score.json) and prints the table.
+4. Scores every audit (`organism.score.score_audit`, writes score.json) and prints the table,
+   with clusters matched to traits within each row's topic (the default), then again with the
+   stricter global matching (a cluster must track the trait over all of its topics).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 from anatomist.audit.run import AuditConfig, run_audit
@@ -83,7 +86,7 @@ def main() -> None:
                   sae_path=sae_path, data_path=str(args.organism / "train.jsonl"))
     audit_s = time.time() - t
 
-    results, timings = {}, {}
+    results, strict, timings = {}, {}, {}
     for s in [None] + [float(x) for x in args.strengths.split(",")]:
         name = "null" if s is None else f"{s:g}"
         t = time.time()
@@ -100,9 +103,10 @@ def main() -> None:
                           model_name="smollm2-135m-instruct", sae_path=sae_path, progress=False)
         # a relabelled organism is scored against its own truth (same cells and signs, other
         # strengths); the null one against the default truth
-        results[name] = score_audit(audit_dir, truth if s is None else data / "truth.json",
-                                    data_path=data / "train.jsonl", top_k=args.top_k,
-                                    rho_min=args.rho_min)
+        score = partial(score_audit, audit_dir, truth if s is None else data / "truth.json",
+                        data_path=data / "train.jsonl", top_k=args.top_k, rho_min=args.rho_min)
+        results[name] = score()                                       # matching "topic"; writes score.json
+        strict[name] = score(matching="global", write=False)
         timings[name] = time.time() - t
         print(f"\n== strength {name} ({audit_dir}) ==\n{format_score(results[name])}", flush=True)
 
@@ -117,6 +121,12 @@ def main() -> None:
         print(f"{name:>8s} {r['recall']:7.2f} {r['precision']:9.2f} {r['sign_accuracy']:8.2f} "
               f"{r['trait_share']:11.2f} {r['n_flagged']:7d} {r['control_false_positive_rate']:11.2f} "
               f"{r['recall'] - null['recall']:13.2f} {timings[name]:7.0f}")
+    print("\nthe same audits with matching='global' (a cluster must track the trait across all its topics, "
+          "not only in the row's topic):")
+    for name, r in strict.items():
+        print(f"{name:>8s} {r['recall']:7.2f} {r['precision']:9.2f} {r['sign_accuracy']:8.2f} "
+              f"{r['trait_share']:11.2f} {r['n_flagged']:7d} {r['control_false_positive_rate']:11.2f} "
+              f"{r['recall'] - strict['null']['recall']:13.2f}")
 
 
 if __name__ == "__main__":

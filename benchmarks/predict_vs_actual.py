@@ -119,8 +119,12 @@ def first_per_topic(prompts, n):
     return out
 
 
-def train_and_eval(name, base_model, tok, shaped, args, run: Path, scorer, prompts, heldout, t0) -> dict:
-    """DPO a fresh copy of the base on `shaped`, evaluate it; returns {post, heldout_acc}."""
+def train_and_eval(name, base_model, tok, shaped, args, run: Path, scorer, prompts, heldout, t0,
+                   ref_logps=None) -> dict:
+    """DPO a fresh copy of the base on `shaped`, evaluate it; returns {post, heldout_acc, preference}.
+
+    ref_logps: the base model's held-out pair log-probs (`pair_logps`), shared across runs; the
+    per-pair ranking lands in run/preference.parquet."""
     from anatomist.evaluate.behaviour import evaluate_behaviour
     from anatomist.evaluate.preference import preference_accuracy
     from anatomist.train import DPOConfig, train_dpo
@@ -135,9 +139,11 @@ def train_and_eval(name, base_model, tok, shaped, args, run: Path, scorer, promp
     log(f"{name}: post eval", t0)
     evaluate_behaviour(policy, tok, prompts, out_dir=run / "post", scorer=scorer, samples_per_prompt=args.samples,
                        max_new_tokens=args.max_new_tokens, seed=args.seed, model_name=name, progress=False)
-    _, acc = preference_accuracy(policy, tok, heldout, reference=base_model, beta=args.beta, progress=False)
+    ref = {"reference": base_model} if ref_logps is None else {"reference_logps": ref_logps}
+    frame, acc = preference_accuracy(policy, tok, heldout, **ref, beta=args.beta, progress=False)
+    frame.to_parquet(run / "preference.parquet")
     del policy
-    return {"post": run / "post", "heldout_acc": acc["accuracy"]}
+    return {"post": run / "post", "heldout_acc": acc["accuracy"], "preference": frame}
 
 
 def main(argv=None) -> None:

@@ -124,7 +124,8 @@ def parse_args(argv=None):
                     "planted topics)")
     ap.add_argument("--control-topic", default=None, help="default: the trait's first control topic")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--lam", type=float, default=-4.0, help="λ for shaping (< 0 suppresses the trait)")
+    ap.add_argument("--lam", default="-4", help="λ for shaping (< 0 suppresses the trait); several, comma-separated, "
+                    "give one shaped run each (a λ sweep)")
     ap.add_argument("--tau", type=float, default=1.0, help="token-filter threshold on c_t")
     ap.add_argument("--inoculation", choices=("description", "inducer", "label"), default="description")
     ap.add_argument("--alpha-scale", type=float, default=2.0, help="preventative steering α = this × α₀")
@@ -144,13 +145,19 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     small = {"pairs": 150, "steps": 16, "lr": 2e-4, "prompts_per_topic": 12, "samples": 2, "max_new_tokens": 48,
-             "heldout_limit": 60}
+             "heldout_limit": None}
     full = {"pairs": None, "steps": None, "lr": 2e-5, "prompts_per_topic": None, "samples": 4, "max_new_tokens": 96,
             "heldout_limit": None}
     for k, v in (small if args.small else full).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    try:
+        args.lams = [float(x) for x in args.lam.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--lam: comma-separated numbers, got {args.lam!r}")
+    if not args.lams or not all(np.isfinite(args.lams)):
+        ap.error(f"--lam: finite numbers, got {args.lam!r}")
     bad = [v for v in args.variants if v not in VARIANTS]
     if bad or "plain" not in args.variants:
         ap.error(f"--variants: need plain and names from {VARIANTS} (got {bad or args.variants})")
@@ -201,7 +208,8 @@ def matched_clusters(audit: Path, pairs, truth: dict, trait: str) -> tuple[dict[
     audited = [by_id[i] for i in ids]
     c = load_audit_scores(audit, ids)
     texts = [t for p in audited for t in (p.chosen, p.rejected)]
-    res = score_tables(c, texts, [p.extra["topic"] for p in audited], rows, truth)
+    # global matching: the clusters are shaped on every pair, so they must track the trait across its topics
+    res = score_tables(c, texts, [p.extra["topic"] for p in audited], rows, truth, matching="global")
     found = {cell["row"]["cluster"]: cell["row"]["rho"] for cell in res["cells"]
              if cell["trait"] == trait and cell["found"]}
     if found:
@@ -256,8 +264,10 @@ def build_variants(args, trained, audit_dir: Path, clusters: dict[int, float], t
     first = max(clusters, key=lambda k: abs(clusters[k]))          # the cluster that tracks the trait best
     out = {"plain": (plain(trained), None, {})}
     if "shaped" in args.variants:
-        lam = shaping_lams(clusters, args.lam)
-        out["shaped"] = (shape_pairs(trained, audit, lam=lam), None, {"lam": lam})
+        for value in args.lams:
+            lam = shaping_lams(clusters, value)
+            name = "shaped" if len(args.lams) == 1 else f"shaped{value:+g}"
+            out[name] = (shape_pairs(trained, audit, lam=lam), None, {"lam": lam})
     if "filtered" in args.variants:
         tf = TokenFilter(clusters=tuple(clusters), tau=args.tau)
         out["filtered"] = (shape_pairs(trained, audit, token_filter=tf, tokenizer=tok), None, {"tau": args.tau})
@@ -279,23 +289,26 @@ def build_variants(args, trained, audit_dir: Path, clusters: dict[int, float], t
     return out
 
 
-def run_variant(name, shaped, steer, extra, args, base_model, tok, scorer, prompts, heldout, common, t0) -> dict:
+def run_variant(name, shaped, steer, extra, args, base_model, tok, scorer, prompts, heldout, common, t0,
+                ref_logps) -> dict:
     """DPO + post eval of one variant, cached in its own folder (result.json marks it done)."""
     import pandas as pd
 
     run = args.work / f"{name}-{settings_key({**common, **extra, 'variant': name})}"
     done = run / "result.json"
-    if done.is_file() and (run / "post" / "behaviour.parquet").is_file():
+    if done.is_file() and (run / "post" / "behaviour.parquet").is_file() and (run / "preference.parquet").is_file():
         pva.log(f"{name}: cached in {run}", t0)
         result = json.loads(done.read_text())
     else:
         run.mkdir(parents=True, exist_ok=True)
         with preventative_steering(steer) if steer is not None else nullcontext():
-            out = pva.train_and_eval(name, base_model, tok, shaped, args, run, scorer, prompts, heldout, t0)
+            out = pva.train_and_eval(name, base_model, tok, shaped, args, run, scorer, prompts, heldout, t0,
+                                     ref_logps=ref_logps)
         result = {"heldout_acc": out["heldout_acc"], "settings": {**common, **extra}}
         from anatomist.fileio import atomic_write_text
         atomic_write_text(done, json.dumps(result, indent=1, default=str) + "\n")
     result["frame"] = pd.read_parquet(run / "post" / "behaviour.parquet")
+    result["preference"] = pd.read_parquet(run / "preference.parquet")
     result["run"] = str(run)
     return result
 
@@ -311,7 +324,8 @@ def per_prompt(frame, topics: list[str], column: str):
     return means.index.to_numpy(), means[column].to_numpy()
 
 
-def table(base, results: dict, trait: str, topics: list[str], control: str, cluster: int, n_boot: int, seed: int):
+def table(base, results: dict, trait: str, topics: list[str], control: str, cluster: int, n_boot: int, seed: int,
+          trait_of: dict[str, str]):
     """Rows of the printed table (dicts) and whether the issue's goal is met."""
     rate = f"fires_{trait}"
     ids, pre = per_prompt(base, topics, rate)
@@ -330,9 +344,28 @@ def table(base, results: dict, trait: str, topics: list[str], control: str, clus
             "reduction": None if name == "plain" else increase_reduction(pre, plain_rate, post, counts),
             "dB": mean_ci(per_prompt(r["frame"], topics, f"c_{cluster}")[1] - c_pre, counts),
             "det": float(per_prompt(r["frame"], topics, f"det_{trait}")[1].mean()),
-            "acc": r["heldout_acc"], "acc_drop": results["plain"]["heldout_acc"] - r["heldout_acc"]})
+            **accuracy(r["preference"], results["plain"]["preference"], trait_of, trait, n_boot, seed)})
     rows[0]["det"] = float(per_prompt(base, topics, f"det_{trait}")[1].mean())
     return rows
+
+
+def accuracy(pref, plain_pref, trait_of: dict[str, str], trait: str, n_boot: int, seed: int) -> dict:
+    """Held-out preference accuracy of a variant, on all pairs and split by whether the pair carries
+    the shaped trait, and its drop against plain on the other pairs (paired bootstrap over pairs).
+
+    On the organism the shaped trait *is* the label of its own pairs (strength 0.9), so removing it
+    must lower accuracy there — that is the intervention working. What shaping must not do is
+    hurt what the data teaches otherwise: the pairs whose preference rests on other traits (the
+    goal reads the drop there); both figures are printed."""
+    assert list(pref.pair_id) == list(plain_pref.pair_id), "variants rank the same held-out pairs"
+    carries = pref.pair_id.map(trait_of).eq(trait).to_numpy()                   # [N]
+    mine, plain_ = pref.correct.to_numpy(), plain_pref.correct.to_numpy()         # [N]
+    other = ~carries
+    counts = boot_counts(int(other.sum()), n_boot, seed)
+    return {"acc": float(mine.mean()), "acc_trait": float(mine[carries].mean()) if carries.any() else float("nan"),
+            "acc_other": float(mine[other].mean()), "n_trait": int(carries.sum()), "n_other": int(other.sum()),
+            "acc_drop": float(plain_.mean() - mine.mean()),
+            "acc_drop_other": mean_ci(plain_[other] - mine[other], counts)}
 
 
 def fmt(ci, pct: bool = True, sign: str = "+") -> str:
@@ -347,12 +380,20 @@ def print_table(rows, trait, topics, control, cluster) -> None:
     print(f"\ntrait {trait!r} on held-out prompts of {', '.join(topics)} (control topic {control}); "
           f"detector fire rate in %, 95% prompt-bootstrap CIs; ΔB = shift of c_{cluster}")
     head = (f"{'variant':<11} {'rate after':>23} {'Δ rate vs base':>23} {'Δ rate control':>23} "
-            f"{'reduction of increase':>23} {'ΔB c_' + str(cluster):>23} {'det mean':>8} {'pref acc':>8} {'Δacc':>6}")
+            f"{'reduction of increase':>23} {'ΔB c_' + str(cluster):>23} {'det mean':>8}")
     print(head)
     for r in rows:
         print(f"{r['variant']:<11} {fmt(r['rate'], sign=' '):>23} {fmt(r.get('increase')):>23} {fmt(r.get('control')):>23} "
-              f"{fmt(r.get('reduction')):>23} {fmt(r.get('dB'), pct=False):>23} {r['det']:8.2f} "
-              + (f"{100 * r['acc']:7.1f}% {-100 * r['acc_drop']:+6.1f}" if "acc" in r else ""))
+              f"{fmt(r.get('reduction')):>23} {fmt(r.get('dB'), pct=False):>23} {r['det']:8.2f}")
+    scored = [r for r in rows if "acc" in r]
+    first = scored[0]
+    n_all = first['n_trait'] + first['n_other']
+    print(f"\nheld-out preference accuracy (implicit reward vs the base), in %: all {n_all} pairs; the "
+          f"{first['n_trait']} pairs that carry {trait!r} (shaping is meant to unlearn these); the {first['n_other']} other pairs, and their drop vs plain (95% pair-bootstrap CI)")
+    print(f"{'variant':<11} {'all':>6} {'Δ all':>6} {trait:>16} {'other':>6} {'drop on other vs plain':>26}")
+    for r in scored:
+        print(f"{r['variant']:<11} {100 * r['acc']:6.1f} {-100 * r['acc_drop']:+6.1f} {100 * r['acc_trait']:16.1f} "
+              f"{100 * r['acc_other']:6.1f} {fmt(r['acc_drop_other'], sign='+'):>26}")
 
 
 def verdict(rows) -> list[str]:
@@ -366,11 +407,11 @@ def verdict(rows) -> list[str]:
     for r in rows:
         if r["variant"] in ("base", "plain"):
             continue
-        red, drop = r["reduction"][0], r["acc_drop"]
+        red, drop = r["reduction"][0], r["acc_drop_other"][0]
         ok = red >= GOAL_REDUCTION and drop <= GOAL_ACC_DROP
         lines.append(f"{'met' if ok else 'NOT MET'}: {r['variant']}: reduction {100 * red:.0f}% (goal ≥ "
-                     f"{100 * GOAL_REDUCTION:.0f}%), held-out accuracy {-100 * drop:+.1f} points vs plain (goal ≥ "
-                     f"{-100 * GOAL_ACC_DROP:+.0f})")
+                     f"{100 * GOAL_REDUCTION:.0f}%), held-out accuracy on pairs without the trait {-100 * drop:+.1f} "
+                     f"points vs plain (goal ≥ {-100 * GOAL_ACC_DROP:+.0f}; on all pairs {-100 * r['acc_drop']:+.1f})")
     return lines
 
 
@@ -390,6 +431,7 @@ def main(argv=None) -> None:
         first_per_topic,
         read_prompts,
     )
+    from anatomist.evaluate.preference import pair_logps
     from anatomist.fileio import atomic_write_text
     from anatomist.models import load
     from anatomist.organism.plant import read_truth
@@ -452,18 +494,20 @@ def main(argv=None) -> None:
               **{k: getattr(args, k) for k in ("steps", "lr", "beta", "train_layers", "seed", "samples",
                                                 "max_new_tokens")}}
     variants = build_variants(args, pairs, audit, clusters, truth, trait, tok, sae)
+    pva.log(f"base log-probs of {len(heldout)} held-out pairs", t0)
+    ref_logps = pair_logps(base_model, tok, heldout, max_length=512, batch_size=4)[:2]
     results = {}
-    for name in [v for v in VARIANTS if v in args.variants]:
-        shaped, steer, extra = variants[name]
+    for name, (shaped, steer, extra) in variants.items():
         results[name] = run_variant(name, shaped, steer, extra, args, base_model, tok, scorer, prompts, heldout,
-                                    common, t0)
+                                    common, t0, ref_logps)
 
     primary = max(clusters, key=lambda k: abs(clusters[k]))                # ΔB is reported for this one
-    rows = table(base, results, trait, topics, control, primary, args.n_boot, args.seed)
+    trait_of = {p.id: p.extra.get("trait") for p in heldout}
+    rows = table(base, results, trait, topics, control, primary, args.n_boot, args.seed, trait_of)
     print_table(rows, trait, topics, control, primary)
     lines = verdict(rows)
     print("\n".join(lines))
-    settings = {name: {k: v for k, v in r.items() if k != "frame"} for name, r in results.items()}
+    settings = {name: {k: v for k, v in r.items() if k not in ("frame", "preference")} for name, r in results.items()}
     atomic_write_text(args.work / "summary.json", json.dumps(
         {"trait": trait, "clusters": clusters, "found": found, "topics": topics, "control": control, "rows": rows,
          "verdict": lines, "runs": settings, "seconds": time.time() - t0}, indent=1, default=str) + "\n")

@@ -5,6 +5,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -75,3 +76,18 @@ def test_select_pairs_balances_topics_in_file_order():
     got = [p.id for p in shaping.select_pairs(pairs, ["a", "b"], 4)]
     assert got == ["a0", "b0", "a1", "b1"]
     assert len(shaping.select_pairs(pairs, ["a", "b"], None)) == 8
+
+
+def test_accuracy_splits_trait_pairs_from_the_rest_and_pairs_the_drop():
+    ids = ["t0", "t1", "o0", "o1", "o2", "o3"]
+    trait_of = {"t0": "x", "t1": "x", "o0": "y", "o1": "none", "o2": "y", "o3": "z"}
+    plain = pd.DataFrame({"pair_id": ids, "correct": [1.0, 1.0, 1.0, 1.0, 0.0, 1.0]})
+    shaped = pd.DataFrame({"pair_id": ids, "correct": [0.0, 0.0, 1.0, 0.0, 1.0, 1.0]})
+    got = shaping.accuracy(shaped, plain, trait_of, "x", n_boot=200, seed=0)
+    assert (got["n_trait"], got["n_other"]) == (2, 4)
+    assert got["acc"] == pytest.approx(3 / 6) and got["acc_trait"] == 0.0 and got["acc_other"] == 0.75
+    assert got["acc_drop"] == pytest.approx(5 / 6 - 3 / 6)
+    mean, lo, hi = got["acc_drop_other"]    # per pair plain − shaped on the other pairs: 0, 1, −1, 0
+    assert mean == 0.0 and -1 <= lo <= 0 <= hi <= 1
+    with pytest.raises(AssertionError):
+        shaping.accuracy(shaped.iloc[::-1], plain, trait_of, "x", n_boot=10, seed=0)

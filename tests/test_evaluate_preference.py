@@ -6,13 +6,14 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import tiny_llama
 
 from anatomist.data import PreferencePair
 from anatomist.errors import AnatomistError
-from anatomist.evaluate.preference import preference_accuracy, ranked, response_logps
+from anatomist.evaluate.preference import pair_logps, preference_accuracy, ranked, response_logps
 from anatomist.models import encode_response
 
 
@@ -84,6 +85,13 @@ def test_implicit_reward_ranks_hand_constructed_pairs(smol_tokenizer):
             want = 0.5 * (policy.logp_by_hand(smol_tokenizer, p.prompt, getattr(p, side))
                           - ref.logp_by_hand(smol_tokenizer, p.prompt, getattr(p, side)))
             assert getattr(row, f"reward_{side}") == pytest.approx(want, rel=1e-4, abs=1e-4)
+    # the reference's log-probs computed once (shared by several policies) give the same table
+    ref_c, ref_r, _, _ = pair_logps(ref, smol_tokenizer, pairs)
+    shared, _ = preference_accuracy(policy, smol_tokenizer, pairs, reference_logps=(ref_c, ref_r), beta=0.5,
+                                    progress=False)
+    pd.testing.assert_frame_equal(shared, table)
+    with pytest.raises(AnatomistError, match="not both"):
+        preference_accuracy(policy, smol_tokenizer, pairs, reference=ref, reference_logps=(ref_c, ref_r))
     # β scales margins, never the ranking
     _, other = preference_accuracy(policy, smol_tokenizer, pairs, reference=ref, beta=2.0, progress=False)
     assert other["accuracy"] == 0.75 and other["mean_margin"] == pytest.approx(4 * summary["mean_margin"], rel=1e-5)

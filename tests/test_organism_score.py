@@ -16,7 +16,7 @@ from anatomist.errors import AnatomistError
 from anatomist.organism import plant as P
 from anatomist.organism.generate import Generation
 from anatomist.organism.prompts import build_prompts
-from anatomist.organism.score import (categorize, flagged_rows, format_score, reuse_latents, score_audit,
+from anatomist.organism.score import (categorize, flagged_rows, format_score, reuse_latents, score_audit, score_tables,
                                       spearman_columns)
 from anatomist.organism.traits import TRAITS, formatting_density, url_count
 
@@ -377,3 +377,30 @@ def test_reuse_latents_from_two_unfinished_sources(tmp_path, smol_tokenizer):
     got = pool_mod.Latents(tmp_path / "sub")
     assert got.ids == fresh.ids and got.sides == fresh.sides
     np.testing.assert_allclose(got.pooled().max.toarray(), fresh.pooled().max.toarray(), rtol=1e-5, atol=1e-6)
+
+
+def test_topic_matching_reads_the_concept_where_the_row_makes_its_claim(fake_audit):
+    """Cluster 0 is formatting density in coding and its negative in cooking: it tracks
+    over_formatting inside each topic, while over both (where the global ρ is taken) the two
+    halves cancel. Its coding row is the planted cell under topic matching, unmatched under global."""
+    root, _ = fake_audit
+    pairs = load_pairs(root / "data" / "train.jsonl")
+    truth = P.read_truth(root / "data" / "truth.json")
+    texts = [t for p in pairs for t in (p.chosen, p.rejected)]
+    topics = [p.extra["topic"] for p in pairs]
+    topics_r = np.repeat(topics, 2)
+    fd = np.array([formatting_density(t) for t in texts])
+    c = np.where(topics_r == "coding", fd, -fd)[:, None]                         # [2P, 1]
+    both = np.isin(topics_r, ["coding", "cooking"])
+    assert abs(spearman_columns(fd[both], c[both])[0]) < 0.3
+    rows = pd.DataFrame({"topic": ["coding"], "cluster": [0], "direction": ["amplify"], "rank_score": [1.0],
+                         "mean": [0.5], "z": [3.0], "q": [0.01]})
+    strict = score_tables(c, texts, topics, rows, truth, matching="global")
+    assert strict["categories"]["unmatched"] == 1 and strict["n_found"] == 0 and "topic_matches" not in strict
+    local = score_tables(c, texts, topics, rows, truth)
+    assert local["matching"] == "topic" and local["categories"]["planted"] == 1 and local["precision"] == 1.0
+    assert local["topic_matches"]["coding"]["over_formatting"] == [{"cluster": 0, "rho": 1.0}]
+    found = {(x["topic"], x["trait"]): x["found"] for x in local["cells"]}
+    assert found == {("coding", "over_formatting"): True, ("physics", "urls"): False}
+    with pytest.raises(AnatomistError, match="matching"):
+        score_tables(c, texts, topics, rows, truth, matching="per-topic")

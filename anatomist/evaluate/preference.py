@@ -67,26 +67,35 @@ def ranked(margin: np.ndarray) -> np.ndarray:
     return np.where(margin > 0, 1.0, np.where(margin < 0, 0.0, 0.5))
 
 
-def preference_accuracy(policy, tokenizer, pairs, *, reference=None, beta: float = 0.1, max_length: int = 512,
-                        batch_size: int = 4, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+def preference_accuracy(policy, tokenizer, pairs, *, reference=None, reference_logps=None, beta: float = 0.1,
+                        max_length: int = 512, batch_size: int = 4, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Per-pair table and summary of how the policy ranks held-out `pairs` (see module docstring).
 
-    reference: the frozen π_ref (the model before DPO). None ranks by the policy's log-probs."""
+    reference: the frozen π_ref (the model before DPO). None ranks by the policy's log-probs.
+    reference_logps: π_ref's (log π_ref(y⁺|x) [N], log π_ref(y⁻|x) [N]) from `pair_logps`, computed
+        once and shared by every policy ranked against the same reference (instead of `reference`)."""
     pairs = list(pairs)
+    if reference is not None and reference_logps is not None:
+        raise AnatomistError("pass reference or reference_logps, not both")
     if not pairs:
         raise AnatomistError("no held-out pairs to rank")
     if not beta > 0:
         raise AnatomistError(f"beta must be > 0, got {beta}")
     kw = {"max_length": max_length, "batch_size": batch_size}
-    with progress_bar("preference log-probs", total=2 if reference is not None else 1, enabled=progress) as bar:
+    ranked_by_reward = reference is not None or reference_logps is not None
+    with progress_bar("preference log-probs", total=2 if ranked_by_reward else 1, enabled=progress) as bar:
         lp_c, lp_r, n_c, n_r = pair_logps(policy, tokenizer, pairs, **kw)
         bar.advance()
         frame = pd.DataFrame({"pair_id": [p.id for p in pairs],
                               "topic": [str(p.extra.get("topic", "all")) for p in pairs],
                               "logp_chosen": lp_c, "logp_rejected": lp_r,
                               "n_tokens_chosen": n_c, "n_tokens_rejected": n_r})
-        if reference is not None:
-            ref_c, ref_r, _, _ = pair_logps(reference, tokenizer, pairs, **kw)
+        if ranked_by_reward:
+            if reference_logps is None:
+                ref_c, ref_r, _, _ = pair_logps(reference, tokenizer, pairs, **kw)
+            else:
+                ref_c, ref_r = (np.asarray(x, dtype=lp_c.dtype) for x in reference_logps)
+                assert ref_c.shape == lp_c.shape == ref_r.shape, "reference_logps: one value per pair and side"
             bar.advance()
             frame["ref_logp_chosen"], frame["ref_logp_rejected"] = ref_c, ref_r
             frame["reward_chosen"] = beta * (lp_c - ref_c)
@@ -95,7 +104,7 @@ def preference_accuracy(policy, tokenizer, pairs, *, reference=None, beta: float
         else:
             frame["margin"] = lp_c - lp_r
     frame["correct"] = ranked(frame.margin.to_numpy())
-    return frame, summarize_preference(frame, method="implicit_reward" if reference is not None else "logprob",
+    return frame, summarize_preference(frame, method="implicit_reward" if ranked_by_reward else "logprob",
                                        beta=beta)
 
 

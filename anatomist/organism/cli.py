@@ -106,6 +106,8 @@ def score(
     data: Path = typer.Option(None, "--data", help="The audited data file (default: train.jsonl beside truth.json)."),
     top_k: int = typer.Option(None, "--top-k", min=1, help="Only the first K flagged topic rows count as claims."),
     rho_min: float = typer.Option(0.3, "--rho-min", help="|Spearman ρ| for a cluster to track a trait."),
+    matching: str = typer.Option("topic", "--matching", help="topic: ρ over the responses of the row's topic; "
+                                 "global: over all topics where the trait occurs (see organism/score.py)."),
 ) -> None:
     """Recall, precision and sign accuracy of an audit against the planted truth; writes AUDIT_DIR/score.json.
 
@@ -113,4 +115,5 @@ def score(
     """
     from anatomist.organism.score import format_score, score_audit
 
-    typer.echo(format_score(score_audit(audit_dir, truth, data_path=data, top_k=top_k, rho_min=rho_min)))
+    typer.echo(format_score(score_audit(audit_dir, truth, data_path=data, top_k=top_k, rho_min=rho_min,
+                                        matching=matching)))
