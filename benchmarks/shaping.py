@@ -389,7 +389,8 @@ def print_table(rows, trait, topics, control, cluster) -> None:
     first = scored[0]
     n_all = first['n_trait'] + first['n_other']
     print(f"\nheld-out preference accuracy (implicit reward vs the base), in %: all {n_all} pairs; the "
-          f"{first['n_trait']} pairs that carry {trait!r} (shaping is meant to unlearn these); the {first['n_other']} other pairs, and their drop vs plain (95% pair-bootstrap CI)")
+          f"{first['n_trait']} pairs that carry {trait!r} (shaping is meant to unlearn these); the {first['n_other']} "
+          "other pairs, and their drop vs plain (95% pair-bootstrap CI)")
     print(f"{'variant':<11} {'all':>6} {'Δ all':>6} {trait:>16} {'other':>6} {'drop on other vs plain':>26}")
     for r in scored:
         print(f"{r['variant']:<11} {100 * r['acc']:6.1f} {-100 * r['acc_drop']:+6.1f} {100 * r['acc_trait']:16.1f} "
