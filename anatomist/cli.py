@@ -1,8 +1,8 @@
 """The `anatomist` command line: one sub-app per stage, each thin over the Python API.
 
 Every stage's CLI lives beside its code (`anatomist/<stage>/cli.py`) and is registered
-here. User errors (`AnatomistError`) print as one line and exit 2; `--debug` shows the
-traceback instead.
+here. User errors (`AnatomistError`) and usage errors (a missing option, a value of the
+wrong type) print as one line and exit 2; `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -77,12 +77,26 @@ _register()
 
 def main() -> None:
     try:
-        app()  # standalone mode: usage errors print themselves and exit 2
+        # standalone_mode=False: click's usage errors come back as exceptions, printed below on one line
+        # (standalone mode would draw a multi-line box)
+        code = app(standalone_mode=False)
     except AnatomistError as e:
         if _state["debug"]:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(1)
+    except typer.exceptions.TyperException as e:   # click's usage errors (typer vendors click)
+        message = " ".join(e.format_message().split())
+        if message:                                 # empty: no_args_is_help has printed the help already
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            print(f"error: {message}{hint}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    if isinstance(code, int):                       # --help and typer.Exit return their exit code
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -404,6 +404,7 @@ def test_usage_errors(w, tmp_path, name, command, expected):
     argv, out = _argv(w, command, tmp_path / "out")
     code, err, _ = run_cli(argv)
     assert code == 2 and "Traceback" not in err and expected in err, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "--help')" in err, err  # one line, with a hint
     assert not out.exists()
 
 
