@@ -36,7 +36,10 @@
    topics and a control topic, same seeds for the base and every policy; the detector's fire rate
    with a prompt-bootstrap 95% CI; the increase over the base; "reduction of the increase"
    1 − Δ_variant / Δ_plain (goal ≥ 80%), the matched cluster's ΔB, and held-out preference
-   accuracy (implicit reward vs the base; goal: ≤ 2 points below plain).
+   accuracy (implicit reward vs the base): on all held-out pairs, on the pairs that carry the
+   shaped trait (their label *is* the planted confound, so unlearning it lowers accuracy there),
+   and on the other pairs, whose drop vs plain is the goal (≤ 2 points; paired bootstrap CI).
+   The base model's log-probs of the held-out pairs are computed once for every variant.
 
 Caching: every DPO run lives in --work/<variant>-<hash of its settings> (resumes after a kill;
 a finished one is not rerun), generations and scores are cached by evaluate_behaviour, and the
