@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pytest
 import torch
 
@@ -82,3 +83,25 @@ def test_describe_tiny_model(smol_tokenizer):
     facts = describe(tiny_llama(layers=2), smol_tokenizer, "tiny")
     assert facts["layers"] == 2 and facts["d_model"] == 32 and facts["chat_template"]
     assert facts["parameters"] == sum(p.numel() for p in tiny_llama(layers=2).parameters())
+
+
+def test_clear_stale_conversions_removes_dead_processes_folders_only(tmp_path):
+    """A conversion killed mid-write leaves .<name>.pid<PID>.<random>/ (~0.5 GB); the next one
+    removes it, but not the folder of a conversion still running, nor other models' folders."""
+    import subprocess
+    import sys
+
+    from anatomist.models.loading import clear_stale_conversions
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)
+    name = "smollm2-135m-instruct"
+    stale = tmp_path / f".{name}.pid{dead_pid}.ab12"
+    running = tmp_path / f".{name}.pid{os.getpid()}.cd34"
+    other = tmp_path / f".other-model.pid{dead_pid}.ef56"
+    for d in (stale, running, other):
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "model.safetensors").write_bytes(b"x")
+    assert clear_stale_conversions(tmp_path, name) == [stale]
+    assert not stale.exists() and running.is_dir() and other.is_dir()

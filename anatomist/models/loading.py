@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -87,6 +88,28 @@ def resolve(name_or_path: str) -> str:
     return str(path) if path.is_dir() else name_or_path
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def clear_stale_conversions(folder: Path, name: str) -> list[Path]:
+    """Remove the temporary folders (~0.5 GB each) that killed conversions of `name` left in
+    `folder`; a folder whose process still runs is another conversion in progress and stays."""
+    removed = []
+    for tmp in folder.glob(f".{name}.pid*"):
+        match = re.fullmatch(rf"\.{re.escape(name)}\.pid(\d+)\..*", tmp.name)
+        if match and tmp.is_dir() and not _alive(int(match.group(1))):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 def _converted(gguf: Path, name: str) -> Path:
     """fp32 safetensors copy of `gguf` in the cache; converted on first use, atomically."""
     target = cache_root() / "models" / name
@@ -96,7 +119,8 @@ def _converted(gguf: Path, name: str) -> Path:
 
     log.warning("converting %s to safetensors in %s (once, ~30 s)", gguf.name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    clear_stale_conversions(target.parent, name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.pid{os.getpid()}.", dir=target.parent))
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
