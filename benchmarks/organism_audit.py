@@ -27,6 +27,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+from anatomist.audit.length import ensure_length_tables
 from anatomist.audit.run import AuditConfig, run_audit
 from anatomist.data import dataset_hash, load_pairs
 from anatomist.models import load
@@ -103,6 +104,7 @@ def main() -> None:
                           model_name="smollm2-135m-instruct", sae_path=sae_path, progress=False)
         # a relabelled organism is scored against its own truth (same cells and signs, other
         # strengths); the null one against the default truth
+        ensure_length_tables(audit_dir)    # audits written before length.parquet: from their latents
         score = partial(score_audit, audit_dir, truth if s is None else data / "truth.json",
                         data_path=data / "train.jsonl", top_k=args.top_k, rho_min=args.rho_min)
         results[name] = score()                                       # matching "topic"; writes score.json

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from anatomist.audit.length import length_rows
 from anatomist.audit.report import SECTIONS, content_policy, esc, render_report, report, screenshot, script_json
 from anatomist.audit.rows import topic_cluster_rows
 from anatomist.errors import AnatomistError
@@ -45,6 +46,10 @@ def make_fake_audit(out: Path, malicious: bool = True, n_pairs: int = 48, n_clus
         "direction": overall["direction"].to_numpy(),
     }).to_parquet(out / "clusters.parquet", index=False)
     rows.to_parquet(out / "rows.parquet", index=False)
+    n_tokens = rng.integers(20, 60, size=(n_pairs, 2))                          # chosen, rejected
+    n_tokens[topics == 1, 0] *= 2                                               # "python code": chosen ~2× longer
+    length_rows(n_tokens.ravel(), topics, names, min_pairs=8, n_boot=50, seed=seed).to_parquet(
+        out / "length.parquet", index=False)
     pd.DataFrame({
         "pair_id": np.repeat(ids, n_clusters), "topic_id": np.repeat(topics, n_clusters),
         "cluster": np.tile(np.arange(n_clusters), n_pairs), "c_chosen": c_chosen.ravel(),
@@ -127,6 +132,21 @@ def test_no_network_fetches(rendered):
     assert policy.startswith("default-src 'none'; script-src 'sha256-") and "connect-src 'none'" in policy
     assert policy == content_policy(text.split("<main>")[0] + "".join(re.findall(r"<div id=.*?</script>", text)))
     assert policy.count("'sha256-") == 4 and "unsafe-inline" not in policy.split("style-src")[0]
+
+
+def test_response_length_table(rendered, tmp_path):
+    path, text = rendered
+    page = page_without_plotlyjs(text)
+    mean = pd.read_parquet(path.parent / "length.parquet").set_index("topic").loc["python code", "mean"]
+    assert "<h3>Response length</h3>" in page and page.count('class="length"') == 1
+    table = page[page.index('class="length"'):]
+    table = table[:table.index("</table>")]
+    code = table[table.index("python code"):]
+    assert "amplify" in code[:code.index("</tr>")] and f"×{np.exp(mean):.2f}" in code[:code.index("</tr>")]
+    assert esc(BOLD_TOPIC) in table and BOLD_TOPIC not in table
+    older = make_fake_audit(tmp_path / "older", malicious=False)     # an audit from before length.parquet
+    (older / "length.parquet").unlink()
+    assert 'class="length"' not in page_without_plotlyjs(render_report(older).read_text(encoding="utf-8"))
 
 
 def test_sections_tables_and_plots_present(rendered):

@@ -120,3 +120,35 @@ def test_audit_rejects_tiny_datasets_and_bad_config(tmp_path, smol_tokenizer):
         AuditConfig(topic_embedder="bert")
     with pytest.raises(AnatomistError, match="leiden_backend must be one of"):
         AuditConfig(leiden_backend="louvain")
+
+
+def test_audit_tests_response_length_like_a_concept(audited, smol_tokenizer, tmp_path):
+    """Cooking's chosen answers carry the appended " banana banana banana.", so they are longer:
+    the length row says amplify there and nowhere else; counts are the response-mask tokens."""
+    import shutil
+
+    from anatomist.audit.length import LENGTH, PAIRS_FILE, ROWS_FILE, ensure_length_tables
+    from anatomist.models import encode_response
+
+    out = audited[0]
+    rows = pd.read_parquet(out / ROWS_FILE).set_index("topic")
+    assert (rows["cluster"] == LENGTH).all() and set(rows.index) == {"all", "coding", "cooking", "travel"}
+    assert rows.loc["cooking", "direction"] == "amplify" and rows.loc["cooking", "mean"] > 0.1
+    assert set(rows.loc[["coding", "travel"], "direction"]) == {"none"}
+    per_pair = pd.read_parquet(out / PAIRS_FILE)
+    pairs = planted_pairs()
+    assert list(per_pair["pair_id"]) == [p.id for p in pairs]
+    for i in (0, 30, 71):
+        for side in ("chosen", "rejected"):
+            enc = encode_response(smol_tokenizer, pairs[i].prompt, getattr(pairs[i], side))
+            assert per_pair[f"n_{side}"][i] == int(np.asarray(enc.response_mask).sum())
+    cook = per_pair[per_pair["pair_id"].str.startswith("cooking")]
+    assert rows.loc["cooking", "mean"] == pytest.approx(np.mean(np.log(cook.n_chosen) - np.log(cook.n_rejected)))
+    # an audit written before the length tables existed gets the same ones from its latents
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    (old / ROWS_FILE).unlink()
+    (old / PAIRS_FILE).unlink()
+    assert ensure_length_tables(old) and not ensure_length_tables(old)
+    pd.testing.assert_frame_equal(pd.read_parquet(old / ROWS_FILE), pd.read_parquet(out / ROWS_FILE))
+    pd.testing.assert_frame_equal(pd.read_parquet(old / PAIRS_FILE), per_pair)

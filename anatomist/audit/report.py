@@ -54,6 +54,7 @@ class Audit:
     pairs: pd.DataFrame
     examples: dict
     labels: dict[int, str] = field(default_factory=dict)
+    length: pd.DataFrame | None = None     # response-length rows (audit/length.py); None in older audits
 
     def __post_init__(self):
         for k, text in zip(self.clusters["cluster"], self.clusters["label"]):
@@ -80,7 +81,14 @@ def load_audit(audit_dir: Path) -> Audit:
     _require(audit_dir / "clusters.parquet", clusters, ("cluster", "label", "label_status", "detection_acc",
                                                         "n_features", "mean_delta", "direction"))
     _require(audit_dir / "pairs.parquet", pairs, ("pair_id", "cluster", "delta"))
-    return Audit(audit_dir, read_json("audit.json"), rows, clusters, pairs, read_json("examples.json"))
+    from anatomist.audit.length import ROWS_FILE
+
+    length = read_pq(ROWS_FILE) if (audit_dir / ROWS_FILE).is_file() else None
+    if length is not None:
+        _require(audit_dir / ROWS_FILE, length, ("topic", "n", "mean", "ci_low", "ci_high", "split_half", "q",
+                                                 "direction", "tested"))
+    return Audit(audit_dir, read_json("audit.json"), rows, clusters, pairs, read_json("examples.json"),
+                 length=length)
 
 
 def _read(path: Path, reader, kind: type):
@@ -316,7 +324,23 @@ def push_table(audit: Audit) -> str:
         return tag("p", esc(note)) + table(header_, [row_cells(audit, r, linked) for r in shown.itertuples()],
                                            class_="ranked")
     return block(topic_rows, "Per topic (ranked by how far a topic exceeds the dataset)") + \
-        tag("h3", "Dataset-wide") + block(overall, "All pairs (ranked by |z|)")
+        tag("h3", "Dataset-wide") + block(overall, "All pairs (ranked by |z|)") + length_table(audit)
+
+
+def length_table(audit: Audit) -> str:
+    """Response length, tested like a concept (audit/length.py): DPO's reward sums over tokens."""
+    if audit.length is None:
+        return ""
+    rows = audit.length[audit.length["tested"]]
+    body = [[esc(r.topic), str(int(r.n)), num(r.mean, 3), f"×{num(np.exp(r.mean))}",
+             f"[{num(r.ci_low, 3)}, {num(r.ci_high, 3)}]", "✓" if r.split_half else "✗", num(r.q, 3),
+             badge(str(r.direction))] for r in rows.itertuples()]
+    note = ("Δ = log tokens(chosen) − log tokens(rejected); ×exp(Δ̄) is the typical chosen/rejected length "
+            "ratio. DPO's implicit reward is a sum over tokens, so 'amplify' here predicts longer answers "
+            "(its own FDR family, one test per topic).")
+    return tag("h3", "Response length") + tag("p", esc(note), class_="muted") + \
+        table(["topic", "n", "Δ̄ log length", "ratio", "95% CI of Δ̄", "split-half", "q", "direction"], body,
+              class_="length")
 
 
 def snippet(tokens: list[str], acts: list[float], scale: float) -> str:

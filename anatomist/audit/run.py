@@ -7,6 +7,8 @@ Output folder (every file is rewritten atomically; `latents/` resumes after a ki
     features.parquet   per-feature pair statistics (dataset-wide), for features with enough support
     clusters.parquet   one row per concept cluster: members, label, detection accuracy, Δc summary
     pairs.parquet      per-pair attribution: pair id, topic, cluster, c(y⁺), c(y⁻), Δc
+    length.parquet     response length (log tokens, chosen − rejected) per topic, tested like a concept;
+                       length_pairs.parquet: tokens per response (see length.py)
     concepts.json      the concept-score transform (members, weights, standardisation) for shaping
     examples.json      per cluster: top-activating snippets (token, activation) and example pairs
     report.html        the self-contained report (re-render with `anatomist report DIR`)
@@ -124,6 +126,7 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
     """Audit preference `pairs` with `sae` on `model`; write the tables and the report into `out`.
     data_path (recorded in audit.json) lets later stages find the audited file."""
     from anatomist.audit.labels import label_clusters
+    from anatomist.audit.length import write_length_tables
 
     out = Path(out)
     pairs = list(pairs)
@@ -198,6 +201,8 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
                    "silhouette": topics.silhouette, "sizes": np.bincount(topics.labels).tolist()},
         "n_clusters": C, "n_features_clustered": int(len(concepts.features)), "timings": timings,
     }
+    write_length_tables(out, [p.id for p in pairs], pooled.n_tokens, topics.labels, topics.names,
+                        min_pairs=cfg.min_pairs, alpha=cfg.alpha, n_boot=cfg.n_boot, seed=cfg.seed)
     _write_parquet(rows, out / "rows.parquet")
     _write_parquet(features, out / "features.parquet")
     _write_parquet(clusters, out / "clusters.parquet")

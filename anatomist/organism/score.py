@@ -23,6 +23,9 @@ Rules (r = a response, 2P of them; c_C(r) = the audit's concept score of cluster
     trait across topics.
 - **Expected direction** of row (topic k, cluster C) for a planted cell (k, t) with
   expected_sign e (truth.json): e · sign(ρ_{t,C}) — +1 "amplify", −1 "suppress".
+- **Response length** (`anatomist.audit.length`) counts as one more concept where the audit wrote
+  it: its rows join the flagged rows under cluster id LENGTH (−1, shown as "len") and its score
+  per response is log(tokens), matched to traits like any cluster (verbosity, by construction).
 - **Flagged rows** (the audit's claims, "top-ranked"): topic rows (not "all") with a direction
   (q < alpha and split-half agreement), ordered by rank_score; with top_k, only the first top_k.
 - **Recall**: a planted cell (k, t) is found when some flagged row (k, C) with C tracking t has
@@ -122,10 +125,10 @@ def _expected_sign(strength: float, rho: float) -> int:
     return (1 if strength > 0.5 else -1) * (1 if rho > 0 else -1)
 
 
-def _rho(c: np.ndarray, scores: dict[str, np.ndarray], where: dict[str, np.ndarray]) -> pd.DataFrame:
-    """traits × clusters: Spearman ρ of each trait's detector scores [2P] with c [2P, C] over the
-    responses where[t] [2P] (0 where fewer than 3)."""
-    rho = pd.DataFrame(0.0, index=list(where), columns=range(c.shape[1]))
+def _rho(c: np.ndarray, scores: dict[str, np.ndarray], where: dict[str, np.ndarray], ids: list[int]) -> pd.DataFrame:
+    """traits × clusters (ids: the cluster id of each column of c): Spearman ρ of each trait's
+    detector scores [2P] with c [2P, C] over the responses where[t] [2P] (0 where fewer than 3)."""
+    rho = pd.DataFrame(0.0, index=list(where), columns=ids)
     for t, sel in where.items():
         if sel.sum() > 2:
             rho.loc[t] = spearman_columns(scores[t][sel], c[sel])
@@ -133,21 +136,26 @@ def _rho(c: np.ndarray, scores: dict[str, np.ndarray], where: dict[str, np.ndarr
 
 
 def score_tables(c: np.ndarray, texts: Sequence[str], topics: Sequence[str], rows: pd.DataFrame, truth: dict, *,
-                 top_k: int | None = None, rho_min: float = RHO_MIN, matching: str = "topic") -> dict:
+                 top_k: int | None = None, rho_min: float = RHO_MIN, matching: str = "topic",
+                 cluster_ids: Sequence[int] | None = None) -> dict:
     """The score from in-memory tables: c [2P, C] concept scores of responses (2i chosen, 2i+1
-    rejected), their texts [2P], the pairs' topics [P], the audit's rows and the truth dict."""
+    rejected), their texts [2P], the pairs' topics [P], the audit's rows and the truth dict.
+    cluster_ids: the id of each column of c as the rows name it (default 0..C−1; the audit's
+    response-length rows use `audit.length.LENGTH`)."""
+    ids = list(range(c.shape[1])) if cluster_ids is None else [int(x) for x in cluster_ids]
+    assert len(ids) == c.shape[1], "one cluster id per column of c"
     if matching not in MATCHING:
         raise AnatomistError(f"matching must be one of {', '.join(MATCHING)}, got {matching!r}")
     topics_r = np.repeat(np.asarray(topics, dtype=object), 2)                    # [2P]
     traits = list(truth["traits"])
     scores = {t: np.array([TRAITS[t].score(x) for x in texts]) for t in traits}  # [2P] each
     occurs = {t: [*truth["traits"][t]["planted"], *truth["traits"][t]["control"]] for t in traits}
-    rho = _rho(c, scores, {t: np.isin(topics_r, occurs[t]) for t in traits})
+    rho = _rho(c, scores, {t: np.isin(topics_r, occurs[t]) for t in traits}, ids)
     matches = trait_matches(rho, rho_min)
     by_topic = {k: matches for k in dict.fromkeys(topics)}    # global: the same matches in every topic
     if matching == "topic":
         for k in by_topic:
-            here = trait_matches(_rho(c, scores, {t: topics_r == k for t in traits if k in occurs[t]}), rho_min)
+            here = trait_matches(_rho(c, scores, {t: topics_r == k for t in traits if k in occurs[t]}, ids), rho_min)
             by_topic[k] = {**matches, **here}
     flagged = flagged_rows(rows, top_k)
     flagged = flagged.assign(category=[categorize(k, int(cl), d, by_topic.get(k, matches), truth)
@@ -244,6 +252,23 @@ def load_audit_scores(audit_dir: Path, pair_ids: Sequence[str]) -> np.ndarray:
     return c
 
 
+def with_length(audit_dir: Path, pair_ids: Sequence[str], c: np.ndarray, rows: pd.DataFrame):
+    """(c, rows, cluster ids) with the audit's response-length rows appended as one more concept,
+    scored by log tokens per response (`anatomist.audit.length`); unchanged for an audit without them."""
+    from anatomist.audit.length import LENGTH, PAIRS_FILE, ROWS_FILE
+
+    ids = list(range(c.shape[1]))
+    if not ((audit_dir / ROWS_FILE).is_file() and (audit_dir / PAIRS_FILE).is_file()):
+        return c, rows, ids
+    lengths = pd.read_parquet(audit_dir / PAIRS_FILE)
+    if list(lengths["pair_id"]) != list(pair_ids):
+        raise AnatomistError(f"{audit_dir / PAIRS_FILE}: its pairs are not the data file's pairs, in order")
+    n = np.empty(2 * len(lengths))
+    n[0::2], n[1::2] = lengths["n_chosen"].to_numpy(), lengths["n_rejected"].to_numpy()
+    c = np.concatenate([c, np.log(np.maximum(n, 1.0))[:, None]], axis=1)           # [2P, C + 1]
+    return c, pd.concat([rows, pd.read_parquet(audit_dir / ROWS_FILE)], ignore_index=True), ids + [LENGTH]
+
+
 def score_audit(audit_dir: str | Path, truth_path: str | Path | None = None, *, data_path: str | Path | None = None,
                 top_k: int | None = None, rho_min: float = RHO_MIN, matching: str = "topic",
                 write: bool = True) -> dict:
@@ -270,14 +295,21 @@ def score_audit(audit_dir: str | Path, truth_path: str | Path | None = None, *, 
         raise AnatomistError(f"{audit_dir}: audit topics {sorted(audited)} miss planted topics "
                              f"{sorted(planted - audited)}; audit with --topic-column topic")
     c = load_audit_scores(audit_dir, [p.id for p in pairs])
+    c, rows, ids = with_length(audit_dir, [p.id for p in pairs], c, rows)
     texts = [t for p in pairs for t in (p.chosen, p.rejected)]
     result = score_tables(c, texts, [p.extra["topic"] for p in pairs], rows, truth, top_k=top_k, rho_min=rho_min,
-                          matching=matching)
+                          matching=matching, cluster_ids=ids)
     result = {"audit_dir": str(audit_dir), "truth": str(truth_path), "data": str(data_path), "top_k": top_k,
               "rho_min": rho_min, **result}
     if write:
         atomic_write_text(audit_dir / SCORE_FILE, json.dumps(result, indent=1, default=float) + "\n")
     return result
+
+
+def _name(cluster) -> str:
+    from anatomist.audit.length import LENGTH
+
+    return "len" if cluster == LENGTH else str(cluster)
 
 
 def format_score(result: dict) -> str:
@@ -287,7 +319,7 @@ def format_score(result: dict) -> str:
     for cell in result["cells"]:
         r = cell["row"] or {}
         lines.append(f"{cell['trait']:20s} {cell['topic']:22s} {cell['strength']:4.2f} "
-                     f"{'yes' if cell['found'] else 'NO':>5s} {r.get('cluster', '-')!s:>4s} "
+                     f"{'yes' if cell['found'] else 'NO':>5s} {_name(r.get('cluster', '-'))!s:>4s} "
                      f"{r.get('rho', float('nan')):6.2f} {r.get('mean', float('nan')):7.3f} "
                      f"{r.get('z', float('nan')):6.2f} {r.get('q', float('nan')):8.2g} {r.get('direction', '-'):>9s} {r.get('expected', '-'):>8s}")
     cats = ", ".join(f"{k} {v}" for k, v in result["categories"].items())
