@@ -61,6 +61,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import predict_vs_actual as pva  # the DPO → eval orchestration shared with issue 7 (not copied)
+from effects import boot_counts, fmt, increase_reduction, mean_ci
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("plain", "shaped", "filtered", "inoculated", "steered")
@@ -69,39 +70,6 @@ GOAL_REDUCTION, GOAL_ACC_DROP = 0.8, 0.02
 
 
 # ----------------------------------------------------------------------------- pure arithmetic
-
-def boot_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """[B, n] resampling counts of n prompts (one draw shared by every statistic of a run, so pre,
-    plain and a variant are resampled jointly: they were evaluated on the same prompts)."""
-    rng = np.random.default_rng(seed)
-    counts = np.zeros((n_boot, n))
-    np.add.at(counts, (np.repeat(np.arange(n_boot), n), rng.integers(0, n, size=n_boot * n)), 1.0)
-    return counts
-
-
-def mean_ci(x: np.ndarray, counts: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of per-prompt values x [P] and its percentile bootstrap CI."""
-    boots = counts @ x / x.shape[0]                                            # [B]
-    tail = (1 - level) / 2
-    return float(x.mean()), float(np.quantile(boots, tail)), float(np.quantile(boots, 1 - tail))
-
-
-def increase_reduction(pre: np.ndarray, plain: np.ndarray, variant: np.ndarray, counts: np.ndarray,
-                       level: float = 0.95) -> tuple[float, float, float]:
-    """1 − Δ_variant / Δ_plain with Δ = mean(post − pre) over the same prompts [P]; 1 = the variant
-    removes the whole increase plain DPO made, 0 = none of it, < 0 = it adds more.
-    CI: percentile bootstrap over prompts; resamples where plain did not increase (Δ_plain ≤ 0)
-    have no defined reduction and are left out (NaN when there is no defined estimate)."""
-    d_plain, d_var = plain - pre, variant - pre                                # [P]
-    point = 1 - d_var.mean() / d_plain.mean() if d_plain.mean() > 0 else float("nan")
-    bp, bv = counts @ d_plain, counts @ d_var                                  # [B] (sums: the ratio is the same)
-    ok = bp > 0
-    if not ok.any():
-        return float(point), float("nan"), float("nan")
-    r = 1 - bv[ok] / bp[ok]
-    tail = (1 - level) / 2
-    return float(point), float(np.quantile(r, tail)), float(np.quantile(r, 1 - tail))
-
 
 def shaping_lams(clusters: dict[int, float], lam: float) -> dict[int, float]:
     """λ per cluster: `lam` (the direction for the trait itself) times the sign of the cluster's ρ
@@ -369,14 +337,6 @@ def accuracy(pref, plain_pref, trait_of: dict[str, str], trait: str, n_boot: int
             "acc_other": float(mine[other].mean()), "n_trait": int(carries.sum()), "n_other": int(other.sum()),
             "acc_drop": float(plain_.mean() - mine.mean()),
             "acc_drop_other": mean_ci(plain_[other] - mine[other], counts)}
-
-
-def fmt(ci, pct: bool = True, sign: str = "+") -> str:
-    """"m [lo, hi]" of a (mean, low, high) triple, in percent (points) or as is."""
-    if ci is None:
-        return "—"
-    k, spec = (100, f"{sign}6.1f") if pct else (1, f"{sign}6.2f")
-    return f"{k * ci[0]:{spec}} [{k * ci[1]:{spec}}, {k * ci[2]:{spec}}]"
 
 
 def print_table(rows, trait, topics, control, cluster) -> None:

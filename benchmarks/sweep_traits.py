@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import shaping  # the bootstrap and reduction arithmetic (not copied)
+import effects  # the bootstrap and reduction arithmetic (not copied)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,11 +74,11 @@ def main(argv=None) -> None:
     for t, info in truth["traits"].items():
         for k, s in info["planted"].items():
             base = rates(pre, k, t)
-            counts = shaping.boot_counts(len(base), args.n_boot, args.seed)
+            counts = effects.boot_counts(len(base), args.n_boot, args.seed)
             after = {lam: rates(post[lam], k, t).reindex(base.index).to_numpy() for lam in lams}
-            cols = [shaping.fmt(shaping.mean_ci(after[lam] - base.to_numpy(), counts)) for lam in lams]
+            cols = [effects.fmt(effects.mean_ci(after[lam] - base.to_numpy(), counts)) for lam in lams]
             sign = 1.0 if s > 0.5 else -1.0      # planted on the rejected side: DPO should lower the rate
-            red = [shaping.increase_reduction(sign * base.to_numpy(), sign * after[0.0], sign * after[lam], counts)
+            red = [effects.increase_reduction(sign * base.to_numpy(), sign * after[0.0], sign * after[lam], counts)
                    for lam in lams[1:]]
             print(f"{t:<20} {k:<20} {s:4.1f} {100 * base.mean():6.1f} " + " ".join(f"{c:>24}" for c in cols)
                   + "  " + ", ".join(f"{100 * r[0]:.0f}% [{100 * r[1]:.0f}, {100 * r[2]:.0f}]" for r in red))
@@ -95,10 +95,10 @@ def main(argv=None) -> None:
         print(f"{name:<20} {int(sel.sum()):5d} " + " ".join(f"{100 * pref[lam].correct.to_numpy()[sel].mean():8.1f}"
                                                           for lam in lams))
     other = (g != args.trait).to_numpy()
-    counts = shaping.boot_counts(int(other.sum()), args.n_boot, args.seed)
+    counts = effects.boot_counts(int(other.sum()), args.n_boot, args.seed)
     for lam in lams[1:]:
         assert list(pref[lam].pair_id) == list(first.pair_id), "every run ranks the same held-out pairs"
-        drop = shaping.mean_ci(first.correct.to_numpy()[other] - pref[lam].correct.to_numpy()[other], counts)
+        drop = effects.mean_ci(first.correct.to_numpy()[other] - pref[lam].correct.to_numpy()[other], counts)
         print(f"λ={lam:g}: accuracy on the {int(other.sum())} pairs without {args.trait!r}: "
               f"{0.0 - 100 * drop[0]:+.1f} points vs λ=0 [{0.0 - 100 * drop[2]:+.1f}, {0.0 - 100 * drop[1]:+.1f}] "
               "(goal ≥ −2)")
