@@ -409,12 +409,16 @@ def folder_state(folder: Path) -> frozenset:
     if not folder.exists():
         return frozenset()
     out = set()
-    for p in folder.rglob("*"):
-        try:
-            st = p.stat()
-        except FileNotFoundError:  # renamed away between listing and stat
-            continue
-        out.add((str(p), st.st_size, st.st_mtime_ns))
+    # os.walk, not rglob: a folder renamed away mid-scan (e.g. .policy.tmp → policy) is skipped,
+    # where rglob raises
+    for root, _, files in os.walk(folder):
+        for name in files:
+            p = os.path.join(root, name)
+            try:
+                st = os.stat(p)
+            except FileNotFoundError:  # renamed away between listing and stat
+                continue
+            out.add((p, st.st_size, st.st_mtime_ns))
     return frozenset(out)
 
 
