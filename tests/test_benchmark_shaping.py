@@ -93,3 +93,20 @@ def test_accuracy_splits_trait_pairs_from_the_rest_and_pairs_the_drop():
     assert mean == 0.0 and -1 <= lo <= 0 <= hi <= 1
     with pytest.raises(AssertionError):
         shaping.accuracy(shaped.iloc[::-1], plain, trait_of, "x", n_boot=10, seed=0)
+
+
+def test_verdict_calls_the_accuracy_check_uninformative_when_plain_learned_nothing_there():
+    def rows(plain_other):
+        plain = {"variant": "plain", "increase": (0.15, 0.02, 0.29), "acc_other_ci": plain_other}
+        shaped = {"variant": "shaped", "reduction": (1.2, 1.0, 3.0), "acc_drop_other": (0.0, -0.1, 0.1),
+                  "acc_drop": 0.05}
+        weak = {"variant": "steered", "reduction": (0.1, 0.0, 0.6), "acc_drop_other": (0.0, -0.02, 0.02),
+                "acc_drop": 0.0}
+        return [{"variant": "base"}, plain, shaped, weak]
+
+    chance = shaping.verdict(rows((0.48, 0.39, 0.56)))
+    assert chance[0].startswith("met: plain DPO increased") and chance[1].startswith("NOT INFORMATIVE")
+    assert chance[2].startswith("met on reduction, accuracy not informative: shaped")
+    assert chance[3].startswith("NOT MET: steered")
+    learned = shaping.verdict(rows((0.70, 0.62, 0.78)))
+    assert len(learned) == 3 and learned[1].startswith("met: shaped") and learned[2].startswith("NOT MET: steered")
