@@ -173,3 +173,34 @@ def test_topics_come_from_the_audit_when_pairs_have_none(tmp_path):
     assert [p.topic for p in shape_pairs(pairs(), Audit(folder))] == ["food", "code", "code", "food"]
     assert shape_pairs(own, Audit(folder))[0].topic == "mine"
     assert shape_pairs(pairs(), Audit(make_audit(tmp_path / "bare", tokens=None)))[0].topic is None
+
+
+def test_response_length_is_a_shaping_concept_with_hand_computed_scores(tmp_path, monkeypatch):
+    """length_pairs.parquet (tokens per response) makes LENGTH = −1 ("length") shapeable by λ:
+    c_len = (log n − mean) / sd over all 8 responses, Δc_len = Δ log n / sd."""
+    from anatomist.audit.length import LENGTH, PAIRS_FILE
+    from anatomist.shape.steer import audit_direction
+
+    folder = make_audit(tmp_path / "audit")
+    n = np.array([[8, 2], [4, 4], [2, 8], [16, 1]])                              # [P, 2] chosen, rejected
+    pd.DataFrame({"pair_id": IDS, "topic_id": 0, "n_chosen": n[:, 0], "n_rejected": n[:, 1]}).to_parquet(
+        folder / PAIRS_FILE)
+    audit = Audit(folder)
+    logn = np.log(n.astype(float))
+    z = (logn - logn.mean()) / logn.std()
+    pos, neg = audit.scores(["p3", "p0"], [1, LENGTH])
+    np.testing.assert_allclose(pos, [[0.5, z[3, 0]], [0.0, z[0, 0]]])
+    np.testing.assert_allclose(neg, [[0.5, z[3, 1]], [0.0, z[0, 1]]])
+    assert audit.resolve_concept("length") == LENGTH == audit.resolve_concept("-1")
+    assert audit.label(LENGTH) == "long responses"
+    shaped = shape_pairs(pairs(), audit, lam={LENGTH: -1.0, 0: 1.0})
+    assert [p.offset for p in shaped] == pytest.approx(-(z[:, 0] - z[:, 1]) + (C_CHOSEN - C_REJECTED)[:, 0])
+    assert shaped[2].offset > shaped[0].offset      # p2 chose the shorter side: λ < 0 favours it
+    with pytest.raises(AnatomistError, match="no per-token score"):
+        shape_pairs(pairs(), audit, token_filter=TokenFilter(clusters=(LENGTH,), tau=0.0))
+    with pytest.raises(AnatomistError, match="no decoder direction"):
+        audit_direction(audit, LENGTH, sae=object())
+    # an audit from before length tables: a one-line pointer to re-running the audit
+    old = Audit(make_audit(tmp_path / "old"))
+    with pytest.raises(AnatomistError, match="no response-length tables"):
+        old.resolve_concept("length")

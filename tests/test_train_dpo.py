@@ -6,6 +6,8 @@ import copy
 import json
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -314,6 +316,16 @@ def test_cli_shaping_flags_reach_the_loss(smol_tokenizer, tmp_path, one_thread):
     assert rows[0]["dpo/loss"] == pytest.approx(expected, abs=1e-6)
     assert "dpo/leak/0" not in rows[0]  # every margin is 0 at step 1: no correlation yet
     assert -1 <= rows[1]["dpo/leak/0"] <= 1 and -1 <= rows[1]["dpo/leak/1"] <= 1
+    # response length as the concept: offsets −Δc_len with c_len the standardized log length
+    n = np.array([[8, 2], [4, 4], [2, 8], [16, 1]])
+    pd.DataFrame({"pair_id": ["p0", "p1", "p2", "p3"], "topic_id": 0, "n_chosen": n[:, 0],
+                  "n_rejected": n[:, 1]}).to_parquet(audit / "length_pairs.parquet")
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "short"), "--lam", "length=-1"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in (tmp_path / "short" / "metrics.jsonl").read_text().splitlines()]
+    dz = np.diff(np.log(n[:, ::-1]), axis=1)[:, 0] / np.log(n).std()            # Δc_len = Δ log n / sd
+    assert rows[0]["dpo/loss"] == pytest.approx(np.mean(np.log1p(np.exp(-dz))), abs=1e-6)
+    assert -1 <= rows[1]["dpo/leak/length"] <= 1
     r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "steered"), "--steer", "0:4.0"])
     assert r.exit_code == 0, r.output
     rows = [json.loads(x) for x in (tmp_path / "steered" / "metrics.jsonl").read_text().splitlines()]

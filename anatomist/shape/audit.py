@@ -14,6 +14,11 @@ Per-token concept score (token filtering). For cluster C and response token t,
     c_C(t)   = (raw_C(t) − mean_C) / sd_C     (the response-level standardisation, unchanged)
 so with the audit's default mean pooling, mean_t c_C(t) = c_C(y) exactly: a token's score is on
 the same scale as the response's score in pairs.parquet (τ = 0 is the audited mean response).
+
+Response length (`anatomist.audit.length`, cluster id LENGTH = −1, name "length") is one more
+concept for reward shaping and pair dropping where the audit wrote length_pairs.parquet:
+c_len(y) = (log n(y) − mean) / sd over every audited response. It has no per-token score and
+no decoder direction, so token filtering and steering on it are refused.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import numpy as np
 import pandas as pd
 
 from anatomist.audit.concepts import Concepts
+from anatomist.audit.length import LENGTH
+from anatomist.audit.length import PAIRS_FILE as LENGTH_PAIRS
 from anatomist.errors import AnatomistError, DataError
 
 REQUIRED = ("audit.json", "concepts.json", "clusters.parquet", "pairs.parquet")
@@ -56,6 +63,19 @@ class Audit:
         first = table.drop_duplicates("pair_id").set_index("pair_id")
         self._topic = ({str(pid): names[int(t)] for pid, t in first.topic_id.items() if 0 <= int(t) < len(names)}
                        if "topic_id" in table and names else {})
+        self._length = self._read_length()
+
+    def _read_length(self) -> np.ndarray | None:
+        """[P, 2] standardized log length of (chosen, rejected), or None for an audit without it."""
+        path = self.folder / LENGTH_PAIRS
+        if not path.is_file():
+            return None
+        table = pd.read_parquet(path).set_index("pair_id").reindex(self.pair_ids)
+        if table[["n_chosen", "n_rejected"]].isna().any().any():
+            raise AnatomistError(f"{path}: does not hold every pair of the audit's pairs.parquet")
+        logn = np.log(np.maximum(table[["n_chosen", "n_rejected"]].to_numpy(np.float64), 1.0))   # [P, 2]
+        sd = logn.std()
+        return (logn - logn.mean()) / (sd if sd > 0 else 1.0)
 
     # --- metadata -----------------------------------------------------------------------------
 
@@ -77,20 +97,28 @@ class Audit:
 
     def label(self, cluster: int) -> str:
         """The cluster's label ("" where the labeller gave none)."""
-        return self._labels.loc[self.check_cluster(cluster)]
+        c = self.check_cluster(cluster)
+        return "long responses" if c == LENGTH else self._labels.loc[c]
 
     @cached_property
     def _labels(self) -> pd.Series:
         return self.clusters.set_index("cluster")["label"].fillna("").astype(str)
 
     def check_cluster(self, cluster: int) -> int:
+        if int(cluster) == LENGTH:
+            if self._length is None:
+                raise AnatomistError(f"{self.folder} has no response-length tables ({LENGTH_PAIRS}): re-run "
+                                     "`anatomist audit` on it to shape on length")
+            return LENGTH
         if not 0 <= int(cluster) < self.n_clusters:
             raise AnatomistError(f"cluster {cluster} is out of range: the audit in {self.folder} has "
                                  f"{self.n_clusters} clusters (0..{self.n_clusters - 1})")
         return int(cluster)
 
     def resolve_concept(self, spec: str | int) -> int:
-        """A cluster id, or a label (exact match first, then a unique substring)."""
+        """A cluster id, "length" (response length), or a label (exact match first, then a unique substring)."""
+        if str(spec).strip().lower() == "length":
+            return self.check_cluster(LENGTH)
         if isinstance(spec, (int, np.integer)) or str(spec).lstrip("-").isdigit():
             return self.check_cluster(int(spec))
         labels = self._labels[self._labels != ""]
@@ -118,7 +146,11 @@ class Audit:
         """Standardized concept scores c(y⁺), c(y⁻): two [P, K] arrays for the given pairs and clusters."""
         rows = [self.pair_index(p) for p in pair_ids]
         cols = [self.check_cluster(k) for k in clusters]
-        return self._c_chosen[np.ix_(rows, cols)], self._c_rejected[np.ix_(rows, cols)]
+        pos, neg = np.empty((len(rows), len(cols))), np.empty((len(rows), len(cols)))         # [P, K] each
+        for j, k in enumerate(cols):
+            pos[:, j], neg[:, j] = ((self._length[rows, 0], self._length[rows, 1]) if k == LENGTH
+                                    else (self._c_chosen[rows, k], self._c_rejected[rows, k]))
+        return pos, neg
 
     # --- per-token scores ---------------------------------------------------------------------
 
@@ -142,6 +174,9 @@ class Audit:
     def token_scores(self, pair_id: str, side: str, cluster: int) -> np.ndarray:
         """c_C(t) [n_tokens] on one response: same weights and standardisation as c_C(y) (module doc)."""
         c = self.check_cluster(cluster)
+        if c == LENGTH:
+            raise AnatomistError("response length has no per-token score: shape it with λ (--lam length=…), "
+                                 "not a token filter")
         members = self.concepts.labels == c
         acts = self.latents.token_acts(self._seq(pair_id, side), self.concepts.features[members])  # [T, M]
         raw = acts.astype(np.float64) @ self.concepts.weights[members]                              # [T]

@@ -25,7 +25,7 @@ def export(
     audit_dir: Path = typer.Option(..., "--audit", help="Audit folder (from `anatomist audit`)."),
     data: Path = typer.Option(..., "--data", help="The audited preference file (pairs are matched by id)."),
     out: Path = typer.Option(..., "--out", help="Output: a .jsonl / .parquet file, or a `datasets` folder."),
-    concept: list[str] = typer.Option([], "--concept", help="Cluster id or label; repeat for several."),
+    concept: list[str] = typer.Option([], "--concept", help="Cluster id, label, or length (response length); repeat."),
     lam: list[float] = typer.Option([], "--lam", help="λ per --concept: < 0 suppresses, > 0 amplifies."),
     beta: float = typer.Option(0.1, "--beta", help="DPO β; TRL must train with the same value."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="Reference model: HF id, folder, .gguf or alias."),

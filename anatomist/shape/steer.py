@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from anatomist.errors import AnatomistError
 from anatomist.models.layers import check_layer, decoder_layers
 
 
@@ -62,6 +63,9 @@ def audit_direction(audit, cluster: int, sae=None) -> torch.Tensor:
 
     sae = load_sae(audit.sae_path) if sae is None else sae
     c = audit.check_cluster(cluster)
+    if c < 0:
+        raise AnatomistError(f"concept {c} (response length) has no decoder direction to steer along; "
+                             "shape it with λ instead")
     members = audit.concepts.labels == c
     return concept_direction(sae.decoder_directions(), audit.concepts.features[members], audit.concepts.weights[members])
 

@@ -43,7 +43,7 @@ def dpo(
     max_length: int = typer.Option(256, "--max-length", min=8, help="Max tokens of prompt + response."),
     max_response_tokens: int = typer.Option(128, "--max-response-tokens", min=0, help="Cut responses here (0 = no cut)."),
     audit_dir: Path = typer.Option(None, "--audit", help="Audit folder for --lam / --token-filter / --inoculate / --steer."),
-    lam: list[str] = typer.Option([], "--lam", help="Reward shaping CONCEPT=λ (cluster id or label); repeat. λ < 0 suppresses."),
+    lam: list[str] = typer.Option([], "--lam", help="Reward shaping CONCEPT=λ (cluster id, label, or length: the audit's response length); repeat. λ < 0 suppresses."),
     token_filter: str = typer.Option(None, "--token-filter", help="CONCEPT:TAU — drop response tokens with c_t >= τ."),
     token_filter_sides: str = typer.Option("both", "--token-filter-sides", help="chosen | rejected | both."),
     inoculate: str = typer.Option(None, "--inoculate", help="CONCEPT — system prompt asking for it where Δc > 0."),
@@ -81,6 +81,7 @@ def dpo(
     if audit_dir is None:
         shaped = plain(pairs)
     else:
+        from anatomist.audit.length import LENGTH
         from anatomist.shape import Audit, Inoculation, TokenFilter, shape_pairs
         from anatomist.shape.steer import audit_direction
 
@@ -101,7 +102,8 @@ def dpo(
             concepts.add(k)
         # Leakage metrics: Δc of every concept the run touches (module doc of anatomist.train.dpo).
         c_pos, c_neg = audit.scores([p.id for p in shaped], sorted(concepts))
-        deltas = {str(k): (c_pos - c_neg)[:, j].tolist() for j, k in enumerate(sorted(concepts))}
+        deltas = {("length" if k == LENGTH else str(k)): (c_pos - c_neg)[:, j].tolist()
+                  for j, k in enumerate(sorted(concepts))}
     result = train_dpo(loaded.model, loaded.tokenizer, shaped, cfg, out, steer=steer_arg, concept_deltas=deltas,
                        cache_dir=cache_dir)
     summary = json.loads((out / "summary.json").read_text())
