@@ -32,11 +32,12 @@ def _remove_stale(path: Path) -> None:
     a live writer's file (another process saving the same path) is left alone."""
     for old in path.parent.glob(f".{glob.escape(path.name)}.tmp*"):
         pid = old.name.rsplit(".tmp", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             old.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

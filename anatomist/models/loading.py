@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 
 from anatomist.errors import AnatomistError
+from anatomist.fileio import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -88,23 +89,13 @@ def resolve(name_or_path: str) -> str:
     return str(path) if path.is_dir() else name_or_path
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def clear_stale_conversions(folder: Path, name: str) -> list[Path]:
     """Remove the temporary folders (~0.5 GB each) that killed conversions of `name` left in
     `folder`; a folder whose process still runs is another conversion in progress and stays."""
     removed = []
     for tmp in folder.glob(f".{name}.pid*"):
         match = re.fullmatch(rf"\.{re.escape(name)}\.pid(\d+)\..*", tmp.name)
-        if match and tmp.is_dir() and not _alive(int(match.group(1))):
+        if match and tmp.is_dir() and not pid_alive(int(match.group(1))):
             shutil.rmtree(tmp, ignore_errors=True)
             removed.append(tmp)
     return removed

@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from anatomist.audit.length import LENGTH, PAIRS_FILE, ROWS_FILE
 from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_write_text
 from anatomist.organism.plant import read_truth
@@ -255,8 +256,6 @@ def load_audit_scores(audit_dir: Path, pair_ids: Sequence[str]) -> np.ndarray:
 def with_length(audit_dir: Path, pair_ids: Sequence[str], c: np.ndarray, rows: pd.DataFrame):
     """(c, rows, cluster ids) with the audit's response-length rows appended as one more concept,
     scored by log tokens per response (`anatomist.audit.length`); unchanged for an audit without them."""
-    from anatomist.audit.length import LENGTH, PAIRS_FILE, ROWS_FILE
-
     ids = list(range(c.shape[1]))
     if not ((audit_dir / ROWS_FILE).is_file() and (audit_dir / PAIRS_FILE).is_file()):
         return c, rows, ids
@@ -307,8 +306,6 @@ def score_audit(audit_dir: str | Path, truth_path: str | Path | None = None, *, 
 
 
 def _name(cluster) -> str:
-    from anatomist.audit.length import LENGTH
-
     return "len" if cluster == LENGTH else str(cluster)
 
 
