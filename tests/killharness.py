@@ -422,6 +422,16 @@ def folder_state(folder: Path) -> frozenset:
     return frozenset(out)
 
 
+def _kill(pid: int) -> None:
+    """SIGKILL a child the zygote may already have reaped: it can exit between the harness's poll and
+    the kill. Its exit message is still in the zygote's pipe, so the caller reads it next either way
+    (leaving it there would hand it to the next `start` as if it were a pid)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 class Harness:
     """Kill points are chosen by progress, not wall clock (this host's speed varies several-fold
     under load): a run is killed a random time after the k-th change the harness sees in its
@@ -450,10 +460,10 @@ class Harness:
                 if code is not None:
                     return code, changes
                 if deadline is not None and time.monotonic() >= deadline:
-                    os.kill(pid, signal.SIGKILL)
+                    _kill(pid)
                     return self.z.wait(30.0), changes
                 if time.monotonic() - t0 > self.timeout:
-                    os.kill(pid, signal.SIGKILL)
+                    _kill(pid)
                     self.z.wait(30.0)
                     raise AssertionError(f"{job.name}: no result within {self.timeout} s (log: {log})")
         finally:
