@@ -27,6 +27,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def atomic_save_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """`safetensors.torch.save_file`, atomically and leaving nothing behind after a kill.
+
+    Not `save_file(tmp)`: safetensors ≥ 0.6 writes through its own `.tmpXXXXXX` sibling, whose
+    name carries no writer, so a kill mid-save leaves a file nobody can safely remove. Serializing to
+    bytes first keeps the only temporary file our pid-named one.
+    """
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def _remove_stale(path: Path) -> None:
     """Delete temporary siblings of `path` whose writer is gone (killed between write and rename);
     a live writer's file (another process saving the same path) is left alone."""

@@ -36,10 +36,9 @@ from typing import Iterator, NamedTuple
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from anatomist.errors import AnatomistError
-from anatomist.fileio import atomic_path, atomic_write_text
+from anatomist.fileio import atomic_save_safetensors, atomic_write_text
 
 FORMAT = "anatomist.activations/1"
 SHARD_RE = re.compile(r"shard_(\d{5})\.safetensors$")
@@ -155,8 +154,7 @@ class ShardWriter:
                          [p.id for p in pending], [p.side for p in pending], infos)
         meta = {"seq_start": str(info.seq_start), "seq_end": str(info.seq_end),
                 "ids": json.dumps(info.ids), "sides": json.dumps(info.sides), "infos": json.dumps(infos)}
-        with atomic_path(self.folder / info.file) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+        atomic_save_safetensors(self.folder / info.file, tensors, meta)
         self.shards.append(info)
         self._pending, self._pending_rows = [], 0
         self._write_manifest(complete=False)

@@ -19,10 +19,10 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from anatomist.errors import AnatomistError
-from anatomist.fileio import atomic_path
+from anatomist.fileio import atomic_save_safetensors, atomic_write_text
 from anatomist.sae.arch import ARCHITECTURES
 from anatomist.sae.config import SAEConfig
 from anatomist.sae.model import SAE
@@ -51,11 +51,6 @@ def saelens_cfg(cfg: SAEConfig) -> dict:
     return out
 
 
-def _atomic(path: Path, write) -> None:
-    with atomic_path(path) as tmp:
-        write(tmp)
-
-
 @torch.no_grad()
 def save_sae(sae: SAE, path: str | Path) -> Path:
     """Write `cfg.json` and `sae_weights.safetensors` into folder `path` (each file atomically)."""
@@ -67,8 +62,8 @@ def save_sae(sae: SAE, path: str | Path) -> Path:
     if sae.threshold is not None:
         tensors["threshold"] = sae.threshold.detach().clone()
     tensors = {k: v.detach().float().contiguous() for k, v in tensors.items()}
-    _atomic(path / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
-    _atomic(path / CFG_FILE, lambda p: p.write_text(json.dumps(saelens_cfg(sae.cfg), indent=2)))
+    atomic_save_safetensors(path / WEIGHTS_FILE, tensors)
+    atomic_write_text(path / CFG_FILE, json.dumps(saelens_cfg(sae.cfg), indent=2))
     return path
 
 

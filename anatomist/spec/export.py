@@ -56,7 +56,7 @@ from pathlib import Path
 import torch
 
 from anatomist.errors import AnatomistError
-from anatomist.fileio import atomic_path, atomic_write_text
+from anatomist.fileio import atomic_save_safetensors, atomic_write_text
 from anatomist.spec.head import MTPConfig, MTPHead, read_config_and_weights
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,6 @@ def _config(head: MTPHead, trunk, verifier: str) -> dict:
 def export_speculators(head: MTPHead, trunk, out_dir: str | os.PathLike, *, verifier: str,
                        dtype: torch.dtype | None = None) -> Path:
     """Write config.json + model.safetensors + README.md (each atomically); see the module docstring."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not head.full_vocab:
@@ -128,8 +126,7 @@ def export_speculators(head: MTPHead, trunk, out_dir: str | os.PathLike, *, veri
     state = speculators_state(head)
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
-    with atomic_path(out / WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
+    atomic_save_safetensors(out / WEIGHTS, state, {"format": "pt"})
     cfg = _config(head, trunk, verifier)
     if dtype is not None:
         cfg["dtype"] = str(dtype).removeprefix("torch.")

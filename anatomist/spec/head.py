@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anatomist.errors import AnatomistError
-from anatomist.fileio import atomic_path
+from anatomist.fileio import atomic_save_safetensors, atomic_write_text
 from anatomist.models.layers import decoder_layers
 
 __all__ = ["MTPConfig", "MTPHead", "save_head", "load_head"]
@@ -162,21 +162,14 @@ class MTPHead(nn.Module):
         return self.logits(self.chain_states(hidden, tokens, gamma))
 
 
-def _atomic_write(path: Path, write) -> None:
-    with atomic_path(path) as tmp:
-        write(tmp)
-
-
 def save_head(head: MTPHead, folder: str | os.PathLike) -> Path:
     """Write `mtp_head.safetensors` + `config.json` into folder (each atomically)."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in head.trainable_state().items()}
-    _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p))
+    atomic_save_safetensors(folder / WEIGHTS_NAME, state)
     cfg = {"format": "anatomist-mtp-head", "version": 1, **asdict(head.config)}
-    _atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(cfg, indent=2)))
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(cfg, indent=2))
     return folder
 
 

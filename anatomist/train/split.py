@@ -26,11 +26,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from anatomist.capture.hook import residual_stream
 from anatomist.errors import AnatomistError
-from anatomist.fileio import atomic_path
+from anatomist.fileio import atomic_save_safetensors
 from anatomist.models.layers import LAYER_PATHS, decoder_layers
 from anatomist.progress import progress_bar
 from anatomist.train.batches import Batch, Seq, collate_rows
@@ -184,8 +184,7 @@ def precompute(split: SplitLM, seqs: Sequence[Seq], cache_dir: Path, *, pad_id: 
                 tensors = {"index": torch.tensor(members), "ref": torch.cat(rs)}
                 if keep_hidden:
                     tensors["hidden"] = torch.cat(hs)
-                with atomic_path(path) as tmp:
-                    save_file(tensors, str(tmp))
+                atomic_save_safetensors(path, tensors)
             else:
                 bar.advance(len(members))
             loaded = load_file(str(path))
