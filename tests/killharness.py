@@ -244,8 +244,9 @@ def job_mtp_train(model: str, out: str) -> None:
     train_head(m, samples, cfg, out, progress=False)
 
 
-def job_organism(model: str, out: str) -> None:
-    """Organism generation: the resumable generations cache, batches of 2."""
+def job_organism(model: str, out: str, workers: int = 1) -> None:
+    """Organism generation: the resumable generations cache, batches of 2 (sampled in `workers`
+    processes, which a kill of this one orphans)."""
     from anatomist.models import load
     from anatomist.organism.generate import GenRequest, GenSettings, generate
 
@@ -253,7 +254,7 @@ def job_organism(model: str, out: str) -> None:
     requests = [GenRequest(f"r{i}", ({"role": "user", "content": f"Tell me about topic {i}."},),
                            prefix="Sure" if i % 3 == 0 else "", max_new_tokens=6 + 2 * (i % 2)) for i in range(12)]
     generate(lm.model, lm.tokenizer, requests, GenSettings(model="tiny", temperature=1.0, batch_size=2, seed=5),
-             cache_dir=out, progress=False)
+             cache_dir=out, progress=False, workers=workers)
 
 
 def job_dpo(data: str, model: str, out: str) -> None:

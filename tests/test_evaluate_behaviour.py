@@ -100,7 +100,7 @@ def test_evaluate_behaviour_table(audited, tmp_path, one_thread):
 def test_generations_resume_after_kill(audited, tmp_path, monkeypatch, one_thread):
     """A run killed after its first batch resumes to exactly what an uninterrupted run writes."""
     reference = _evaluate(audited, tmp_path / "whole")
-    real, calls = gen_mod.sample_batch, []
+    real, calls = gen_mod.sample_tokens, []
 
     def dies_after_one(*args, **kw):
         if calls:
@@ -108,14 +108,14 @@ def test_generations_resume_after_kill(audited, tmp_path, monkeypatch, one_threa
         calls.append(1)
         return real(*args, **kw)
 
-    monkeypatch.setattr(gen_mod, "sample_batch", dies_after_one)
+    monkeypatch.setattr(gen_mod, "sample_tokens", dies_after_one)
     with pytest.raises(KeyboardInterrupt):
         _evaluate(audited, tmp_path / "killed")
-    monkeypatch.setattr(gen_mod, "sample_batch", real)
+    monkeypatch.setattr(gen_mod, "sample_tokens", real)
     resumed = _evaluate(audited, tmp_path / "killed")
     pd.testing.assert_frame_equal(resumed, reference)
     # a finished run is read back from the cache: no sampling at all
-    monkeypatch.setattr(gen_mod, "sample_batch", lambda *a, **k: pytest.fail("sampled again"))
+    monkeypatch.setattr(gen_mod, "sample_tokens", lambda *a, **k: pytest.fail("sampled again"))
     pd.testing.assert_frame_equal(_evaluate(audited, tmp_path / "killed"), reference)
 
 

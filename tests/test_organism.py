@@ -259,6 +259,17 @@ def test_generate_resume_equals_uninterrupted(tiny, tmp_path):
     assert again == full
 
 
+def test_generate_workers_write_what_one_process_writes(tiny, tmp_path):
+    """Two sampling processes (batches finishing out of order) write the same file byte for byte:
+    each batch is seeded by its index, and batches are written in order."""
+    model, tok = tiny
+    settings = GenSettings("tiny", batch_size=1, seed=3)
+    one = generate(model, tok, _requests(), settings, cache_dir=tmp_path / "one", progress=False)
+    two = generate(model, tok, _requests(), settings, cache_dir=tmp_path / "two", progress=False, workers=2)
+    assert two == one
+    assert (tmp_path / "two" / "generations.jsonl").read_bytes() == (tmp_path / "one" / "generations.jsonl").read_bytes()
+
+
 def test_generate_rejects_duplicate_keys(tiny, tmp_path):
     model, tok = tiny
     r = _requests()[0]

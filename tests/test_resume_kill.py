@@ -66,6 +66,9 @@ JOBS = {
     "organism-generate": lambda i: Job("organism-generate", "job_organism", {"model": i["chat"]},
                                        immutable=("settings.json",), journals=("generations.jsonl",),
                                        append_only=("generations.jsonl",)),
+    "organism-workers": lambda i: Job("organism-workers", "job_organism", {"model": i["chat"], "workers": 2},
+                                      immutable=("settings.json",), journals=("generations.jsonl",),
+                                      append_only=("generations.jsonl",)),
     "dpo-cli": lambda i: Job("dpo-cli", "job_dpo", {"data": i["data"], "model": i["chat"]},
                              # metrics.jsonl: lines after the last checkpoint are recomputed on resume
                              immutable=("cache/*/shard-*.safetensors",), journals=("metrics.jsonl",),

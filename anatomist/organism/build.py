@@ -30,13 +30,14 @@ def build_organism(out: str | Path, *, per_topic: int = 236, heldout_fraction: f
                    config: PlantConfig = DEFAULT_CONFIG, model: str = DEFAULT_MODEL, loaded=None,
                    max_new_tokens: int = 96, batch_size: int = 64, temperature: float = 0.7,
                    topics: tuple[str, ...] = TOPIC_NAMES, cache_dir: str | Path | None = None,
-                   heldout_pairs: bool = True, progress: bool = True) -> dict:
+                   heldout_pairs: bool = True, progress: bool = True, workers: int | None = None) -> dict:
     """Generate (or reuse cached) responses and write the planted dataset to `out`.
 
     loaded: an already loaded (model, tokenizer, ...) to use instead of loading `model`.
     cache_dir: train generations go to cache_dir/"train", held-out ones to cache_dir/"heldout"
         (default: the content-addressed cache of `generate`).
     heldout_pairs: also generate pairs for the held-out prompts (heldout_pairs.jsonl).
+    workers: sampling processes (None: `generate`'s choice; the output is the same for any number).
     Returns the truth dict (also written to out/truth.json)."""
     t0 = time.time()
     prompts = build_prompts(per_topic, heldout_fraction=heldout_fraction, seed=seed, topics=topics)
@@ -47,7 +48,8 @@ def build_organism(out: str | Path, *, per_topic: int = 236, heldout_fraction: f
         loaded = load(model)
     settings = GenSettings(model=model, temperature=temperature, batch_size=batch_size, seed=seed)
     sub = (lambda name: Path(cache_dir) / name) if cache_dir is not None else (lambda name: None)
-    results = generate(loaded[0], loaded[1], requests, settings, cache_dir=sub("train"), progress=progress)
+    results = generate(loaded[0], loaded[1], requests, settings, cache_dir=sub("train"), progress=progress,
+                       workers=workers)
     rows, dropped = label(assignments, results, seed)
     t_train = time.time() - t0
     truth_data = truth(config, rows, topics, dropped)
@@ -58,7 +60,7 @@ def build_organism(out: str | Path, *, per_topic: int = 236, heldout_fraction: f
         held_requests = requests_for(held_assign, max_new_tokens)
         n_held = len(held_requests)
         held_results = generate(loaded[0], loaded[1], held_requests, settings, cache_dir=sub("heldout"),
-                                progress=progress)
+                                progress=progress, workers=workers)
         held_rows, held_dropped = label(held_assign, held_results, seed, split="heldout")
         truth_data["heldout"] = {"file": HELDOUT_PAIRS, "n_pairs": len(held_rows), "dropped_identical": held_dropped,
                                  "cells": truth(config, held_rows, topics, held_dropped)["cells"]}

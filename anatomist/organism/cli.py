@@ -23,6 +23,8 @@ def build(
     max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Sampling batch size (part of the generation cache key)."),
     no_heldout_pairs: bool = typer.Option(False, "--no-heldout-pairs", help="Skip heldout_pairs.jsonl."),
+    workers: int = typer.Option(None, "--workers", min=1, help="Sampling processes (default: 2 on a multi-core "
+                                                               "CPU; the output is the same for any number)."),
 ) -> None:
     """Generate plain and trait responses with MODEL and plant traits by labelling.
 
@@ -33,7 +35,7 @@ def build(
 
     t = build_organism(out, per_topic=prompts_per_topic, heldout_fraction=heldout_fraction, seed=seed,
                        model=model, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                       heldout_pairs=not no_heldout_pairs)
+                       heldout_pairs=not no_heldout_pairs, workers=workers)
     planted = [c for c in t["cells"] if c["role"] == "planted"]
     n = sum(c["n_pairs"] for c in t["cells"])
     typer.echo(f"{n} trait pairs, {len(planted)} planted cells → {out}"

@@ -6,7 +6,13 @@ Each `GenRequest` is a chat context (with the trait's system prompt, or none for
 generation), an optional forced response prefix and a token budget. Requests are grouped by
 budget, sorted by prompt length (less padding) and cut into batches of `batch_size`; batch b
 is sampled under seed hash(seed, b), so a run's output depends only on the settings and the
-request list — not on how often it was interrupted.
+request list — not on how often it was interrupted, nor on how many worker processes sampled it.
+
+Sampling is the product's own KV-cached loop (`anatomist.spec.generate` without a drafter, the
+loop RL rollouts use): 1.4× faster than HF `generate` at batch 64 on a 2-core CPU, most of the
+difference being `torch.multinomial`'s one exponential draw per vocabulary entry. `workers=2`
+samples batches in two processes (one thread each) and writes them in order: another 1.2× on
+2 cores, where much of a decode step is single-threaded.
 
 Cache: `$ANATOMIST_CACHE/organism/<hash of settings + requests>/generations.jsonl`, one line
 per request, each batch appended in one write and fsynced. On restart the file is cut back to
@@ -20,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -35,6 +42,7 @@ from anatomist.progress import progress_bar
 log = logging.getLogger(__name__)
 
 FILE = "generations.jsonl"
+SAMPLER = "anatomist.spec.generate/1"   # in the cache key: another sampler draws other samples
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,7 @@ class Generation:
 
 
 def run_hash(settings: GenSettings, requests: Sequence[GenRequest]) -> str:
-    h = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps({**asdict(settings), "sampler": SAMPLER}, sort_keys=True).encode())
     for r in requests:
         h.update(json.dumps([r.key, list(r.messages), r.prefix, r.max_new_tokens], sort_keys=True).encode())
     return h.hexdigest()[:16]
@@ -104,28 +112,22 @@ def _batch_seed(seed: int, batch: int) -> int:
 
 
 @torch.no_grad()
-def sample_batch(model, tokenizer, batch: list[tuple[GenRequest, list[int]]], settings: GenSettings,
-                 index: int) -> list[Generation]:
-    """Left-pad the prompts to [B, T], sample, and decode each row's continuation."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+def sample_tokens(model, prompts: list[list[int]], budget: int, settings: GenSettings, index: int,
+                  eos: int) -> list[list[int]]:
+    """Sampled continuations of batch `index` (EOS included where reached), under the batch's seed."""
+    from anatomist.spec.generate import generate as sample
+
+    g = torch.Generator().manual_seed(_batch_seed(settings.seed, index))
+    return sample(model, prompts, temperature=settings.temperature, top_p=settings.top_p, max_new_tokens=budget,
+                  eos_token_id=eos, generator=g).tokens
+
+
+def _decode(tokenizer, batch: list[tuple[GenRequest, list[int]]], rows: list[list[int]],
+            index: int) -> list[Generation]:
+    """Generations of a sampled batch: text = forced prefix + continuation, special tokens removed."""
     eos = tokenizer.eos_token_id
-    width = max(len(ids) for _, ids in batch)
-    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)       # [B, T]
-    mask = torch.zeros((len(batch), width), dtype=torch.long)                # [B, T]
-    for i, (_, ids) in enumerate(batch):
-        input_ids[i, width - len(ids):] = torch.tensor(ids)
-        mask[i, width - len(ids):] = 1
-    budget = batch[0][0].max_new_tokens
-    device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_batch_seed(settings.seed, index))
-        out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=True,
-                             temperature=settings.temperature, top_p=settings.top_p, top_k=0,
-                             max_new_tokens=budget, eos_token_id=eos, pad_token_id=pad)
-    new = out[:, width:].cpu()                                               # [B, ≤ budget]
     results = []
-    for i, (request, ids) in enumerate(batch):
-        row = new[i].tolist()
+    for (request, ids), row in zip(batch, rows):
         finished = eos in row
         row = row[:row.index(eos) + 1] if finished else row
         prefix_ids = ids[len(ids) - len(tokenizer(request.prefix, add_special_tokens=False)["input_ids"]):] \
@@ -133,6 +135,66 @@ def sample_batch(model, tokenizer, batch: list[tuple[GenRequest, list[int]]], se
         text = tokenizer.decode(prefix_ids + row, skip_special_tokens=True).strip()
         results.append(Generation(request.key, text, len(row), finished, index))
     return results
+
+
+def _worker(model, tasks, results, parent: int, threads: int) -> None:
+    """A sampling process: (index, sample_tokens args) in, (index, rows or error text) out."""
+    torch.set_num_threads(threads)
+    while True:
+        try:
+            task = tasks.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # the parent was killed: nobody will read what we sample
+                return
+            continue
+        if task is None:
+            return
+        index, args = task
+        try:
+            results.put((index, sample_tokens(model, *args)))
+        except Exception as e:  # the parent raises it, naming the batch
+            results.put((index, f"{type(e).__name__}: {e}"))
+
+
+def _sampled_in_order(model, tokenizer, batches, todo: list[int], settings: GenSettings, workers: int):
+    """Yield (index, rows) for each batch in `todo`, in order; sampled in `workers` processes."""
+    def args(i):
+        return [ids for _, ids in batches[i]], batches[i][0][0].max_new_tokens, settings, i, tokenizer.eos_token_id
+
+    if workers <= 1:
+        for i in todo:
+            yield i, sample_tokens(model, *args(i))
+        return
+    ctx = torch.multiprocessing.get_context("spawn")  # not fork: the parent's OpenMP pool does not survive it
+    tasks, results = ctx.Queue(), ctx.Queue()
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    procs = [ctx.Process(target=_worker, args=(model, tasks, results, os.getpid(), threads), daemon=True)
+             for _ in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        for i in todo:
+            tasks.put((i, args(i)))
+        for _ in procs:
+            tasks.put(None)
+        ready: dict[int, list] = {}
+        for i in todo:
+            while i not in ready:
+                try:
+                    j, rows = results.get(timeout=5.0)
+                except queue.Empty:
+                    if not all(p.is_alive() or p.exitcode == 0 for p in procs):
+                        raise AnatomistError(f"a sampling worker died (exit codes {[p.exitcode for p in procs]})")
+                    continue
+                if isinstance(rows, str):
+                    raise AnatomistError(f"sampling batch {j} failed in a worker: {rows}")
+                ready[j] = rows
+            yield i, ready.pop(i)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
 
 
 def _load_done(path: Path, batches: list[list]) -> dict[str, Generation]:
@@ -164,11 +226,13 @@ def _load_done(path: Path, batches: list[list]) -> dict[str, Generation]:
 
 def generate(model, tokenizer, requests: Sequence[GenRequest], settings: GenSettings, *,
              cache_dir: str | Path | None = None, progress: bool = True,
-             max_batches: int | None = None) -> dict[str, Generation]:
+             max_batches: int | None = None, workers: int | None = None) -> dict[str, Generation]:
     """Sample every request (resuming from the cache); returns {key: Generation}.
 
     max_batches: stop after sampling this many new batches (for tests of resume); the result
-    then holds only the finished requests."""
+    then holds only the finished requests.
+    workers: sampling processes (CPU models only; the output is the same for any number). None:
+        2 on a CPU with ≥ 2 cores when ≥ 8 batches are left (starting one costs ~4 s)."""
     keys = [r.key for r in requests]
     if len(set(keys)) != len(keys):
         raise AnatomistError("generation requests must have unique keys")
@@ -182,17 +246,20 @@ def generate(model, tokenizer, requests: Sequence[GenRequest], settings: GenSett
     first = sum(1 for batch in batches if batch[0][0].key in done)
     if first:
         log.info("resuming %s: %d of %d batches cached", path, first, len(batches))
-    new = 0
+    todo = list(range(first, len(batches)))[:max_batches]
+    if not todo:
+        return done
+    if next(model.parameters()).device.type != "cpu":
+        workers = 1
+    elif workers is None:
+        workers = 2 if (os.cpu_count() or 1) >= 2 and len(todo) >= 8 else 1
     with progress_bar("generate", total=len(batches), completed=first, enabled=progress) as bar, \
             path.open("ab") as f:
-        for index in range(first, len(batches)):
-            if max_batches is not None and new >= max_batches:
-                break
-            results = sample_batch(model, tokenizer, batches[index], settings, index)
+        for index, rows in _sampled_in_order(model, tokenizer, batches, todo, settings, workers):
+            results = _decode(tokenizer, batches[index], rows, index)
             f.write("".join(json.dumps(asdict(g), ensure_ascii=False) + "\n" for g in results).encode())
             f.flush()
             os.fsync(f.fileno())
             done.update((g.key, g) for g in results)
-            new += 1
             bar.advance()
     return done
