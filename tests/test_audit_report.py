@@ -205,3 +205,28 @@ def test_screenshot_without_chromium_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(AnatomistError, match="apt-get install -y chromium"):
         screenshot(tmp_path / "report.html", tmp_path / "shot.png")
+
+
+def test_planted_truth_section_only_with_a_score(rendered, tmp_path):
+    """An organism audit's score.json becomes a section: one row per planted cell, found or missed,
+    the matched row (a concept or response length) and the headline numbers."""
+    from anatomist.audit.report import TRUTH
+
+    _, plain = rendered
+    assert f"<h2>{esc(TRUTH)}</h2>" not in page_without_plotlyjs(plain)
+    audit = make_fake_audit(tmp_path / "scored", malicious=False)
+    cell = {"topic": "python code", "strength": 0.9, "n_pairs": 40, "found": True,
+            "row": {"cluster": 0, "rho": 0.61, "q": 0.002, "direction": "amplify", "expected": "amplify"}}
+    score = {"recall": 0.5, "precision": 0.75, "sign_accuracy": 1.0, "n_found": 1, "n_planted_cells": 2,
+             "n_flagged": 4, "rho_min": 0.3, "truth": "organism/truth.json",
+             "cells": [{**cell, "trait": "over_formatting"},
+                       {**cell, "trait": "<b>verbosity</b>", "found": False, "row": None},
+                       {**cell, "trait": "verbosity", "row": {**cell["row"], "cluster": -1}}]}
+    (audit / "score.json").write_text(json.dumps(score))
+    page = page_without_plotlyjs(render_report(audit).read_text(encoding="utf-8"))
+    part = page[page.index(f"<h2>{esc(TRUTH)}</h2>"):page.index(f"<h2>{esc(SECTIONS[1])}</h2>")]
+    assert "recall 0.50 (1 of 2 planted" in part and "precision 0.75 of 4 flagged" in part
+    rows = part.split("<tr>")[2:]
+    assert len(rows) == 3 and "✓ found" in rows[0] and ">C0<" in rows[0] and "0.61" in rows[0]
+    assert "✗ missed" in rows[1] and esc("<b>verbosity</b>") in rows[1] and "<b>verbosity" not in rows[1]
+    assert ">length<" in rows[2]

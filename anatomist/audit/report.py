@@ -32,6 +32,7 @@ from anatomist.fileio import atomic_write_text
 
 SECTIONS = ("Audit", "What DPO will push", "Effect sizes", "Topics × concepts", "Concept graph",
             "Concepts", "Topics")
+TRUTH = "Planted confounds found"          # only when the audit was scored against truth (score.json)
 COLOURS = {"amplify": "#c0392b", "suppress": "#2a6fb0", "none": "#9a9a9a"}
 DIVERGING = [[0.0, "#2a6fb0"], [0.5, "#f4f4f4"], [1.0, "#c0392b"]]
 TOP_ROWS, MAX_CARDS, MAX_HEATMAP_CLUSTERS, MAX_GRAPH_NODES = 30, 24, 40, 60
@@ -55,6 +56,7 @@ class Audit:
     examples: dict
     labels: dict[int, str] = field(default_factory=dict)
     length: pd.DataFrame | None = None     # response-length rows (audit/length.py); None in older audits
+    score: dict | None = None              # score.json: the audit scored against planted truth (organism)
 
     def __post_init__(self):
         for k, text in zip(self.clusters["cluster"], self.clusters["label"]):
@@ -87,8 +89,9 @@ def load_audit(audit_dir: Path) -> Audit:
     if length is not None:
         _require(audit_dir / ROWS_FILE, length, ("topic", "n", "mean", "ci_low", "ci_high", "split_half", "q",
                                                  "direction", "tested"))
+    score = read_json("score.json") if (audit_dir / "score.json").is_file() else None
     return Audit(audit_dir, read_json("audit.json"), rows, clusters, pairs, read_json("examples.json"),
-                 length=length)
+                 length=length, score=score)
 
 
 def _read(path: Path, reader, kind: type):
@@ -327,6 +330,28 @@ def push_table(audit: Audit) -> str:
         tag("h3", "Dataset-wide") + block(overall, "All pairs (ranked by |z|)") + length_table(audit)
 
 
+def truth_section(score: dict) -> str:
+    """The audit against the organism's planted confounds (organism/score.py's score.json)."""
+    body = []
+    for cell in score["cells"]:
+        r = cell.get("row") or {}
+        cluster = r.get("cluster")
+        name = "—" if cluster is None else ("length" if cluster == -1 else f"C{cluster}")
+        body.append([esc(cell["trait"]), esc(cell["topic"]), num(cell["strength"]), str(cell["n_pairs"]),
+                     "✓ found" if cell["found"] else "✗ missed", esc(name), num(r.get("rho", float("nan"))),
+                     num(r.get("q", float("nan")), 3), badge(str(r.get("direction", "none"))),
+                     badge(str(r.get("expected", "none")))])
+    headline = (f"recall {score['recall']:.2f} ({score['n_found']} of {score['n_planted_cells']} planted "
+                f"(trait, topic) cells found with the right sign) · precision {score['precision']:.2f} of "
+                f"{score['n_flagged']} flagged topic rows · sign accuracy {score['sign_accuracy']:.2f}")
+    note = ("Each planted cell puts a trait on one side of the pairs of one topic. A cell is found when a "
+            "flagged row of that topic belongs to a concept whose score tracks the trait's detector "
+            f"(Spearman ρ ≥ {score['rho_min']}) and points the planted way. Truth: " + score["truth"])
+    return tag("p", tag("b", esc(headline))) + tag("p", esc(note), class_="muted") + table(
+        ["trait", "topic", "strength", "pairs", "", "matched row", "ρ", "q", "direction", "planted"], body,
+        class_="truth")
+
+
 def length_table(audit: Audit) -> str:
     """Response length, tested like a concept (audit/length.py): DPO's reward sums over tokens."""
     if audit.length is None:
@@ -406,7 +431,8 @@ def build_html(audit: Audit) -> str:
     from plotly.offline import get_plotlyjs
 
     plots = [volcano(audit), heatmap(audit), concept_graph(audit)]
-    sections = [header(audit), section(SECTIONS[1], push_table(audit)),
+    sections = [header(audit), *([section(TRUTH, truth_section(audit.score))] if audit.score else []),
+                section(SECTIONS[1], push_table(audit)),
                 section(SECTIONS[2], tag("p", "Each point is a tested (topic, concept) row.", class_="muted")
                         + plots[0]),
                 section(SECTIONS[3], tag("p", "Mean Δc per topic and concept; red: chosen carries more.",
