@@ -337,7 +337,8 @@ def truth_section(score: dict) -> str:
         r = cell.get("row") or {}
         cluster = r.get("cluster")
         name = "—" if cluster is None else ("length" if cluster == -1 else f"C{cluster}")
-        body.append([esc(cell["trait"]), esc(cell["topic"]), num(cell["strength"]), str(cell["n_pairs"]),
+        side = "chosen" if cell["strength"] > 0.5 else "rejected"
+        body.append([esc(cell["trait"]), esc(cell["topic"]), f"{side} ({num(cell['strength'])})", str(cell["n_pairs"]),
                      "✓ found" if cell["found"] else "✗ missed", esc(name), num(r.get("rho", float("nan"))),
                      num(r.get("q", float("nan")), 3), badge(str(r.get("direction", "none"))),
                      badge(str(r.get("expected", "none")))])
@@ -346,9 +347,12 @@ def truth_section(score: dict) -> str:
                 f"{score['n_flagged']} flagged topic rows · sign accuracy {score['sign_accuracy']:.2f}")
     note = ("Each planted cell puts a trait on one side of the pairs of one topic. A cell is found when a "
             "flagged row of that topic belongs to a concept whose score tracks the trait's detector "
-            f"(Spearman ρ ≥ {score['rho_min']}) and points the planted way. Truth: " + score["truth"])
+            f"(|Spearman ρ| ≥ {score['rho_min']}) and moves the way the planted side implies: 'expected' is "
+            "that direction for the matched concept (a concept anti-correlated with the trait should be "
+            "suppressed where the trait is chosen). Truth: " + score["truth"])
     return tag("p", tag("b", esc(headline))) + tag("p", esc(note), class_="muted") + table(
-        ["trait", "topic", "strength", "pairs", "", "matched row", "ρ", "q", "direction", "planted"], body,
+        ["trait", "topic", "planted on (strength)", "pairs", "", "matched row", "ρ", "q", "direction", "expected"],
+        body,
         class_="truth")
 
 
