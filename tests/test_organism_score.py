@@ -172,7 +172,7 @@ def test_stub_build_labels_match_truth(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_generate(model, tokenizer, requests, settings, *, cache_dir=None, progress=True):
+    def fake_generate(model, tokenizer, requests, settings, *, cache_dir=None, progress=True, workers=None):
         calls.append((len(requests), cache_dir))
         return _stub_results(requests)
 
@@ -325,7 +325,8 @@ def test_score_and_reuse_on_a_real_audit_folder(fake_audit, tmp_path, smol_token
 def test_relabel_organism_from_cache_only(tmp_path, monkeypatch):
     from anatomist.organism import build as B
 
-    def fake_generate(model, tokenizer, requests, settings, *, cache_dir=None, progress=True, max_batches=None):
+    def fake_generate(model, tokenizer, requests, settings, *, cache_dir=None, progress=True, max_batches=None,
+                      workers=None):
         return _stub_results(requests)
 
     monkeypatch.setattr(B, "generate", fake_generate)

@@ -21,7 +21,8 @@ def real():
 
     torch.set_num_threads(1)
     audit = Audit(AUDIT)
-    pairs = {p.id: p for p in load_pairs(HH_FILE, on_bad_row="skip")}
+    data = audit.meta["data"].get("file") or HH_FILE      # older demos audited HH without recording the file
+    pairs = {p.id: p for p in load_pairs(REPO / data, on_bad_row="skip")}
     return audit, [pairs[i] for i in audit.pair_ids]
 
 
