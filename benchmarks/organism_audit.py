@@ -2,7 +2,7 @@
 at the default strength and weaker ones, against a random-label baseline from the same run.
 
     nice -n 10 .venv/bin/python benchmarks/organism_audit.py [--organism runs/organism]
-        [--audit runs/organism_audit] [--strengths 0.9,0.75,0.6] [--top-k K]
+        [--audit runs/organism_audit] [--strengths 0.9,0.75,0.6] [--poolings mean,max] [--top-k K]
 
 1. Builds the default organism into --organism unless its truth.json exists (generations cached).
 2. Audits its train.jsonl with the default SAE and `AuditConfig(topic_column="topic")` into
@@ -14,6 +14,9 @@ at the default strength and weaker ones, against a random-label baseline from th
    latents depend only on its prompt and text, so the default audit's latent store is
    reordered for the new sides (`organism.score.reuse_latents`). "null" relabels every planted
    cell as a balanced control (random labels): the baseline, scored against the default truth.
+   Each further pooling (--poolings; the audit's default is mean) audits every strength again
+   into <audit>[_s<s>]_<pooling>, from the same latents: mean pooling dilutes a short trait (a
+   flattering opener) over the answer, max pooling keeps it but also grows with length.
 4. Scores every audit (`organism.score.score_audit`, writes score.json) and prints the table,
    with clusters matched to traits within each row's topic (the default), then again with the
    stricter global matching (a cluster must track the trait over all of its topics).
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -63,6 +67,8 @@ def main() -> None:
     ap.add_argument("--audit", type=Path, default=Path("runs/organism_audit"))
     ap.add_argument("--strengths", default="0.9,0.75,0.6",
                     help="planted strengths (0.9 = the default organism); 'null' adds nothing (always run)")
+    ap.add_argument("--poolings", default="mean,max",
+                    help="audit pooling(s) to compare; the first audit's latents serve every other one")
     ap.add_argument("--top-k", type=int, default=None, help="only the first K flagged topic rows count")
     ap.add_argument("--rho-min", type=float, default=0.3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -88,32 +94,38 @@ def main() -> None:
                   sae_path=sae_path, data_path=str(args.organism / "train.jsonl"))
     audit_s = time.time() - t
 
+    def dirs(s: float | None, pooling: str) -> tuple[Path, Path]:
+        """(organism folder, audit folder) of strength s (None: null) audited with `pooling`."""
+        tag = "" if s == DEFAULT_STRENGTH else f"_{'null' if s is None else f's{s:g}'}"
+        data = args.organism.with_name(args.organism.name + tag)
+        return data, args.audit.with_name(args.audit.name + tag + ("" if pooling == "mean" else f"_{pooling}"))
+
     results, strict, timings = {}, {}, {}
-    for s in [None] + [float(x) for x in args.strengths.split(",")]:
-        name = "null" if s is None else f"{s:g}"
-        t = time.time()
-        if s == DEFAULT_STRENGTH:
-            data, audit_dir = args.organism, args.audit
-        else:
-            data = args.organism.with_name(f"{args.organism.name}_{'null' if s is None else f's{s:g}'}")
-            audit_dir = args.audit.with_name(f"{args.audit.name}_{'null' if s is None else f's{s:g}'}")
-            relabel_organism(args.organism, data, weaker(DEFAULT_CONFIG, s), tokenizer=loaded.tokenizer)
+    for pooling in args.poolings.split(","):
+        for s in [None] + [float(x) for x in args.strengths.split(",")]:
+            name = "null" if s is None else f"{s:g}"
+            t = time.time()
+            data, audit_dir = dirs(s, pooling)
+            if s != DEFAULT_STRENGTH:
+                relabel_organism(args.organism, data, weaker(DEFAULT_CONFIG, s), tokenizer=loaded.tokenizer)
             new_pairs = load_pairs(data / "train.jsonl")
             if not audited(audit_dir, new_pairs):
+                # every audit reads the default audit's latents: same responses, other sides or pooling
                 reuse_latents(args.audit / "latents", audit_dir / "latents", pairs, new_pairs)
-                run_audit(loaded.model, loaded.tokenizer, sae, new_pairs, audit_dir, cfg,
-                          model_name="smollm2-135m-instruct", sae_path=sae_path, progress=False)
-        # a relabelled organism is scored against its own truth (same cells and signs, other
-        # strengths); the null one against the default truth
-        ensure_length_tables(audit_dir)    # audits written before length.parquet: from their latents
-        score = partial(score_audit, audit_dir, truth if s is None else data / "truth.json",
-                        data_path=data / "train.jsonl", top_k=args.top_k, rho_min=args.rho_min)
-        results[name] = score()                                       # matching "topic"; writes score.json
-        strict[name] = score(matching="global", write=False)
-        timings[name] = time.time() - t
-        print(f"\n== strength {name} ({audit_dir}) ==\n{format_score(results[name])}", flush=True)
+                run_audit(loaded.model, loaded.tokenizer, sae, new_pairs, audit_dir, replace(cfg, pooling=pooling),
+                          model_name="smollm2-135m-instruct", sae_path=sae_path, progress=False,
+                          data_path=str(data / "train.jsonl"))
+            # a relabelled organism is scored against its own truth (same cells and signs, other
+            # strengths); the null one against the default truth
+            ensure_length_tables(audit_dir)    # audits written before length.parquet: from their latents
+            score = partial(score_audit, audit_dir, truth if s is None else data / "truth.json",
+                            data_path=data / "train.jsonl", top_k=args.top_k, rho_min=args.rho_min)
+            key = (pooling, name)
+            results[key] = score()                                       # matching "topic"; writes score.json
+            strict[key] = score(matching="global", write=False)
+            timings[key] = time.time() - t
+            print(f"\n== {pooling} pooling, strength {name} ({audit_dir}) ==\n{format_score(results[key])}", flush=True)
 
-    null = results["null"]
     print(f"\norganism build (build.json): {built['n_pairs']} train pairs in {built['seconds_train']:.0f} s "
           f"({built['seconds_train'] / BUILD_GOAL_S:.2f} × the {BUILD_GOAL_S} s goal), with "
           f"{built['n_heldout_pairs']} held-out pairs {built['seconds']:.0f} s "
@@ -122,18 +134,17 @@ def main() -> None:
           f"(0 = reused); total {time.time() - t0:.0f} s")
     print("null = the same responses with every planted cell relabelled as a balanced control, scored against "
           "the default truth (what the audit 'finds' by chance)")
-    print(f"{'strength':>8s} {'recall':>7s} {'precision':>9s} {'sign acc':>8s} {'trait share':>11s} "
-          f"{'flagged':>7s} {'controls fp':>11s} {'recall - null':>13s} {'seconds':>7s}")
-    for name, r in results.items():
-        print(f"{name:>8s} {r['recall']:7.2f} {r['precision']:9.2f} {r['sign_accuracy']:8.2f} "
-              f"{r['trait_share']:11.2f} {r['n_flagged']:7d} {r['control_false_positive_rate']:11.2f} "
-              f"{r['recall'] - null['recall']:13.2f} {timings[name]:7.0f}")
-    print("\nthe same audits with matching='global' (a cluster must track the trait across all its topics, "
-          "not only in the row's topic):")
-    for name, r in strict.items():
-        print(f"{name:>8s} {r['recall']:7.2f} {r['precision']:9.2f} {r['sign_accuracy']:8.2f} "
-              f"{r['trait_share']:11.2f} {r['n_flagged']:7d} {r['control_false_positive_rate']:11.2f} "
-              f"{r['recall'] - strict['null']['recall']:13.2f}")
+    for title, table in (("matching='topic' (the default)", results),
+                         ("matching='global' (a cluster must track the trait across all its topics, not only in the "
+                          "row's topic)", strict)):
+        print(f"\n{title}:")
+        print(f"{'pooling':>7s} {'strength':>8s} {'recall':>7s} {'precision':>9s} {'sign acc':>8s} "
+              f"{'trait share':>11s} {'flagged':>7s} {'controls fp':>11s} {'recall - null':>13s} {'seconds':>7s}")
+        for (pooling, name), r in table.items():
+            null = table[(pooling, "null")]
+            print(f"{pooling:>7s} {name:>8s} {r['recall']:7.2f} {r['precision']:9.2f} {r['sign_accuracy']:8.2f} "
+                  f"{r['trait_share']:11.2f} {r['n_flagged']:7d} {r['control_false_positive_rate']:11.2f} "
+                  f"{r['recall'] - null['recall']:13.2f} {timings[(pooling, name)]:7.0f}")
 
 
 if __name__ == "__main__":
