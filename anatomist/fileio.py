@@ -30,7 +30,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_save_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     """`safetensors.torch.save_file`, atomically and leaving nothing behind after a kill.
 
-    Not `save_file(tmp)`: safetensors ≥ 0.6 writes through its own `.tmpXXXXXX` sibling, whose
+    Not `save_file(tmp)`: safetensors (0.8 here) writes through its own `.tmpXXXXXX` sibling, whose
     name carries no writer, so a kill mid-save leaves a file nobody can safely remove. Serializing to
     bytes first keeps the only temporary file our pid-named one.
     """

@@ -230,3 +230,10 @@ def test_planted_truth_section_only_with_a_score(rendered, tmp_path):
     assert len(rows) == 3 and "✓ found" in rows[0] and ">C0<" in rows[0] and "0.61" in rows[0]
     assert "✗ missed" in rows[1] and esc("<b>verbosity</b>") in rows[1] and "<b>verbosity" not in rows[1]
     assert ">length<" in rows[2]
+
+
+def test_a_damaged_score_json_is_named(tmp_path):
+    audit = make_fake_audit(tmp_path / "scored", malicious=False)
+    (audit / "score.json").write_text(json.dumps({"recall": 1.0}))
+    with pytest.raises(AnatomistError, match=r"score\.json: missing precision, sign_accuracy"):
+        render_report(audit)

@@ -33,6 +33,8 @@ from anatomist.fileio import atomic_write_text
 SECTIONS = ("Audit", "What DPO will push", "Effect sizes", "Topics × concepts", "Concept graph",
             "Concepts", "Topics")
 TRUTH = "Planted confounds found"          # only when the audit was scored against truth (score.json)
+SCORE_KEYS = ("recall", "precision", "sign_accuracy", "n_found", "n_planted_cells", "n_flagged", "rho_min", "truth",
+              "cells")
 COLOURS = {"amplify": "#c0392b", "suppress": "#2a6fb0", "none": "#9a9a9a"}
 DIVERGING = [[0.0, "#2a6fb0"], [0.5, "#f4f4f4"], [1.0, "#c0392b"]]
 TOP_ROWS, MAX_CARDS, MAX_HEATMAP_CLUSTERS, MAX_GRAPH_NODES = 30, 24, 40, 60
@@ -90,6 +92,10 @@ def load_audit(audit_dir: Path) -> Audit:
         _require(audit_dir / ROWS_FILE, length, ("topic", "n", "mean", "ci_low", "ci_high", "split_half", "q",
                                                  "direction", "tested"))
     score = read_json("score.json") if (audit_dir / "score.json").is_file() else None
+    missing = [k for k in SCORE_KEYS if k not in (score or dict.fromkeys(SCORE_KEYS))]
+    if missing:
+        raise AnatomistError(f"{audit_dir / 'score.json'}: missing {', '.join(missing)}; rewrite it with "
+                             f"`anatomist organism score {audit_dir}` or delete it")
     return Audit(audit_dir, read_json("audit.json"), rows, clusters, pairs, read_json("examples.json"),
                  length=length, score=score)
 
@@ -350,10 +356,10 @@ def truth_section(score: dict) -> str:
             f"(|Spearman ρ| ≥ {score['rho_min']}) and moves the way the planted side implies: 'expected' is "
             "that direction for the matched concept (a concept anti-correlated with the trait should be "
             "suppressed where the trait is chosen). Truth: " + score["truth"])
-    return tag("p", tag("b", esc(headline))) + tag("p", esc(note), class_="muted") + table(
-        ["trait", "topic", "planted on (strength)", "pairs", "", "matched row", "ρ", "q", "direction", "expected"],
-        body,
-        class_="truth")
+    header_ = ["trait", "topic", "planted on (strength)", "pairs", "", "matched row", "ρ", "q", "direction",
+               "expected"]
+    return tag("p", tag("b", esc(headline))) + tag("p", esc(note), class_="muted") + table(header_, body,
+                                                                                         class_="truth")
 
 
 def length_table(audit: Audit) -> str:
