@@ -9,10 +9,10 @@ is sampled under seed hash(seed, b), so a run's output depends only on the setti
 request list — not on how often it was interrupted, nor on how many worker processes sampled it.
 
 Sampling is the product's own KV-cached loop (`anatomist.spec.generate` without a drafter, the
-loop RL rollouts use): 1.4× faster than HF `generate` at batch 64 on a 2-core CPU, most of the
-difference being `torch.multinomial`'s one exponential draw per vocabulary entry. `workers=2`
-samples batches in two processes (one thread each) and writes them in order: another 1.2× on
-2 cores, where much of a decode step is single-threaded.
+loop RL rollouts use): 1.22× HF `generate`'s rate at batch 64 on a 2-core CPU, whose
+`torch.multinomial` draws one exponential per vocabulary entry. `workers=2` samples batches in
+two processes (one thread each) and writes them in order: 1.46× HF in all, since much of a decode
+step is single-threaded (`benchmarks/organism_build.py` measures all three).
 
 Cache: `$ANATOMIST_CACHE/organism/<hash of settings + requests>/generations.jsonl`, one line
 per request, each batch appended in one write and fsynced. On restart the file is cut back to
