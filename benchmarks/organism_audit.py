@@ -2,7 +2,7 @@
 at the default strength and weaker ones, against a random-label baseline from the same run.
 
     nice -n 10 .venv/bin/python benchmarks/organism_audit.py [--organism runs/organism]
-        [--audit runs/organism_audit] [--strengths 0.9,0.75,0.6] [--poolings mean,max] [--top-k K]
+        [--audit runs/organism_audit] [--strengths 0.9,0.75,0.6] [--poolings mean,max,top16] [--top-k K]
 
 1. Builds the default organism into --organism unless its truth.json exists (generations cached).
 2. Audits its train.jsonl with the default SAE and `AuditConfig(topic_column="topic")` into
@@ -16,7 +16,11 @@ at the default strength and weaker ones, against a random-label baseline from th
    cell as a balanced control (random labels): the baseline, scored against the default truth.
    Each further pooling (--poolings; the audit's default is mean) audits every strength again
    into <audit>[_s<s>]_<pooling>, from the same latents: mean pooling dilutes a short trait (a
-   flattering opener) over the answer, max pooling keeps it but also grows with length.
+   flattering opener) over the answer, max pooling keeps it but also grows with length; topN
+   (AuditConfig(pooling="topk", topk=N)) averages each latent's N largest token values.
+   Measured on two draws of the default organism (1,239 pairs each; session 5): top-k (k = 4, 8,
+   16, 32) behaves like max — every planted cell found, ~150 rows flagged, precision 0.72–0.77 —
+   while mean flags ~70 rows at 0.80–0.82 and, on one draw, misses flattery/health (q = 0.22).
 4. Scores every audit (`organism.score.score_audit`, writes score.json) and prints the table,
    with clusters matched to traits within each row's topic (the default), then again with the
    stricter global matching (a cluster must track the trait over all of its topics).
@@ -56,6 +60,13 @@ def weaker(config: PlantConfig, s: float | None) -> PlantConfig:
     return PlantConfig(tuple(plans), config.none_weight, config.seed)
 
 
+def pooling_config(cfg: AuditConfig, name: str) -> AuditConfig:
+    """'mean' / 'max' as they are; 'topN' → pooling "topk" with k = N."""
+    if name.startswith("top") and name[3:].isdigit():
+        return replace(cfg, pooling="topk", topk=int(name[3:]))
+    return replace(cfg, pooling=name)
+
+
 def audited(audit_dir: Path, pairs) -> bool:
     meta = audit_dir / "audit.json"
     return meta.is_file() and json.loads(meta.read_text())["data"]["hash"] == dataset_hash(pairs)
@@ -67,8 +78,9 @@ def main() -> None:
     ap.add_argument("--audit", type=Path, default=Path("runs/organism_audit"))
     ap.add_argument("--strengths", default="0.9,0.75,0.6",
                     help="planted strengths (0.9 = the default organism); 'null' adds nothing (always run)")
-    ap.add_argument("--poolings", default="mean,max",
-                    help="audit pooling(s) to compare; the first audit's latents serve every other one")
+    ap.add_argument("--poolings", default="mean,max,top16",
+                    help="audit pooling(s) to compare: mean, max, topN (top-k mean, k = N); the first audit's "
+                         "latents serve every other one")
     ap.add_argument("--top-k", type=int, default=None, help="only the first K flagged topic rows count")
     ap.add_argument("--rho-min", type=float, default=0.3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -112,7 +124,7 @@ def main() -> None:
             if not audited(audit_dir, new_pairs):
                 # every audit reads the default audit's latents: same responses, other sides or pooling
                 reuse_latents(args.audit / "latents", audit_dir / "latents", pairs, new_pairs)
-                run_audit(loaded.model, loaded.tokenizer, sae, new_pairs, audit_dir, replace(cfg, pooling=pooling),
+                run_audit(loaded.model, loaded.tokenizer, sae, new_pairs, audit_dir, pooling_config(cfg, pooling),
                           model_name="smollm2-135m-instruct", sae_path=sae_path, progress=False,
                           data_path=str(data / "train.jsonl"))
             # a relabelled organism is scored against its own truth (same cells and signs, other

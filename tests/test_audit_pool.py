@@ -50,6 +50,36 @@ def test_pooled_equals_direct_computation(tmp_path, setup):
     delta = pooled.pair_delta("max")
     assert delta.shape == (4, 64)
     torch.testing.assert_close(torch.tensor(delta[1]), torch.tensor((pooled.max[2] - pooled.max[3]).toarray()[0]))
+    assert pooled.topk is None                                    # only computed when asked for
+
+
+@pytest.mark.parametrize("k", [1, 3, 1000])
+def test_topk_pooling_is_the_mean_of_the_k_largest_token_values(tmp_path, setup, k):
+    model, tok, sae = setup
+    latents = pool_features(model, tok, sae, ITEMS, tmp_path / "pooled", batch_size=3, progress=False)
+    pooled = latents.pooled(topk=k)
+    for s, it in enumerate(ITEMS):
+        lat = _direct(model, tok, sae, it)                                     # [n, F]
+        want = lat.topk(min(k, lat.shape[0]), dim=0).values.mean(0)            # zeros count as token values
+        torch.testing.assert_close(torch.tensor(pooled.topk[s].toarray()[0]).float(), want, rtol=1e-4, atol=1e-5)
+    # k = 1 is max pooling, k ≥ every length is mean pooling
+    if k == 1:
+        np.testing.assert_allclose(pooled.topk.toarray(), pooled.max.toarray(), rtol=1e-12)
+    if k == 1000:
+        np.testing.assert_allclose(pooled.topk.toarray(), pooled.mean.toarray(), rtol=1e-12)
+    np.testing.assert_array_equal(latents.pool("topk", k).toarray(), pooled.topk.toarray())
+    np.testing.assert_array_equal(latents.pool("mean").toarray(), pooled.mean.toarray())
+
+
+def test_pooling_names_are_checked(tmp_path, setup):
+    model, tok, sae = setup
+    latents = pool_features(model, tok, sae, ITEMS[:2], tmp_path / "pooled", progress=False)
+    with pytest.raises(AnatomistError, match="pooling must be one of mean, max, topk, got 'median'"):
+        latents.pool("median")
+    with pytest.raises(AnatomistError, match="needs k"):
+        latents.pool("topk")
+    with pytest.raises(AnatomistError, match="topk must be >= 1"):
+        latents.pooled(topk=-1)
 
 
 def test_token_activations_select_features(setup):

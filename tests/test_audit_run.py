@@ -116,6 +116,8 @@ def test_audit_rejects_tiny_datasets_and_bad_config(tmp_path, smol_tokenizer):
         run_audit(None, smol_tokenizer, None, planted_pairs()[:3], tmp_path)
     with pytest.raises(AnatomistError, match="pooling must be"):
         AuditConfig(pooling="sum")
+    with pytest.raises(AnatomistError, match="topk must be >= 1"):
+        AuditConfig(pooling="topk", topk=0)
     with pytest.raises(AnatomistError, match="topic_embedder must be one of"):
         AuditConfig(topic_embedder="bert")
     with pytest.raises(AnatomistError, match="leiden_backend must be one of"):

@@ -63,6 +63,24 @@ def test_concept_scores_equal_the_audits_own(audited, tmp_path, one_thread):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_concept_scores_follow_the_audits_pooling(audited, tmp_path, smol_tokenizer, one_thread):
+    """A top-k-pooled audit (k recorded in audit.json) is scored with the same pooling and k."""
+    _, model, tok, sae = audited
+    cfg = AuditConfig(topic_column="topic", min_support=3, n_boot=50, n_examples=4, knn=5, min_pairs=4,
+                      pooling="topk", topk=3)
+    out = run_audit(model, tok, sae, pairs(), tmp_path / "audit", cfg, model_name="", progress=False)
+    scorer = Scorer.from_audit(out, loaded=(model, tok), sae=sae)
+    assert (scorer.pooling, scorer.topk) == ("topk", 3)
+    ps = pairs()
+    table = pd.read_parquet(out / "pairs.parquet")
+    got = score_texts(scorer, [p.prompt for p in ps], [p.chosen for p in ps], tmp_path / "s", progress=False)
+    want = table["c_chosen"].to_numpy().reshape(len(ps), -1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    scorer.pooling = "mean"                                  # the wrong pooling would not reproduce them
+    assert not np.allclose(score_texts(scorer, [p.prompt for p in ps], [p.chosen for p in ps], tmp_path / "m",
+                                       progress=False), want, rtol=1e-3, atol=1e-3)
+
+
 def test_scorer_needs_an_audit_folder(tmp_path):
     with pytest.raises(AnatomistError, match="not an audit folder"):
         Scorer.from_audit(tmp_path)

@@ -15,7 +15,9 @@ def audit(
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="HF id, local folder, .gguf file or alias."),
     sae: str = typer.Option("default", "--sae", help="SAE folder (SAELens format) or 'default' (trained once, cached)."),
     limit: int = typer.Option(None, "--limit", min=2, help="Audit only the first N pairs."),
-    pooling: str = typer.Option("mean", "--pooling", help="'mean' or 'max' pooling of latents over a response."),
+    pooling: str = typer.Option("mean", "--pooling",
+                                help="Latents over a response: 'mean', 'max' or 'topk' (mean of the k largest)."),
+    topk: int = typer.Option(16, "--topk", min=1, help="k of --pooling topk."),
     topics: int = typer.Option(None, "--topics", min=1, help="Number of prompt topics (default: by silhouette)."),
     topic_method: str = typer.Option("kmeans", "--topic-method", help="'kmeans' or 'leiden'."),
     topic_embedder: str = typer.Option("model", "--topic-embedder",
@@ -48,9 +50,10 @@ def audit(
     kwargs = {}
     if labeller == "openai":
         kwargs = {"base_url": base_url, "model": llm_model, "allow_remote": allow_remote}
-    cfg = AuditConfig(pooling=pooling, topics=topics, topic_method=topic_method, topic_embedder=topic_embedder,
-                      topic_column=topic_column, leiden_backend=leiden_backend, resolution=resolution,
-                      min_support=min_support, alpha=alpha, labeller=labeller, labeller_kwargs=kwargs, seed=seed)
+    cfg = AuditConfig(pooling=pooling, topk=topk, topics=topics, topic_method=topic_method,
+                      topic_embedder=topic_embedder, topic_column=topic_column, leiden_backend=leiden_backend,
+                      resolution=resolution, min_support=min_support, alpha=alpha, labeller=labeller,
+                      labeller_kwargs=kwargs, seed=seed)
     pairs = load_pairs(data, format=data_format, on_bad_row=on_bad_row, limit=limit)
     sae_path = str(default_sae(model)) if sae == "default" else sae
     loaded = load(model)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from anatomist.audit.pool import FORMAT, LatentStore, pool_features
+from anatomist.audit.pool import FORMAT, POOLINGS, LatentStore, pool_features
 from anatomist.capture.distributed import PARTS, part_dir, rank_slice
 from anatomist.capture.run import CaptureItem, items_hash
 from anatomist.capture.store import ShardWriter
@@ -128,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--sae", default="default", help="SAE folder, or 'default' (trained once, cached)")
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--pooling", default="mean", choices=("mean", "max"))
+    p.add_argument("--pooling", default="mean", choices=POOLINGS)
+    p.add_argument("--topk", type=int, default=16, help="k of --pooling topk")
     p.add_argument("--topics", type=int, default=None)
     p.add_argument("--topic-method", default="kmeans")
     p.add_argument("--topic-embedder", default="model")
@@ -161,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
-        cfg = AuditConfig(pooling=args.pooling, topics=args.topics, topic_method=args.topic_method,
+        cfg = AuditConfig(pooling=args.pooling, topk=args.topk, topics=args.topics, topic_method=args.topic_method,
                           topic_embedder=args.topic_embedder, topic_column=args.topic_column,
                           leiden_backend=args.leiden_backend, resolution=args.resolution, min_support=args.min_support,
                           min_pairs=args.min_pairs, knn=args.knn, alpha=args.alpha, n_boot=args.n_boot,

@@ -2,7 +2,7 @@
 
 The forward stops after the SAE's layer, the SAE encodes only response tokens (the prompt is
 context, not signal — DESIGN.md), and every response keeps its nonzero latents per token. From
-those, `Latents.pooled()` gives the max- and mean-pooled vectors the statistics use, and
+those, `Latents.pooled()` gives the pooled vectors the statistics use (POOLINGS), and
 `Latents.token_acts()` the per-token activations that labels and token filtering use — without
 a second forward pass. Results stream into a resumable shard store (`anatomist.capture.store`);
 position-0 tokens are never in a response, so the attention-sink outlier never reaches the SAE.
@@ -31,6 +31,12 @@ from anatomist.models.layers import check_layer
 from anatomist.progress import progress_bar
 
 FORMAT = "anatomist.latents/1"
+# How a response's per-token latents a_f(t), t = 1..n, become one vector (audit.run's `pooling`):
+#   mean  (1/n)·Σ_t a_f(t)               dilutes a short trait (a flattering opener) over a long answer
+#   max   max_t a_f(t)                   keeps it, but grows with length (more tokens, more chances)
+#   topk  (1/m)·Σ of the m = min(k, n) largest a_f(t): a short span of k tokens at full strength,
+#         a single outlier token at 1/k; k = 1 is max, k ≥ n is mean
+POOLINGS = ("mean", "max", "topk")
 
 
 class LatentStore(ShardStore):
@@ -47,6 +53,7 @@ class Pooled:
     prompt_emb: np.ndarray    # [S, D] mean prompt residual (identical for a pair's two sides)
     ids: list[str]
     sides: list[str]
+    topk: sp.csr_matrix | None = None   # [S, F], only when `Latents.pooled(topk=k)` was asked for it
 
     def pair_delta(self, which: str = "max") -> np.ndarray:
         """Δ [P, F] = pooled(y⁺) − pooled(y⁻), dense (P × F floats)."""
@@ -76,20 +83,39 @@ class Latents:
     def n_tokens(self) -> np.ndarray:
         return np.array([len(t) for t in self.tokens])
 
-    def pooled(self) -> Pooled:
+    def pooled(self, topk: int | None = None) -> Pooled:
+        """Max- and mean-pooled latents of every sequence; with topk=k also the top-k mean (POOLINGS)."""
         S, F = len(self.tokens), self.d_sae
         key = self._seq.astype(np.int64) * F + self._feat                        # one key per (seq, latent)
-        order = np.argsort(key, kind="stable")
+        # by (seq, latent), largest value first within each: the top-k mean reads a group's head
+        order = np.lexsort((-self._val, key)) if topk else np.argsort(key, kind="stable")
         key, val = key[order], self._val[order].astype(np.float64)
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, dtype=int)
         uniq = key[starts]
         rows, cols = uniq // F, uniq % F
         mx = np.maximum.reduceat(val, starts) if len(key) else val
         total = np.add.reduceat(val, starts) if len(key) else val
-        mean = total / np.maximum(self.n_tokens[rows], 1)
-        return Pooled(sp.csr_matrix((mx, (rows, cols)), shape=(S, F)),
-                      sp.csr_matrix((mean, (rows, cols)), shape=(S, F)),
-                      self.n_tokens, self.prompt_emb, self.ids, self.sides)
+        n = np.maximum(self.n_tokens[rows], 1)
+        matrix = lambda v: sp.csr_matrix((v, (rows, cols)), shape=(S, F))  # noqa: E731
+        top = None
+        if topk:
+            if topk < 1:
+                raise AnatomistError(f"topk must be >= 1, got {topk}")
+            # SAE latents are ≥ 0 (ReLU / JumpReLU / TopK), so a token where latent f is off (not
+            # stored) is a 0, never among the k largest ahead of a stored value
+            assert not len(val) or val.min() >= 0, "top-k pooling assumes non-negative latents"
+            rank = np.arange(len(key)) - np.repeat(starts, np.diff(np.r_[starts, len(key)]))
+            head = np.add.reduceat(np.where(rank < topk, val, 0.0), starts) if len(key) else val
+            top = matrix(head / np.minimum(n, topk))
+        return Pooled(matrix(mx), matrix(total / n), self.n_tokens, self.prompt_emb, self.ids, self.sides, top)
+
+    def pool(self, pooling: str, topk: int | None = None) -> sp.csr_matrix:
+        """The [S, F] matrix of one pooling by name (POOLINGS); "topk" needs k."""
+        if pooling not in POOLINGS:
+            raise AnatomistError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if pooling == "topk" and not topk:
+            raise AnatomistError("pooling 'topk' needs k (topk=…)")
+        return getattr(self.pooled(topk=topk if pooling == "topk" else None), pooling)
 
     def token_acts(self, seq: int, features: np.ndarray) -> np.ndarray:
         """Activations of `features` on each response token of sequence `seq`: [n_tokens, len(features)]."""

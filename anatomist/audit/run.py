@@ -28,7 +28,7 @@ import pandas as pd
 from anatomist.audit.concepts import concept_clusters
 from anatomist.audit.embed import EMBEDDERS, minilm_embed
 from anatomist.audit.graph import LEIDEN_BACKENDS
-from anatomist.audit.pool import pool_features
+from anatomist.audit.pool import POOLINGS, pool_features
 from anatomist.audit.rows import topic_cluster_rows
 from anatomist.audit.topics import column_topics, prompt_topics
 from anatomist.capture.run import items_from_pairs
@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 class AuditConfig:
     # Mean pooling by default: max over a response grows with its length, so on real data (HH:
     # rejected answers run longer) max-pooled concepts mostly measure length, not content.
-    pooling: str = "mean"                # which pooled vector feeds the statistics: "mean" | "max"
+    pooling: str = "mean"                # which pooled vector feeds the statistics: audit.pool.POOLINGS
+    topk: int = 16                       # k of pooling="topk": the mean of a latent's k largest token values
     min_support: int = 10                # a feature must fire in this many responses to be clustered
     knn: int = 10                        # neighbours per feature in the concept graph
     decoder_weight: float = 0.0          # weight of decoder-direction cosine in the feature graph
@@ -66,8 +67,10 @@ class AuditConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.pooling not in ("max", "mean"):
-            raise AnatomistError(f"pooling must be 'max' or 'mean', got {self.pooling!r}")
+        if self.pooling not in POOLINGS:
+            raise AnatomistError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.topk < 1:
+            raise AnatomistError(f"topk must be >= 1, got {self.topk}")
         if not 0 < self.alpha < 1:
             raise AnatomistError(f"alpha must be in (0, 1), got {self.alpha}")
         if self.topic_embedder not in EMBEDDERS:
@@ -138,7 +141,7 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
     items = items_from_pairs(pairs)
     latents = pool_features(model, tokenizer, sae, items, out / "latents", max_length=cfg.max_length,
                             batch_size=cfg.batch_size, progress=progress)
-    pooled = latents.pooled()
+    pooled = latents.pooled(topk=cfg.topk if cfg.pooling == "topk" else None)
     timings["pool_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

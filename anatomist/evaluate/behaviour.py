@@ -116,6 +116,7 @@ class Scorer:
     pooling: str = "mean"
     max_length: int = 256
     batch_size: int = 8
+    topk: int = 16              # k of pooling="topk"
 
     @classmethod
     def from_audit(cls, audit_dir: str | Path, *, loaded=None, sae=None) -> Scorer:
@@ -141,7 +142,7 @@ class Scorer:
             sae = load_sae(meta["sae"])
         cfg = meta.get("config", {})
         return cls(loaded[0], loaded[1], sae, concepts, int(meta["layer"]), cfg.get("pooling", "mean"),
-                   int(cfg.get("max_length", 256)), int(cfg.get("batch_size", 8)))
+                   int(cfg.get("max_length", 256)), int(cfg.get("batch_size", 8)), int(cfg.get("topk", 16)))
 
     def key(self, items) -> str:
         from anatomist.audit.pool import _tensor_hash
@@ -158,7 +159,7 @@ class Scorer:
         latents = pool_features(self.model, self.tokenizer, self.sae, items, Path(folder) / self.key(items),
                                 layer=self.layer, batch_size=self.batch_size, max_length=self.max_length,
                                 progress=progress)
-        acts = getattr(latents.pooled(), self.pooling)                          # [S, F]
+        acts = latents.pool(self.pooling, self.topk)                            # [S, F]
         return self.concepts.scores(acts)                                       # [S, C]
 
 
