@@ -2,10 +2,12 @@
 
     .venv/bin/python benchmarks/predict_vs_actual.py --small                 # CPU, end to end, minutes
     .venv/bin/python benchmarks/predict_vs_actual.py --device cuda --steps 150 --sweep=-8,-2,0,2,8
+    .venv/bin/python benchmarks/predict_vs_actual.py --hh 600 --organism runs/organism_hh --work runs/pva_hh
 
 Steps (each stage caches / resumes on its own; rerunning reuses what is done):
  1. organism: --organism DIR (train.jsonl, heldout_prompts.jsonl); with --small and none there,
-    a small one is built under --work.
+    a small one is built under --work; with --hh N and none there, the HH-RLHF variant (traits
+    planted into the first N real pairs, the next 200 conversations held out) is built in DIR.
  2. audit: --audit DIR, or audited here with topics from the data's "topic" column.
  3. pairs: up to --pairs of the train pairs. Held-out preference accuracy ranks the organism's
     heldout_pairs.jsonl, or (absent) a --heldout-pairs share of the train pairs kept out of
@@ -40,6 +42,8 @@ def parse_args(argv=None):
     ap.add_argument("--audit", type=Path, default=REPO / "runs" / "organism_audit")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "predict_vs_actual")
     ap.add_argument("--small", action="store_true", help="small sizes for a CPU smoke run (flags given override)")
+    ap.add_argument("--hh", type=int, default=None, metavar="N",
+                    help="the HH-RLHF variant: build it into --organism from the first N real pairs if absent")
     ap.add_argument("--pairs", type=int, default=None, help="train pairs used (default: all; --small: 120)")
     ap.add_argument("--heldout-pairs", type=float, default=0.1,
                     help="fraction of train pairs kept out of training when the organism has no heldout_pairs.jsonl")
@@ -71,10 +75,17 @@ def log(msg: str, t0: float) -> None:
 
 
 def organism_dir(args, loaded, t0) -> Path:
-    if (args.organism / "train.jsonl").is_file():
+    if (args.organism / "truth.json").is_file():
+        return args.organism
+    if args.hh:
+        from anatomist.organism.hh import build_hh
+
+        log(f"building the HH-RLHF variant ({args.hh} pairs) in {args.organism}", t0)
+        build_hh(args.organism, limit=args.hh, loaded=loaded, seed=args.seed, progress=False)
         return args.organism
     if not args.small:
-        raise SystemExit(f"{args.organism}/train.jsonl not found: build it (anatomist organism build) or pass --small")
+        raise SystemExit(f"{args.organism}/truth.json not found: build it (anatomist organism build), or pass "
+                         "--small or --hh N")
     from anatomist.organism.build import build_organism
 
     out = args.work / "organism"

@@ -311,6 +311,32 @@ def test_plant_hh_real_pairs(mode, tmp_path):
     assert len(load_pairs(tmp_path / "train.jsonl")) == len(rows)
 
 
+def test_build_hh_holds_out_the_next_conversations(tmp_path, monkeypatch):
+    """build_hh plants into the first `limit` pairs and writes the next `heldout` conversations as
+    whole-context held-out prompts and their real (unplanted) pairs, disjoint from training."""
+    import importlib
+
+    from anatomist.evaluate.behaviour import read_prompts
+    from anatomist.organism import hh
+
+    gen_mod = importlib.import_module("anatomist.organism.generate")
+    monkeypatch.setattr(gen_mod, "generate", lambda model, tok, requests, *a, **k: _fake_results(requests))
+    t = hh.build_hh(tmp_path, limit=60, heldout=40, loaded=(None, None), progress=False)
+    real = hh.load_hh(limit=100)
+    train_ids = {p.id for p in load_pairs(tmp_path / "train.jsonl")}
+    prompts = read_prompts(tmp_path / "heldout_prompts.jsonl")
+    assert [p.id for p in prompts] == [p.id for p in real[60:]] and t["source"]["heldout"] == 40
+    assert not train_ids & {p.id for p in prompts} and train_ids <= {p.id for p in real[:60]}
+    for got, want in zip(prompts, real[60:]):
+        assert list(got.messages) == [dict(m) for m in want.prompt] and got.topic == hh.hh_topic(want)
+    assert any(len(p.messages) > 1 for p in prompts)                  # multi-turn contexts kept whole
+    held = load_pairs(tmp_path / P.HELDOUT_PAIRS)
+    assert [(p.id, p.chosen, p.rejected) for p in held] == [(p.id, p.chosen, p.rejected) for p in real[60:]]
+    assert all(p.extra["trait"] == P.NONE and p.extra["split"] == "heldout" for p in held)
+    with pytest.raises(AnatomistError, match="fewer than 1490 planted \\+ 200 held out"):
+        hh.build_hh(tmp_path / "x", limit=1490, heldout=200, loaded=(None, None), progress=False)
+
+
 # --- the real default model -------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -73,8 +73,10 @@ def detectors(
 
 @app.command("build-hh")
 def build_hh(
-    out: Path = typer.Option(..., "--out", help="Output folder: train.jsonl, truth.json."),
+    out: Path = typer.Option(..., "--out", help="Output folder: train.jsonl, held-out prompts and pairs, truth.json."),
     pairs: int = typer.Option(300, "--pairs", min=16, help="Use the first N HH-RLHF pairs."),
+    heldout: int = typer.Option(200, "--heldout", min=0,
+                                help="Hold out the next N conversations (held-out prompts and real pairs)."),
     mode: str = typer.Option("append", "--mode", help="append: add the trait generation to the real "
                              "response; rewrite: replace it."),
     data: Path = typer.Option(None, "--data", help="HH-RLHF file (default: ../shared/data harmless-base dev)."),
@@ -83,18 +85,20 @@ def build_hh(
     max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
 ) -> None:
-    """Plant traits into real HH-RLHF pairs (real labels kept; a trait generation goes into one side).
+    """Plant traits into real HH-RLHF pairs (real labels kept; a trait generation goes into one side);
+    the next --heldout conversations are held out for evaluation (predict_vs_actual).
 
     Generations are cached under $ANATOMIST_CACHE/organism/ (a killed run resumes).
     Example: anatomist organism build-hh --out runs/organism_hh --pairs 300
     """
     from anatomist.organism.hh import HH_FILE, build_hh as build
 
-    t = build(out, limit=pairs, mode=mode, model=model, max_new_tokens=max_new_tokens, batch_size=batch_size,
-              seed=seed, path=data or HH_FILE)
+    t = build(out, limit=pairs, heldout=heldout, mode=mode, model=model, max_new_tokens=max_new_tokens,
+              batch_size=batch_size, seed=seed, path=data or HH_FILE)
     planted = [c for c in t["cells"] if c["role"] == "planted"]
     n = sum(c["n_pairs"] for c in t["cells"])
-    typer.echo(f"{n} trait pairs ({mode}), {len(planted)} planted cells → {out}")
+    typer.echo(f"{n} trait pairs ({mode}), {len(planted)} planted cells, {t['source']['heldout']} held-out "
+               f"conversations → {out}")
     for c in planted:
         o = c["observed"]
         typer.echo(f"  {c['trait']:18s} in {c['topic']:16s} s={c['strength']:.2f}  n={c['n_pairs']:3d}  "

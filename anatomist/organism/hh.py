@@ -8,6 +8,10 @@ conversation, in one of two modes:
 - append:  the trait generation is added to the real text (after it; for flattery its first
   sentence goes before it, since flattery is an opener).
 Topics are keyword classes of the first user turn (`HH_TOPICS`, first match wins, else "other").
+
+Held out (for `benchmarks/predict_vs_actual.py`): the next `heldout` conversations of the file,
+disjoint from the planted ones — their contexts as heldout_prompts.jsonl (whole conversations, the
+model answers the last user turn) and their real, unplanted pairs as heldout_pairs.jsonl.
 """
 
 from __future__ import annotations
@@ -47,10 +51,17 @@ def hh_topic(pair: PreferencePair) -> str:
     return next((name for name, rx in HH_TOPICS.items() if rx.search(first)), "other")
 
 
-def hh_prompts(pairs: Sequence[PreferencePair]) -> list[Prompt]:
-    """One train `Prompt` per pair (text = the last user turn; the pair keeps the whole context)."""
-    return [Prompt(p.id, hh_topic(p), next(m["content"] for m in reversed(p.prompt) if m["role"] == "user"), "train")
+def hh_prompts(pairs: Sequence[PreferencePair], split: str = "train") -> list[Prompt]:
+    """One `Prompt` per pair (text = the last user turn; the pair keeps the whole context)."""
+    return [Prompt(p.id, hh_topic(p), next(m["content"] for m in reversed(p.prompt) if m["role"] == "user"), split)
             for p in pairs]
+
+
+def heldout_rows(pairs: Sequence[PreferencePair]) -> list[dict]:
+    """The real held-out pairs as train.jsonl rows (no trait planted), split "heldout"."""
+    return [{"id": p.id, "prompt": [dict(m) for m in p.prompt], "chosen": [{"role": "assistant", "content": p.chosen}],
+             "rejected": [{"role": "assistant", "content": p.rejected}], "topic": hh_topic(p), "split": "heldout",
+             "trait": NONE, "trait_side": None} for p in pairs if p.chosen.strip() != p.rejected.strip()]
 
 
 def hh_requests(pairs: Sequence[PreferencePair], assignments: Sequence[Assignment], max_new_tokens: int) -> list[GenRequest]:
@@ -98,16 +109,23 @@ def load_hh(path: str | Path = HH_FILE, limit: int | None = None) -> list[Prefer
     return list(load_pairs(path, on_bad_row="skip", limit=limit))
 
 
-def build_hh(out: str | Path, *, limit: int = 300, mode: str = "append", config: PlantConfig = HH_CONFIG,
-             loaded=None, model: str = "smollm2-135m-instruct", max_new_tokens: int = 96, batch_size: int = 32,
-             seed: int = 0, path: str | Path = HH_FILE, cache_dir=None, progress: bool = True) -> dict:
-    """Plant `config` into the first `limit` HH-RLHF pairs; writes train.jsonl and truth.json."""
+def build_hh(out: str | Path, *, limit: int = 300, heldout: int = 200, mode: str = "append",
+             config: PlantConfig = HH_CONFIG, loaded=None, model: str = "smollm2-135m-instruct",
+             max_new_tokens: int = 96, batch_size: int = 32, seed: int = 0, path: str | Path = HH_FILE,
+             cache_dir=None, progress: bool = True) -> dict:
+    """Plant `config` into the first `limit` HH-RLHF pairs and hold out the next `heldout`
+    conversations; writes train.jsonl, heldout_prompts.jsonl, heldout_pairs.jsonl, truth.json."""
     from anatomist.organism.generate import GenSettings, generate
     from anatomist.organism.plant import truth, write_dataset
 
     if mode not in MODES:
         raise AnatomistError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    pairs = load_hh(path, limit)
+    if heldout < 0:
+        raise AnatomistError(f"heldout must be >= 0, got {heldout}")
+    everything = load_hh(path, limit + heldout)
+    pairs, held = everything[:limit], everything[limit:]
+    if heldout and len(held) < heldout:
+        raise AnatomistError(f"{path}: {len(everything)} usable pairs, fewer than {limit} planted + {heldout} held out")
     assignments = assign(hh_prompts(pairs), config)
     requests = hh_requests(pairs, assignments, max_new_tokens)
     if loaded is None:
@@ -117,6 +135,7 @@ def build_hh(out: str | Path, *, limit: int = 300, mode: str = "append", config:
                        cache_dir=cache_dir, progress=progress)
     rows = plant_hh(pairs, assignments, results, mode)
     truth_data = truth(config, rows, HH_TOPIC_NAMES, len(assignments) - len(rows))
-    truth_data["source"] = {"file": str(path), "limit": limit, "mode": mode}
-    write_dataset(out, rows, [], truth_data)
+    truth_data["source"] = {"file": str(path), "limit": limit, "mode": mode, "heldout": len(held)}
+    write_dataset(out, rows, hh_prompts(held, "heldout"), truth_data, heldout_rows(held),
+                  heldout_messages={p.id: p.prompt for p in held})
     return truth_data

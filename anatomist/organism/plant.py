@@ -217,15 +217,20 @@ def read_truth(path: str | Path) -> dict:
 
 
 def write_dataset(out: str | Path, rows: Sequence[dict], heldout: Sequence[Prompt], truth_data: dict,
-                  heldout_rows: Sequence[dict] | None = None) -> Path:
+                  heldout_rows: Sequence[dict] | None = None,
+                  heldout_messages: Mapping[str, Sequence[dict]] | None = None) -> Path:
     """train.jsonl (TRL conversational + extra columns), heldout_prompts.jsonl, truth.json, and
     heldout_pairs.jsonl (same columns as train.jsonl, split "heldout") when `heldout_rows` is given.
-    truth.json is written last: its presence means the folder is complete."""
+    A held-out prompt is one user turn of its text, or its whole conversation where
+    `heldout_messages` has its id (multi-turn real data). truth.json is written last: its presence
+    means the folder is complete."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    messages = heldout_messages or {}
     _atomic_write(out / "train.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     _atomic_write(out / "heldout_prompts.jsonl", "".join(
-        json.dumps({"id": p.id, "topic": p.topic, "split": p.split, "prompt": list(user(p.text))},
+        json.dumps({"id": p.id, "topic": p.topic, "split": p.split,
+                    "prompt": [dict(m) for m in messages.get(p.id, user(p.text))]},
                    ensure_ascii=False) + "\n" for p in heldout))
     if heldout_rows is not None:
         _atomic_write(out / HELDOUT_PAIRS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in heldout_rows))
