@@ -8,7 +8,8 @@ Steps (each stage caches / resumes on its own; rerunning reuses what is done):
  1. organism: --organism DIR (train.jsonl, heldout_prompts.jsonl); with --small and none there,
     a small one is built under --work; with --hh N and none there, the HH-RLHF variant (traits
     planted into the first N real pairs, the next 200 conversations held out) is built in DIR.
- 2. audit: --audit DIR, or audited here with topics from the data's "topic" column.
+ 2. audit: --audit DIR (an audit of this organism's train pairs: checked by data hash), or
+    audited here into --work/audit with topics from the data's "topic" column.
  3. pairs: up to --pairs of the train pairs. Held-out preference accuracy ranks the organism's
     heldout_pairs.jsonl, or (absent) a --heldout-pairs share of the train pairs kept out of
     training; predictions use only the trained pairs (train_pairs.json).
@@ -39,7 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--organism", type=Path, default=REPO / "runs" / "organism")
-    ap.add_argument("--audit", type=Path, default=REPO / "runs" / "organism_audit")
+    ap.add_argument("--audit", type=Path, default=None,
+                    help="an existing audit of the organism's train pairs (default: audit into --work/audit)")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "predict_vs_actual")
     ap.add_argument("--small", action="store_true", help="small sizes for a CPU smoke run (flags given override)")
     ap.add_argument("--hh", type=int, default=None, metavar="N",
@@ -95,19 +97,36 @@ def organism_dir(args, loaded, t0) -> Path:
     return out
 
 
-def audit_dir(args, pairs, loaded, sae, sae_path, t0) -> Path:
-    if (args.audit / "pairs.parquet").is_file():
+def audits(folder: Path, organism: Path, pairs) -> bool:
+    """Whether `folder` holds a finished audit of these pairs or of the organism's whole train file
+    (an earlier organism's audit shares the pair ids of a rebuilt one, not its texts)."""
+    from anatomist.data import dataset_hash, load_pairs
+
+    meta = folder / "audit.json"
+    if not (meta.is_file() and (folder / "pairs.parquet").is_file()):
+        return False
+    audited = json.loads(meta.read_text())["data"]["hash"]
+    return audited in (dataset_hash(pairs), dataset_hash(load_pairs(organism / "train.jsonl")))
+
+
+def audit_dir(args, organism: Path, pairs, loaded, sae, sae_path, t0) -> Path:
+    if args.audit is not None:
+        if not audits(args.audit, organism, pairs):
+            raise SystemExit(f"{args.audit} is not an audit of {organism}/train.jsonl: pass that audit's folder, "
+                             "or leave --audit out to audit into --work/audit")
         return args.audit
     from anatomist.audit.run import AuditConfig, run_audit
     from anatomist.models.loading import DEFAULT_MODEL
 
     out = args.work / "audit"
-    if not (out / "pairs.parquet").is_file():
+    if not audits(out, organism, pairs):
+        if (out / "audit.json").is_file():    # finished but of other data; an unfinished one resumes
+            raise SystemExit(f"{out} holds an audit of other data (another --organism or --pairs): use another --work")
         log(f"auditing {len(pairs)} pairs into {out}", t0)
         cfg = AuditConfig(topic_column="topic", min_pairs=5 if args.small else 8, n_boot=200 if args.small else 1000,
                           seed=args.seed)
         run_audit(loaded[0], loaded[1], sae, pairs, out, cfg, model_name=DEFAULT_MODEL, sae_path=str(sae_path),
-                  progress=False)
+                  progress=False, data_path=str(organism / "train.jsonl"))
     return out
 
 
@@ -178,7 +197,7 @@ def main(argv=None) -> None:
     sae = load_sae(sae_path).to(args.device)   # the audit's instrument sits beside the model it reads
     organism = organism_dir(args, (base_model, tok), t0)
     pairs = list(load_pairs(organism / "train.jsonl", limit=args.pairs))
-    audit = audit_dir(args, pairs, (base_model, tok), sae, sae_path, t0)
+    audit = audit_dir(args, organism, pairs, (base_model, tok), sae, sae_path, t0)
     if (organism / "heldout_pairs.jsonl").is_file():      # pairs on the held-out prompts
         heldout, trained = list(load_pairs(organism / "heldout_pairs.jsonl", limit=args.heldout_limit)), pairs
     else:                                                # else keep a share of the train pairs out
