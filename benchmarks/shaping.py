@@ -43,7 +43,7 @@
 
 Caching: every DPO run lives in --work/<variant>-<hash of its settings> (resumes after a kill;
 a finished one is not rerun), generations and scores are cached by evaluate_behaviour, and the
-small audit under --work/audits/<hash of its pairs>. summary.json lands in --work.
+small audit under --work/audits/<hash of its pairs' texts>. summary.json lands in --work.
 """
 
 from __future__ import annotations
@@ -159,13 +159,17 @@ def finished_audit(folder: Path) -> bool:
 
 def pick_audit(args, pairs, loaded, sae, sae_path, t0) -> Path:
     if finished_audit(args.audit):
+        if not pva.audits(args.audit, args.organism, pairs):
+            raise SystemExit(f"{args.audit} is not an audit of {args.organism}/train.jsonl: pass that audit's folder")
         return args.audit
     if not args.small:
         raise SystemExit(f"{args.audit} is not a finished audit yet (rows.parquet, pairs.parquet, concepts.json): "
                          "wait for benchmarks/organism_audit.py, or pass --small")
-    own = args.work / "audits" / settings_key([p.id for p in pairs])
-    ns = argparse.Namespace(audit=own / "audit", work=own, small=True, seed=args.seed)
-    return pva.audit_dir(ns, pairs, loaded, sae, sae_path, t0)
+    from anatomist.data import dataset_hash
+
+    own = args.work / "audits" / settings_key(dataset_hash(pairs))      # texts, not ids: rebuilds keep ids
+    ns = argparse.Namespace(audit=None, work=own, small=True, seed=args.seed)
+    return pva.audit_dir(ns, args.organism, pairs, loaded, sae, sae_path, t0)
 
 
 def matched_clusters(audit: Path, pairs, truth: dict, trait: str) -> tuple[dict[int, float], bool]:
