@@ -80,6 +80,8 @@ def test_pooling_names_are_checked(tmp_path, setup):
         latents.pool("topk")
     with pytest.raises(AnatomistError, match="topk must be >= 1"):
         latents.pooled(topk=-1)
+    with pytest.raises(AnatomistError, match="topk must be >= 1, got 0"):
+        latents.pooled(topk=0)
 
 
 def test_token_activations_select_features(setup):

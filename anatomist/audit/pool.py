@@ -88,7 +88,7 @@ class Latents:
         S, F = len(self.tokens), self.d_sae
         key = self._seq.astype(np.int64) * F + self._feat                        # one key per (seq, latent)
         # by (seq, latent), largest value first within each: the top-k mean reads a group's head
-        order = np.lexsort((-self._val, key)) if topk else np.argsort(key, kind="stable")
+        order = np.lexsort((-self._val, key)) if topk is not None else np.argsort(key, kind="stable")
         key, val = key[order], self._val[order].astype(np.float64)
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, dtype=int)
         uniq = key[starts]
@@ -98,7 +98,7 @@ class Latents:
         n = np.maximum(self.n_tokens[rows], 1)
         matrix = lambda v: sp.csr_matrix((v, (rows, cols)), shape=(S, F))  # noqa: E731
         top = None
-        if topk:
+        if topk is not None:
             if topk < 1:
                 raise AnatomistError(f"topk must be >= 1, got {topk}")
             # SAE latents are ≥ 0 (ReLU / JumpReLU / TopK), so a token where latent f is off (not
