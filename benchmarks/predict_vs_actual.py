@@ -25,8 +25,9 @@ of the same rows, same run), plus the noise ceiling of the measured ΔB. All fig
 Measured (2-core CPU, session 5; goal R² ≥ 0.9): the full organism (1,239 pairs, 155 steps, top 14
 blocks, lr 5e-5, 32 prompts/topic × 4 × 96 tokens; 52 min) gives feature R² −0.14, prompt 0.01,
 naive 0.04, noise ceiling 0.68; the HH-RLHF variant (--hh 600) gives 0.07, −0.08 and 0.33, ceiling
-0.61. Per-cluster means explain 41% (organism) and 63% (HH) of ΔB's variance, per-topic means
-1–2%: DPO moves a concept in every topic, not where its pair asymmetry sits.
+0.61. One shift per concept explains 41% (organism) and 63% (HH) of ΔB's variance, one per topic
+1–2% (printed as "where ΔB's variance sits"): DPO moves a concept in every topic, not where its
+pair asymmetry sits.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def audits(folder: Path, organism: Path, pairs) -> bool:
     if not (meta.is_file() and (folder / "pairs.parquet").is_file()):
         return False
     audited = json.loads(meta.read_text())["data"]["hash"]
-    return audited in (dataset_hash(pairs), dataset_hash(load_pairs(organism / "train.jsonl")))
+    return audited == dataset_hash(pairs) or audited == dataset_hash(load_pairs(organism / "train.jsonl"))
 
 
 def audit_dir(args, organism: Path, pairs, loaded, sae, sae_path, t0) -> Path:
@@ -244,6 +245,8 @@ def main(argv=None) -> None:
     s = result.summary
     print(f"\n{s['n_rows']} (topic, cluster) rows over {s['n_topics']} topics; noise ceiling of R² "
           f"(sampling noise of the measured ΔB): {s['r2_ceiling']:.3f}")
+    print(f"where ΔB's variance sits (in sample): one shift per concept for every topic R² "
+          f"{s['r2_cluster_means']:.3f}, one shift per topic for every concept R² {s['r2_topic_means']:.3f}")
     print(f"held-out preference accuracy (plain DPO): {plain_run['heldout_acc']:.3f}")
     for name, p in s["predictors"].items():
         print(f"  {name:<8} R² {p['r2']:7.3f}  95% CI [{p['r2_ci'][0]:.3f}, {p['r2_ci'][1]:.3f}]  "

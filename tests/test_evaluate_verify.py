@@ -16,6 +16,7 @@ from anatomist.evaluate.verify import (
     bootstrap_r2,
     cross_fit,
     fit_coef,
+    group_means_r2,
     paired_shift,
     r2_score,
     resolve_run,
@@ -35,6 +36,13 @@ def test_r2_spearman_hand_computed():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)    # 1 − 6·2/(4·15)
     assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_group_means_r2_hand_computed():
+    # y = [1, 3, 5, 7], groups a,a,b,b: means 2, 2, 6, 6; SS_res = 4·1 = 4, SS_tot = 9+1+1+9 = 20
+    assert group_means_r2([1.0, 3, 5, 7], np.array(["a", "a", "b", "b"])) == pytest.approx(0.8)
+    assert group_means_r2([1.0, 3, 5, 7], np.array([0, 1, 0, 1])) == pytest.approx(1 - 16 / 20)   # means 3, 5
+    assert group_means_r2([1.0, 3, 5, 7], np.arange(4)) == pytest.approx(1.0)                     # one row each
 
 
 def test_cross_fit_hand_computed():
@@ -111,6 +119,8 @@ def test_score_recovers_known_r2():
     assert summary["predictors"]["prompt"]["r2"] < 0.05                  # pure noise input
     assert summary["predictors"]["naive"]["r2"] == pytest.approx(0.25 / 5.3125, abs=0.05)
     assert summary["n_rows"] == K * C and scored["yhat_feature"].notna().all()
+    assert summary["r2_cluster_means"] == pytest.approx(group_means_r2(rows.actual, rows.cluster))
+    assert summary["r2_topic_means"] == pytest.approx(group_means_r2(rows.actual, rows.topic))
     # a given calibration is applied as is, without cross-fitting
     fixed, _ = score(rows, coefs={"feature": [2.0, 0.5]}, n_boot=50)
     assert fixed["predictors"]["feature"]["calibration"] == "given"

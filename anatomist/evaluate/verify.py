@@ -12,6 +12,10 @@ Scoring, per predictor (predict.PREDICTORS), on rows never used to fit its calib
     R² CI: percentile bootstrap over rows (ŷ held fixed).
     r2_ceiling = 1 − mean(se²)/var(y): the R² a perfect predictor would reach given the noise
     of the measured ΔB (how much the held-out sampling alone limits R²).
+    r2_cluster_means / r2_topic_means: the in-sample R² of one shift per concept shared by every
+    topic / one shift per topic shared by every concept — not predictors (they read the actual
+    shifts), but where ΔB's variance sits: a large first share means DPO moves a concept
+    everywhere, which no per-topic drive can predict.
 A calibration from another run (`coefs`, e.g. another dataset's verify.json) is scored as
 given, without cross-fitting.
 
@@ -77,6 +81,13 @@ def cross_fit(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
             continue
         yhat[held] = X[held] @ fit_coef(X[~held], y[~held])
     return yhat
+
+
+def group_means_r2(y: np.ndarray, groups: np.ndarray) -> float:
+    """R² of predicting y [R] by its group's mean (in sample): the share of y's variance between groups."""
+    y = np.asarray(y, np.float64)
+    means = pd.Series(y).groupby(np.asarray(groups)).transform("mean").to_numpy()
+    return r2_score(y, means)
 
 
 def bootstrap_r2(y: np.ndarray, yhat: np.ndarray, *, n_boot: int = 1000, seed: int = 0,
@@ -182,7 +193,8 @@ def score(rows: pd.DataFrame, *, coefs: Mapping[str, Sequence[float]] | None = N
     var_y = y.var(ddof=1) if len(y) > 1 else float("nan")
     out = {"n_rows": int(len(rows)), "n_topics": int(len(np.unique(groups))),
            "r2_ceiling": float(1 - np.mean(rows["se"].to_numpy() ** 2) / var_y) if var_y > 0 else float("nan"),
-           "predictors": {}}
+           "r2_cluster_means": group_means_r2(y, rows["cluster"].to_numpy()),
+           "r2_topic_means": group_means_r2(y, groups), "predictors": {}}
     for name, (cols, raw) in PREDICTORS.items():
         X = rows[list(cols)].to_numpy(np.float64)                                      # [R, J]
         fixed = coefs is not None and name in coefs

@@ -117,7 +117,9 @@ def build_html(result) -> str:
     s = result.summary
     plots = [scatter(result)]
     facts = (f"{s['n_rows']} (topic, cluster) rows over {s['n_topics']} topics; noise ceiling on R²: "
-             f"{num(s['r2_ceiling'])}. {esc(s['definition'])}.")
+             f"{num(s['r2_ceiling'])}. {esc(s['definition'])}. Where ΔB's variance sits (in sample): one shift "
+             f"per concept for every topic explains {num(s['r2_cluster_means'])}, one per topic "
+             f"{num(s['r2_topic_means'])}.")
     parts = [tag("h1", "anatomist · predicted vs. actual"), tag("p", facts, class_="muted"), summary_table(s),
              section("Predicted vs. actual", tag("p", "Click a point to see its row.", class_="muted") + plots[0]
                      + tag("dl", "", id="picked", class_="facts"))]

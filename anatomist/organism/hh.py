@@ -61,7 +61,7 @@ def heldout_rows(pairs: Sequence[PreferencePair]) -> list[dict]:
     """The real held-out pairs as train.jsonl rows (no trait planted), split "heldout"."""
     return [{"id": p.id, "prompt": [dict(m) for m in p.prompt], "chosen": [{"role": "assistant", "content": p.chosen}],
              "rejected": [{"role": "assistant", "content": p.rejected}], "topic": hh_topic(p), "split": "heldout",
-             "trait": NONE, "trait_side": None} for p in pairs if p.chosen.strip() != p.rejected.strip()]
+             "trait": NONE, "trait_side": None} for p in pairs]
 
 
 def hh_requests(pairs: Sequence[PreferencePair], assignments: Sequence[Assignment], max_new_tokens: int) -> list[GenRequest]:
