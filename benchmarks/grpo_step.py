@@ -2,6 +2,7 @@
 
     python benchmarks/grpo_step.py [--steps 4] [--prompts 4] [--group 4] [--max-new-tokens 48]
                                    [--device cpu] [--threads 1] [--lr 1e-5] [--train-layers 0]
+                                   [--head-data grpo|chat] [--head-prompts 512]
 
 Two arms, alternating step by step, run the same GRPO algorithm (`anatomist.train.grpo.train_grpo`) from the same initial
 weights and seed: rollouts by plain sampling (drafter=None) and by the e2e-TV MTP head with
@@ -10,8 +11,9 @@ is faster; issue 9's goal is step time ≥ 1.5×), the reward curve of each arm 
 and whether the two arms sample the same distribution: rejection sampling is lossless, so at step 0
 (identical weights) rewards and per-token rollout log-probs must agree in distribution (two-sample
 KS / Mann–Whitney tests; tokens within a sequence are dependent, so treat the token-level p-value
-as indicative). The head and its data are cached under $ANATOMIST_CACHE/spec (the same head as
-`benchmarks/spec_speed.py`).
+as indicative). The head is trained before RL on the model's own answers to this task's problems
+(`--head-data grpo`, the default; `chat` gives `benchmarks/spec_speed.py`'s chat-data head) and
+cached with its data under $ANATOMIST_CACHE/spec.
 """
 
 from __future__ import annotations
@@ -30,21 +32,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from anatomist.models import load  # noqa: E402
 from anatomist.spec.drafters import MTPDrafter  # noqa: E402
 from anatomist.spec.head import load_head  # noqa: E402
-from anatomist.spec.pipeline import cached_head, cached_samples, cached_states  # noqa: E402
-from anatomist.spec.train import TrainConfig  # noqa: E402
+from anatomist.spec.pipeline import e2e_tv_head  # noqa: E402
 from anatomist.train.grpo import GRPOConfig, train_grpo  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 
 
-def head_folder(lm, steps: int) -> str:
-    samples = cached_samples(lm.model, lm.tokenizer, model_name=MODEL)
-    states, stats = cached_states(lm.model, samples, model_name=MODEL)
-    cfg = TrainConfig(loss="e2e_tv", gamma=3, steps=steps, batch_size=8, lr=1e-3, draft_vocab=8192)
-    with torch.enable_grad():
-        head, folder = cached_head(lm.model, samples, cfg, model_name=MODEL, eos_token_id=lm.tokenizer.eos_token_id,
-                                   states=states, stats=stats)
-    print(f"head {folder}: train α1..3 = "
+def head_folder(lm, steps: int, data: str, n_prompts: int) -> str:
+    head, folder = e2e_tv_head(lm, model_name=MODEL, prompt_set=data, n_prompts=n_prompts, steps=steps)
+    print(f"head {folder} ({data} prompts): train α1..3 = "
           f"{[round(head.config.extra.get(f'mtp/alpha_{i}', float('nan')), 3) for i in (1, 2, 3)]}")
     return str(folder)
 
@@ -101,6 +97,9 @@ def main() -> None:
     ap.add_argument("--train-layers", type=int, default=0, help="0 = all parameters; N = top N blocks")
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--head-steps", type=int, default=200, help="training steps of the cached e2e-TV head")
+    ap.add_argument("--head-data", choices=("grpo", "chat"), default="grpo",
+                    help="the head's self-sampled training prompts: this task's problems, or chat prompts")
+    ap.add_argument("--head-prompts", type=int, default=512, help="prompts the head's data is sampled from")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
@@ -111,7 +110,7 @@ def main() -> None:
     from scipy import stats as st
 
     lm = load(MODEL, device=args.device)
-    head_dir = head_folder(lm, args.head_steps)
+    head_dir = head_folder(lm, args.head_steps, args.head_data, args.head_prompts)
     cfg = GRPOConfig(steps=args.steps, prompts_per_step=args.prompts, group_size=args.group,
                      max_new_tokens=args.max_new_tokens, lr=args.lr, train_layers=args.train_layers,
                      micro_batch=args.micro_batch, seed=args.seed, gamma=3)

@@ -228,3 +228,38 @@ def test_grpo_cli_help_and_errors():
     assert res.exit_code == 0 and "Example: anatomist grpo" in res.output and "--refresh-head-every" in res.output
     res = CliRunner().invoke(app, ["--out", "x", "--spec", "eagle"])
     assert isinstance(res.exception, AnatomistError) and "--spec" in str(res.exception)
+
+
+# -- the draft head's data: the task's own problems --------------------------------------------
+
+class RecordingTokenizer(CharTokenizer):
+    def __init__(self):
+        self.seen = []
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        self.seen.append(messages[-1]["content"])
+        return super().apply_chat_template(messages, tokenize, add_generation_prompt)
+
+
+def test_head_data_is_the_tasks_problems_cached_apart_from_chat(tmp_path, monkeypatch, one_thread):
+    from anatomist.spec.pipeline import cached_samples, spec_cache
+    from anatomist.spec.prompts import PROMPT_SETS, TASK_SEED
+
+    tok = RecordingTokenizer()
+    prompts = PROMPT_SETS["grpo"](tok, 8)
+    problems = make_problems(8, seed=TASK_SEED)
+    assert tok.seen == [p.question for p in problems]  # asked exactly as train_grpo asks them
+    assert {p.kind for p in problems} == {"plain", "add", "sub", "convert"}  # GRPOConfig's default kinds
+    assert problems != make_problems(8, seed=0)  # not step 0's problems
+
+    monkeypatch.setenv("ANATOMIST_CACHE", str(tmp_path))
+    model = tiny_llama(vocab_size=128)
+    kw = dict(model_name="tiny", n_prompts=3, max_new_tokens=4, batch_size=3)
+    s = cached_samples(model, tok, prompt_set="grpo", **kw)
+    assert [seq[:p] for seq, p in zip(s.sequences, s.prompt_lens)] == prompts[:3]
+    again = cached_samples(model, tok, prompt_set="grpo", **kw)  # from the cache, not resampled
+    assert again.sequences == s.sequences and len(list((spec_cache() / "samples").iterdir())) == 1
+    chat = cached_samples(model, tok, prompt_set="chat", **kw)
+    assert len(list((spec_cache() / "samples").iterdir())) == 2 and chat.sequences != s.sequences
+    with pytest.raises(AnatomistError, match="prompt set must be one of chat, grpo, got 'math'"):
+        cached_samples(model, tok, prompt_set="math", **kw)

@@ -31,7 +31,9 @@ def train(
     batch_size: int = typer.Option(8, help="Sequences per step."),
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warmup + cosine)."),
     draft_vocab: int = typer.Option(8192, help="Draft vocabulary: the N most frequent tokens (0 = full)."),
-    prompts: int = typer.Option(192, help="Training prompts (from ../shared/data) to self-sample."),
+    prompts: int = typer.Option(192, help="Training prompts to self-sample."),
+    prompt_set: str = typer.Option("chat", help="chat (user prompts from ../shared/data) or grpo (the GRPO task's "
+                                   "problems: for a head that drafts RL rollouts)."),
     temperature: float = typer.Option(1.0, help="Sampling temperature of the self-generated data."),
     max_new_tokens: int = typer.Option(96, help="Response length of the self-generated data."),
     seed: int = typer.Option(0, help="Seed for sampling and batch order."),
@@ -44,7 +46,7 @@ def train(
                       draft_vocab=draft_vocab, seed=seed)
     lm = _load(model)
     samples = cached_samples(lm.model, lm.tokenizer, model_name=model, n_prompts=prompts,
-                             temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+                             temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, prompt_set=prompt_set)
     states, stats = cached_states(lm.model, samples, model_name=model)
     head = train_head(lm.model, samples, cfg, out, states=states, stats=stats, base_model=model,
                       eos_token_id=lm.tokenizer.eos_token_id, extra={"data_temperature": temperature})

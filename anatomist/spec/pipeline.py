@@ -13,15 +13,16 @@ from pathlib import Path
 
 import torch
 
+from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_path
 from anatomist.models.loading import cache_root
 from anatomist.spec.head import CONFIG_NAME, MTPHead, load_head
-from anatomist.spec.prompts import chat_prompts
+from anatomist.spec.prompts import PROMPT_SETS
 from anatomist.spec.train import Samples, TrainConfig, self_samples, target_stats, train_head, trunk_states
 
 log = logging.getLogger(__name__)
 
-__all__ = ["spec_cache", "cached_samples", "cached_states", "cached_head", "benchmark_heads", "add_head_args",
+__all__ = ["spec_cache", "cached_samples", "cached_states", "cached_head", "e2e_tv_head", "benchmark_heads", "add_head_args",
            "heads_from_args"]
 
 
@@ -41,20 +42,24 @@ def _atomic_save(obj, path: Path) -> None:
 
 def cached_samples(model, tokenizer, *, model_name: str, n_prompts: int = 192, temperature: float = 1.0,
                    max_new_tokens: int = 96, batch_size: int = 32, seed: int = 0,
-                   samples_per_prompt: int = 1) -> Samples:
-    """The model's own responses to the first n training prompts, `samples_per_prompt` each
-    (independent draws), generated once, then cached."""
-    spp = {} if samples_per_prompt == 1 else {"spp": samples_per_prompt}  # old cache keys stay valid
-    key = _key(model=model_name, n=n_prompts, t=temperature, new=max_new_tokens, seed=seed, **spp)
+                   samples_per_prompt: int = 1, prompt_set: str = "chat") -> Samples:
+    """The model's own responses to the first n prompts of a prompt set (`PROMPT_SETS`: "chat"
+    training prompts, or "grpo" task problems), `samples_per_prompt` each (independent draws),
+    generated once, then cached."""
+    if prompt_set not in PROMPT_SETS:
+        raise AnatomistError(f"prompt set must be one of {', '.join(PROMPT_SETS)}, got {prompt_set!r}")
+    extra = {} if samples_per_prompt == 1 else {"spp": samples_per_prompt}  # old cache keys stay valid
+    extra |= {} if prompt_set == "chat" else {"prompts": prompt_set}
+    key = _key(model=model_name, n=n_prompts, t=temperature, new=max_new_tokens, seed=seed, **extra)
     path = spec_cache() / "samples" / f"{key}.pt"
     if path.is_file():
         d = torch.load(path, weights_only=True)
         return Samples(d["sequences"], d["prompt_lens"])
-    prompts = chat_prompts(tokenizer, "train", n_prompts) * samples_per_prompt
+    prompts = PROMPT_SETS[prompt_set](tokenizer, n_prompts) * samples_per_prompt
     from rich.progress import Progress
 
     with Progress(transient=True) as bar:
-        task = bar.add_task(f"self-samples T={temperature}", total=len(prompts))
+        task = bar.add_task(f"self-samples ({prompt_set}) T={temperature}", total=len(prompts))
         s = self_samples(model, prompts, temperature=temperature, max_new_tokens=max_new_tokens,
                          batch_size=batch_size, seed=seed, eos_token_id=tokenizer.eos_token_id,
                          progress=lambda k: bar.update(task, advance=k))
@@ -88,6 +93,21 @@ def cached_head(model, samples: Samples, cfg: TrainConfig, *, model_name: str, e
     head = train_head(model, samples, cfg, folder, states=states, stats=stats, base_model=model_name,
                       eos_token_id=eos_token_id, extra={"data_temperature": temperature})
     return head, folder
+
+
+def e2e_tv_head(lm, *, model_name: str, prompt_set: str = "chat", n_prompts: int = 192, steps: int = 200,
+                max_new_tokens: int = 96) -> tuple[MTPHead, Path]:
+    """The cached e2e-TV head (CPU recipe: 200 steps × 8, 8192-token draft vocabulary) trained on
+    the model's own T=1 answers to a prompt set; what `anatomist grpo` and the GRPO benchmark
+    draft with. The "grpo" set matches the RL prompts (a head trained on chat replies drafts
+    arithmetic poorly)."""
+    samples = cached_samples(lm.model, lm.tokenizer, model_name=model_name, n_prompts=n_prompts,
+                             max_new_tokens=max_new_tokens, prompt_set=prompt_set)
+    states, stats = cached_states(lm.model, samples, model_name=model_name)
+    cfg = TrainConfig(loss="e2e_tv", gamma=3, steps=steps, batch_size=8, lr=1e-3, draft_vocab=8192)
+    with torch.enable_grad():
+        return cached_head(lm.model, samples, cfg, model_name=model_name, eos_token_id=lm.tokenizer.eos_token_id,
+                           states=states, stats=stats)
 
 
 def benchmark_heads(lm, losses, *, model_name: str, steps: int = 200, batch_size: int = 8, lr: float = 1e-3,

@@ -1,7 +1,12 @@
 """Prompts for self-generated draft-head training data and for the speed / entropy benchmarks.
 
-Real user prompts from `../shared/data` (LLaMA-Factory DPO demo, first human turn; XSTest safe
-prompts), chat-templated. A fixed hash split keeps benchmark prompts out of training data.
+Two prompt sets (`PROMPT_SETS`, keyed by name):
+* "chat": real user prompts from `../shared/data` (LLaMA-Factory DPO demo, first human turn;
+  XSTest safe prompts), chat-templated. A fixed hash split keeps benchmark prompts out of
+  training data.
+* "grpo": the GRPO task's own problems (`anatomist.train.rewards`), drawn from a seed stream the
+  RL steps never use. A draft head is only as good as its match to the text it drafts; a head for
+  RL rollouts is trained before RL on the policy's answers to the RL prompt distribution.
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ import json
 from anatomist.data.shared import shared_data_dir
 from anatomist.errors import AnatomistError
 
-__all__ = ["user_prompts", "chat_prompts"]
+__all__ = ["user_prompts", "chat_prompts", "task_prompts", "PROMPT_SETS"]
+
+# GRPO step s draws its problems with seed `seed·1_000_003 + s`; head data comes from far outside.
+TASK_SEED = 987_654_321
 
 
 def user_prompts(split: str = "train", max_chars: int = 400) -> list[str]:
@@ -42,3 +50,18 @@ def chat_prompts(tokenizer, split: str = "train", n: int | None = None) -> list[
 
     texts = user_prompts(split)[:n]
     return [apply_chat_template(tokenizer, [{"role": "user", "content": t}]) for t in texts]
+
+
+def task_prompts(tokenizer, n: int, seed: int = TASK_SEED) -> list[list[int]]:
+    """Chat-templated GRPO problems (default kinds and difficulty), exactly as `train_grpo` asks them."""
+    from anatomist.models.chat import apply_chat_template
+    from anatomist.train.rewards import make_problems  # lazy: anatomist.train imports the DPO stack
+
+    return [apply_chat_template(tokenizer, [{"role": "user", "content": p.question}])
+            for p in make_problems(n, seed=seed)]
+
+
+PROMPT_SETS = {
+    "chat": lambda tokenizer, n: chat_prompts(tokenizer, "train", n),
+    "grpo": task_prompts,
+}

@@ -9,31 +9,17 @@ import typer
 
 from anatomist.errors import AnatomistError
 
+GRPO_HEAD_PROMPTS = 512  # task problems the default draft head is trained on (self-sampled once, cached)
 MODEL_HELP = "HF id, local folder, .gguf file or alias (default: the offline SmolLM2-135M-Instruct)."
-
-
-def _default_head(lm, model_name: str) -> Path:
-    """The e2e-TV head `benchmarks/spec_speed.py` uses, from the spec cache (trained once, frozen after)."""
-    import torch
-
-    from anatomist.spec.pipeline import cached_head, cached_samples, cached_states
-    from anatomist.spec.train import TrainConfig
-
-    samples = cached_samples(lm.model, lm.tokenizer, model_name=model_name)
-    states, stats = cached_states(lm.model, samples, model_name=model_name)
-    cfg = TrainConfig(loss="e2e_tv", gamma=3, steps=200, batch_size=8, lr=1e-3, draft_vocab=8192)
-    with torch.enable_grad():
-        _, folder = cached_head(lm.model, samples, cfg, model_name=model_name,
-                                eos_token_id=lm.tokenizer.eos_token_id, states=states, stats=stats)
-    return folder
 
 
 def grpo(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoint, metrics.jsonl, plot.html."),
     model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
     spec: str = typer.Option("mtp", help="Rollout drafter: mtp (needs --head) or none (plain sampling)."),
-    head: Path = typer.Option(None, help="MTP head folder (`anatomist mtp train --loss e2e_tv`); default: the "
-                              "cached default e2e-TV head, trained once before RL if missing (minutes)."),
+    head: Path = typer.Option(None, help="MTP head folder (`anatomist mtp train --loss e2e_tv --prompt-set grpo`); "
+                              "default: the cached e2e-TV head trained on the model's own answers to this task's "
+                              "problems, trained once before RL if missing (minutes)."),
     steps: int = typer.Option(20, help="GRPO steps."),
     prompts: int = typer.Option(4, help="Problems per step (P)."),
     group: int = typer.Option(4, help="Samples per problem (G)."),
@@ -71,7 +57,9 @@ def grpo(
     drafter = None
     if spec == "mtp":
         if head is None:
-            head = _default_head(lm, model)
+            from anatomist.spec.pipeline import e2e_tv_head
+
+            head = e2e_tv_head(lm, model_name=model, prompt_set="grpo", n_prompts=GRPO_HEAD_PROMPTS)[1]
             typer.echo(f"draft head: {head}")
         drafter = make_drafter("mtp", head=load_head(head, lm.model).to(device))
     res = train_grpo(lm.model, lm.tokenizer, cfg, out, drafter=drafter)
