@@ -22,8 +22,8 @@ from anatomist.spec.train import Samples, TrainConfig, self_samples, target_stat
 
 log = logging.getLogger(__name__)
 
-__all__ = ["spec_cache", "cached_samples", "cached_states", "cached_head", "e2e_tv_head", "benchmark_heads", "add_head_args",
-           "heads_from_args"]
+__all__ = ["spec_cache", "cached_samples", "cached_states", "cached_head", "e2e_tv_head", "benchmark_heads",
+           "add_head_args", "heads_from_args"]
 
 
 def spec_cache() -> Path:
