@@ -6,7 +6,9 @@ Heads are trained once on the model's own T=1 samples (cached under $ANATOMIST_C
 e2e-TV head is the one `spec_speed.py` uses). For temperatures 0.3 … 1.5 every depth-1 draft
 test contributes (H(p), accepted); the slope of acceptance on H(p) (per nat) is fitted per head and
 mode with a 95% CI. Goal (issue 8): |slope_TV| ≤ 0.06 and ≤ a tenth of the CE head's |slope|
-(Bebop reports −0.06 vs −1.68). Writes a self-contained HTML plot.
+(Bebop reports −0.06 vs −1.68), checked within each drafting mode and, as Bebop contrasts them,
+for a TV head under RS against the conventional CE head with greedy drafts. Writes a
+self-contained HTML plot.
 """
 
 from __future__ import annotations
@@ -72,6 +74,16 @@ def main() -> None:
             ok = abs(s) <= 0.06 and abs(s) <= abs(ce) / 10
             print(f"goal |slope_{loss}| ≤ 0.06 and ≤ |slope_ce|/10 ({mode}): {s:+.4f} vs ce {ce:+.4f} "
                   f"(ratio {abs(s) / abs(ce) if ce else float('nan'):.2f}) — {'met' if ok else 'NOT met'}")
+    if ("ce", "greedy") in fits:
+        # Bebop's contrast: the conventional setup (CE-trained head, greedy drafts) against a
+        # TV-trained head verified by rejection sampling.
+        ce = fits[("ce", "greedy")]["fit"].slope
+        for loss in ("tv", "e2e_tv"):
+            if (loss, "rs") in fits:
+                s = fits[(loss, "rs")]["fit"].slope
+                ok = abs(s) <= 0.06 and abs(s) <= abs(ce) / 10
+                print(f"conventional vs Bebop: |slope_{loss}, rs| {s:+.4f} vs ce, greedy {ce:+.4f} "
+                      f"(ratio {abs(s) / abs(ce) if ce else float('nan'):.2f}) — {'met' if ok else 'NOT met'}")
     with open(args.out, "w") as fh:
         fh.write(render_html(recs))
     print(f"\nwrote {args.out}")
