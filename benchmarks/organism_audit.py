@@ -36,8 +36,8 @@ from functools import partial
 from pathlib import Path
 
 from anatomist.audit.length import ensure_length_tables
-from anatomist.audit.run import AuditConfig, run_audit
-from anatomist.data import dataset_hash, load_pairs
+from anatomist.audit.run import AuditConfig, is_audit_of, run_audit
+from anatomist.data import load_pairs
 from anatomist.models import load
 from anatomist.organism.build import build_organism, relabel_organism
 from anatomist.organism.plant import DEFAULT_CONFIG, PlantConfig, TraitPlan
@@ -65,11 +65,6 @@ def pooling_config(cfg: AuditConfig, name: str) -> AuditConfig:
     if name.startswith("top") and name[3:].isdigit():
         return replace(cfg, pooling="topk", topk=int(name[3:]))
     return replace(cfg, pooling=name)
-
-
-def audited(audit_dir: Path, pairs) -> bool:
-    meta = audit_dir / "audit.json"
-    return meta.is_file() and json.loads(meta.read_text())["data"]["hash"] == dataset_hash(pairs)
 
 
 def main() -> None:
@@ -101,7 +96,7 @@ def main() -> None:
     cfg = AuditConfig(topic_column="topic")
 
     t = time.time()
-    if not audited(args.audit, pairs):
+    if not is_audit_of(args.audit, pairs):
         run_audit(loaded.model, loaded.tokenizer, sae, pairs, args.audit, cfg, model_name="smollm2-135m-instruct",
                   sae_path=sae_path, data_path=str(args.organism / "train.jsonl"))
     audit_s = time.time() - t
@@ -121,7 +116,7 @@ def main() -> None:
             if s != DEFAULT_STRENGTH:
                 relabel_organism(args.organism, data, weaker(DEFAULT_CONFIG, s), tokenizer=loaded.tokenizer)
             new_pairs = load_pairs(data / "train.jsonl")
-            if not audited(audit_dir, new_pairs):
+            if not is_audit_of(audit_dir, new_pairs):
                 # every audit reads the default audit's latents: same responses, other sides or pooling
                 reuse_latents(args.audit / "latents", audit_dir / "latents", pairs, new_pairs)
                 run_audit(loaded.model, loaded.tokenizer, sae, new_pairs, audit_dir, pooling_config(cfg, pooling),

@@ -107,13 +107,10 @@ def organism_dir(args, loaded, t0) -> Path:
 def audits(folder: Path, organism: Path, pairs) -> bool:
     """Whether `folder` holds a finished audit of these pairs or of the organism's whole train file
     (an earlier organism's audit shares the pair ids of a rebuilt one, not its texts)."""
-    from anatomist.data import dataset_hash, load_pairs
+    from anatomist.audit.run import is_audit_of
+    from anatomist.data import load_pairs
 
-    meta = folder / "audit.json"
-    if not (meta.is_file() and (folder / "pairs.parquet").is_file()):
-        return False
-    audited = json.loads(meta.read_text())["data"]["hash"]
-    return audited == dataset_hash(pairs) or audited == dataset_hash(load_pairs(organism / "train.jsonl"))
+    return is_audit_of(folder, pairs) or is_audit_of(folder, load_pairs(organism / "train.jsonl"))
 
 
 def audit_dir(args, organism: Path, pairs, loaded, sae, sae_path, t0) -> Path:
@@ -144,16 +141,6 @@ def flagged_cluster(audit: Path) -> int:
     top = rows[(rows.topic == "all") & (rows.direction != "none")]
     top = top if len(top) else rows[rows.topic == "all"]
     return int(top.sort_values("rank_score", ascending=False).cluster.iloc[0])
-
-
-def first_per_topic(prompts, n):
-    seen: dict[str, int] = {}
-    out = []
-    for p in prompts:
-        if n is None or seen.get(p.topic, 0) < n:
-            out.append(p)
-            seen[p.topic] = seen.get(p.topic, 0) + 1
-    return out
 
 
 def train_and_eval(name, base_model, tok, shaped, args, run: Path, scorer, prompts, heldout, t0,
@@ -190,7 +177,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     from anatomist.data import load_pairs
-    from anatomist.evaluate.behaviour import Scorer, evaluate_behaviour, read_prompts
+    from anatomist.evaluate.behaviour import Scorer, evaluate_behaviour, first_per_topic, read_prompts
     from anatomist.evaluate.verify import verify_run
     from anatomist.models import load
     from anatomist.sae import default_sae, load_sae
@@ -213,7 +200,8 @@ def main(argv=None) -> None:
         n_held = int(round(args.heldout_pairs * len(pairs)))
         heldout = [pairs[i] for i in sorted(order[:n_held])]
         trained = [pairs[i] for i in sorted(order[n_held:])]
-    prompts = first_per_topic(read_prompts(organism / "heldout_prompts.jsonl"), args.prompts_per_topic)
+    prompts = read_prompts(organism / "heldout_prompts.jsonl")
+    prompts = first_per_topic(prompts, args.prompts_per_topic or len(prompts))
     log(f"organism {organism}, audit {audit}: {len(trained)} trained / {len(heldout)} held-out pairs, "
         f"{len(prompts)} held-out prompts × {args.samples} samples", t0)
 

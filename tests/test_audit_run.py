@@ -65,6 +65,18 @@ def test_audit_writes_every_table(audited):
     np.testing.assert_allclose(pairs["delta"], pairs["c_chosen"] - pairs["c_rejected"])
 
 
+def test_is_audit_of_tells_rebuilt_data_with_the_same_ids_apart(audited, tmp_path):
+    from dataclasses import replace
+
+    from anatomist.audit.run import is_audit_of
+
+    out, pairs = audited[0], planted_pairs()
+    assert is_audit_of(out, pairs)
+    rebuilt = [replace(p, chosen=p.chosen + " Enjoy.") if i == 5 else p for i, p in enumerate(pairs)]
+    assert [p.id for p in rebuilt] == [p.id for p in pairs] and not is_audit_of(out, rebuilt)
+    assert not is_audit_of(out, pairs[:-1]) and not is_audit_of(tmp_path, pairs)  # a subset; no audit at all
+
+
 def test_audit_finds_the_planted_confound(audited):
     out = audited[0]
     rows = pd.read_parquet(out / "rows.parquet")

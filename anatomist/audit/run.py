@@ -216,6 +216,15 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
     return out
 
 
+def is_audit_of(folder: str | Path, pairs) -> bool:
+    """Whether `folder` holds a finished audit (audit.json is written last) of exactly these pairs.
+
+    Pair ids hash the prompt, so a rebuilt dataset keeps the old ids; only the data hash tells an
+    audit of other texts apart, and stages that look pairs up by id must check it."""
+    meta = Path(folder) / "audit.json"
+    return meta.is_file() and json.loads(meta.read_text())["data"]["hash"] == dataset_hash(pairs)
+
+
 def feature_table(acts, concepts, cfg: AuditConfig) -> pd.DataFrame:
     """Dataset-wide pair statistics per SAE feature (the clustered ones: support >= min_support),
     so a strong single feature stays visible whatever the cluster granularity."""
