@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export ANATOMIST_CACHE ?= $(HOME)/.cache/anatomist
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install saelens-venv demo test test-slow clean
+.PHONY: install saelens-venv speculators-lib demo test test-slow clean
 
 install: $(VENV)/.installed
 
@@ -16,6 +16,12 @@ install: $(VENV)/.installed
 # SAELens format round-trip test and benchmarks/sae_speed.py use it (through a subprocess).
 SAELENS_VENV := .venv-saelens
 saelens-venv: $(SAELENS_VENV)/.installed
+
+# speculators (the draft-model format vLLM serves) pins transformers<=5.19 and a CUDA torch, yet its
+# reader and MTP model run with ours: the export round-trip test puts it on sys.path from this side
+# folder, installed without its dependencies, so .venv itself stays consistent.
+SPECULATORS_LIB := .venv-speculators
+speculators-lib: $(SPECULATORS_LIB)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,10 +43,15 @@ $(SAELENS_VENV)/.installed:
 	$(SAELENS_VENV)/bin/python -m pip install -q sae-lens==6.54.12
 	touch $@
 
+$(SPECULATORS_LIB)/.installed: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps --target $(SPECULATORS_LIB) speculators==0.9.0 loguru==0.7.3 \
+		pydantic-settings==2.16.3 python-dotenv==1.2.4 openai==3.57.0 sniffio==1.3.1 hs-connectors==0.9.0
+	touch $@
+
 demo: install
 	$(VENV)/bin/anatomist demo --out runs/demo
 
-test: install saelens-venv
+test: install saelens-venv speculators-lib
 	$(PY) -m pytest -m "not slow" -q
 
 test-slow: install

@@ -4,6 +4,8 @@ the `speculators` package is installed) its own reader and model agree with our 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,9 +91,12 @@ def test_reader_rejects_mismatch(tmp_path, one_thread):
 
 
 def test_speculators_own_reader_and_model(tmp_path, one_thread):
-    """With the real `speculators` package (not a project dependency; runs where it is installed):
-    its config reader parses our export, and on a Qwen3 trunk (the family its MTPDraftModel
-    builds) its model loads our weights and gives our depth-1 draft logits."""
+    """With the real `speculators` package (not a project dependency; `make test` puts it in
+    .venv-speculators): its config reader parses our export, and on a Qwen3 trunk (the family its
+    MTPDraftModel builds) its model loads our weights and gives our depth-1 draft logits."""
+    lib = Path(__file__).resolve().parents[1] / ".venv-speculators"
+    if lib.is_dir() and str(lib) not in sys.path:
+        sys.path.append(str(lib))  # appended: .venv's own packages keep precedence
     pytest.importorskip("speculators")
     from speculators.models.mtp.config import MTPSpeculatorConfig
     from speculators.models.mtp.core import MTPDraftModel
