@@ -87,6 +87,22 @@ class Arm:
               f"H {h['grpo/entropy']:.3f}{acc}", flush=True)
 
 
+def same_distribution(st, a, b, r0_p, r0_m, lp_p, lp_m) -> None:
+    """Step 0 (identical weights): lossless rejection sampling must give plain sampling's distribution."""
+    print("\n== same distribution? (lossless rejection sampling; step 0 = identical weights) ==")
+    a, b = a.numpy(), b.numpy()
+    ks = st.ks_2samp(a, b)
+    print(f"step-0 per-token rollout log-probs: plain mean {a.mean():.3f} (n={len(a)}), mtp_rs mean {b.mean():.3f} "
+          f"(n={len(b)}); KS p = {ks.pvalue:.3f}")
+    if len(set(r0_p + r0_m)) > 1:
+        mw = st.mannwhitneyu(r0_p, r0_m)
+        print(f"step-0 rewards: plain {sum(r0_p) / len(r0_p):.3f}, mtp_rs {sum(r0_m) / len(r0_m):.3f}; "
+              f"Mann–Whitney p = {mw.pvalue:.3f}")
+    all_p = torch.cat([lp for _, lp in lp_p]).numpy()
+    all_m = torch.cat([lp for _, lp in lp_m]).numpy()
+    print(f"all steps per-token log-probs (policies drift apart after step 0): KS p = {st.ks_2samp(all_p, all_m).pvalue:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=4)
@@ -137,6 +153,14 @@ def main() -> None:
     print(f"MTP draft acceptance {acc:.3f}, mean accept length {mal:.2f} (incl. bonus)")
     print(f"goal step time ≥ 1.5× faster: measured {ratio:.2f}× — {'met' if ratio >= 1.5 else 'NOT met'}")
 
+    ents = [h["grpo/entropy"] for h in hist_m]
+    if len(hist_m) >= 3 and max(ents) > min(ents):
+        # Bebop's question: does acceptance follow the policy's entropy as RL moves it? (one point per step)
+        fit = st.linregress(ents, [h["spec/alpha_1"] for h in hist_m])
+        print(f"α1 vs policy entropy over the MTP arm's steps: slope {fit.slope:+.3f}/nat ± {fit.stderr:.3f}, "
+              f"r = {fit.rvalue:+.2f}, p = {fit.pvalue:.3f} (H {min(ents):.2f}…{max(ents):.2f} nats, "
+              f"α1 {min(h['spec/alpha_1'] for h in hist_m):.2f}…{max(h['spec/alpha_1'] for h in hist_m):.2f})")
+
     print("\n== reward (baseline = step 0) ==")
     for name, h in (("plain", hist_p), ("mtp_rs", hist_m)):
         k = max(1, len(h) // 2)
@@ -144,19 +168,11 @@ def main() -> None:
         print(f"{name:7s} step0 {h[0]['grpo/reward']:.3f} → last {h[-1]['grpo/reward']:.3f}; "
               f"mean first half {first:.3f} → last half {last:.3f} ({'improved' if last > first else 'not improved'})")
 
-    print("\n== same distribution? (lossless rejection sampling; step 0 = identical weights) ==")
-    a = next(lp for s, lp in lp_p if s == 0).numpy()
-    b = next(lp for s, lp in lp_m if s == 0).numpy()
-    ks = st.ks_2samp(a, b)
-    print(f"step-0 per-token rollout log-probs: plain mean {a.mean():.3f} (n={len(a)}), mtp_rs mean {b.mean():.3f} "
-          f"(n={len(b)}); KS p = {ks.pvalue:.3f}")
-    if len(set(r0_p + r0_m)) > 1:
-        mw = st.mannwhitneyu(r0_p, r0_m)
-        print(f"step-0 rewards: plain {sum(r0_p) / len(r0_p):.3f}, mtp_rs {sum(r0_m) / len(r0_m):.3f}; "
-              f"Mann–Whitney p = {mw.pvalue:.3f}")
-    all_p = torch.cat([lp for _, lp in lp_p]).numpy()
-    all_m = torch.cat([lp for _, lp in lp_m]).numpy()
-    print(f"all steps per-token log-probs (policies drift apart after step 0): KS p = {st.ks_2samp(all_p, all_m).pvalue:.3f}")
+    step0 = [dict(lp_p).get(0), dict(lp_m).get(0)]
+    if None in step0:  # a rerun on a finished --out reads the metrics back; the rollouts are gone
+        print("\n(step-0 rollouts were sampled by an earlier run of this --out: no distribution test this time)")
+    else:
+        same_distribution(st, *step0, r0_p, r0_m, lp_p, lp_m)
     print(f"metrics and plots under {out_root}/{{plain,mtp_rs}}/")
 
 
