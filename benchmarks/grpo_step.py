@@ -147,6 +147,12 @@ def main() -> None:
     for k in ("grpo/rollout_s", "grpo/update_s", "grpo/step_s"):
         print(f"{k:16s} plain {tot(hist_p, k):7.1f}s  mtp_rs {tot(hist_m, k):7.1f}s  ratio {tot(hist_p, k) / tot(hist_m, k):.2f}×"
               f"   (without step 0: {tot(hist_p, k, True) / tot(hist_m, k, True):.2f}×)")
+    # After step 0 the two policies differ, and so do their response lengths: tokens/s compares
+    # the samplers on the work each actually did.
+    tps_p, tps_m = (tot(h, "grpo/response_tokens") / tot(h, "grpo/rollout_s") for h in (hist_p, hist_m))
+    print(f"rollout tokens/s plain {tps_p:7.1f}   mtp_rs {tps_m:7.1f}   ratio {tps_m / tps_p:.2f}× "
+          f"(response tokens: plain {tot(hist_p, 'grpo/response_tokens'):.0f}, "
+          f"mtp_rs {tot(hist_m, 'grpo/response_tokens'):.0f})")
     acc = sum(h["spec/draft_acceptance"] for h in hist_m) / len(hist_m)
     mal = sum(h["spec/mean_accept_len"] for h in hist_m) / len(hist_m)
     ratio = tot(hist_p, "grpo/step_s") / tot(hist_m, "grpo/step_s")
