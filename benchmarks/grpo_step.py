@@ -1,8 +1,12 @@
 """GRPO step time with plain vs MTP+RS rollouts on the default model, from the same seed, in one run.
 
-    python benchmarks/grpo_step.py [--steps 4] [--prompts 4] [--group 4] [--max-new-tokens 48]
-                                   [--device cpu] [--threads 1] [--lr 1e-5] [--train-layers 0]
-                                   [--head-data grpo|chat] [--head-prompts 512]
+    python benchmarks/grpo_step.py [--steps 16] [--prompts 4] [--group 8] [--max-new-tokens 48]
+                                   [--device cpu] [--threads 1] [--lr 5e-5] [--train-layers 0]
+                                   [--head-data grpo|chat] [--head-prompts 512] [--out DIR]
+
+The defaults are sized for this 2-core CPU (about 25 min, head data included): enough steps and
+samples per group for the reward to move. Rerunning with the same --out reprints the summary from
+the saved metrics.
 
 Two arms, alternating step by step, run the same GRPO algorithm (`anatomist.train.grpo.train_grpo`) from the same initial
 weights and seed: rollouts by plain sampling (drafter=None) and by the e2e-TV MTP head with
@@ -105,11 +109,11 @@ def same_distribution(st, a, b, r0_p, r0_m, lp_p, lp_m) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--prompts", type=int, default=4, help="problems per step (P)")
-    ap.add_argument("--group", type=int, default=4, help="samples per problem (G)")
+    ap.add_argument("--group", type=int, default=8, help="samples per problem (G)")
     ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--train-layers", type=int, default=0, help="0 = all parameters; N = top N blocks")
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--head-steps", type=int, default=200, help="training steps of the cached e2e-TV head")
