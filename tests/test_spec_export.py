@@ -56,7 +56,9 @@ def test_export_names_config_and_exact_round_trip(tmp_path, one_thread):
     assert sc["verifier"] == {"name_or_path": "org/tiny-llama", "architectures": ["LlamaForCausalLM"]}
     tl = cfg["transformer_layer_config"]
     assert tl["model_type"] == "llama" and tl["hidden_size"] == H and tl["vocab_size"] == 128
-    assert "--speculative-algorithm NEXTN" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "--speculative-algorithm NEXTN" in readme and "--speculative-use-rejection-sampling" in readme
+    assert '"draft_sample_method": "probabilistic"' in readme and "OUT" not in readme
 
     back = load_speculators(out, trunk)
     hidden = torch.randn(2, 7, H)

@@ -28,14 +28,17 @@ norm → final_layernorm. A reduced draft vocabulary cannot be expressed (specul
 reduction for MTP): the engine drafts over the full vocabulary with the shared LM head. That stays
 lossless under rejection sampling; acceptance can differ slightly from what was measured here.
 
-Serving (a GPU machine; both engines verify drafts with rejection sampling against p at T > 0):
+Serving (a GPU machine). Both engines draft greedily by default (one-hot q); the flags below sample
+drafts from q and verify them with probabilistic rejection sampling, the mode this head's TV loss
+trains for (acceptance = 1 − TV(p, q), which holds up as the policy's entropy rises):
 
     # vLLM: a speculators checkpoint (the method is read from its config.json)
-    vllm serve VERIFIER --speculative-config '{"model": "OUT", "num_speculative_tokens": 3}'
-    # SGLang: NEXTN (= chain EAGLE with top-k 1)
+    vllm serve VERIFIER --speculative-config \\
+        '{"model": "OUT", "num_speculative_tokens": 3, "draft_sample_method": "probabilistic"}'
+    # SGLang: NEXTN (= chain EAGLE with top-k 1, which its rejection sampling requires)
     python -m sglang.launch_server --model-path VERIFIER --speculative-algorithm NEXTN \\
         --speculative-draft-model-path OUT --speculative-num-steps 3 --speculative-eagle-topk 1 \\
-        --speculative-num-draft-tokens 4
+        --speculative-num-draft-tokens 4 --speculative-use-rejection-sampling
 
 Caveat (checked against the sources, Nov 2026): the speculators reader parses this config for any
 HF model type, but its `MTPDraftModel` builds layers only for Qwen3-family types, vLLM maps
