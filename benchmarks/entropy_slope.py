@@ -1,6 +1,6 @@
 """Acceptance vs target entropy for CE-, TV- and e2e-TV-trained MTP heads, RS and greedy drafting.
 
-    python benchmarks/entropy_slope.py [--prompts 8] [--max-new-tokens 40] [--steps 200] [--threads 1]
+    python benchmarks/entropy_slope.py [--prompts 8] [--max-new-tokens 40] [--steps 1000] [--threads 1]
 
 Heads are trained once on the model's own T=1 samples (cached under $ANATOMIST_CACHE/spec; the
 e2e-TV head is the one `spec_speed.py` uses). For temperatures 0.3 … 1.5 every depth-1 draft

@@ -1,6 +1,6 @@
 """Speculative decoding speed on the default model at T=1: tokens/s and ratios measured in one run.
 
-    python benchmarks/spec_speed.py [--prompts 6] [--max-new-tokens 64] [--steps 200] [--threads 1]
+    python benchmarks/spec_speed.py [--prompts 6] [--max-new-tokens 64] [--steps 1000] [--threads 1]
 
 Methods, interleaved prompt by prompt so load swings on the host hit all of them alike:
   hf       Hugging Face `model.generate(do_sample=True, temperature=1, top_k=0)`
