@@ -5,8 +5,8 @@
 Methods, interleaved prompt by prompt so load swings on the host hit all of them alike:
   hf       Hugging Face `model.generate(do_sample=True, temperature=1, top_k=0)`
   plain    anatomist's own loop without a drafter (γ = 0)
-  ngram    prompt-lookup drafts (model-free), γ = 3
-  mtp_rs   the e2e-TV MTP head, drafts sampled from q and verified by rejection sampling, γ = 3
+  ngram    prompt-lookup drafts (model-free), γ = 3 (--gamma)
+  mtp_rs   the e2e-TV MTP head, drafts sampled from q and verified by rejection sampling, γ = 3 (--gamma)
 at batch 1 and batch 8. The head and its training data are cached under $ANATOMIST_CACHE/spec;
 the first run generates the data and trains the head (minutes), later runs only measure.
 Goals (issue 8): mtp_rs ≥ 2.0× plain at batch 1; draft acceptance ≥ 0.8 for the e2e-TV head.
@@ -47,8 +47,8 @@ def run_hf(lm, batch, max_new_tokens, seed):
     return n, None
 
 
-def run_own(lm, batch, max_new_tokens, seed, drafter=None, mode="rs"):
-    out = generate(lm.model, batch, drafter=drafter, gamma=3, temperature=1.0, max_new_tokens=max_new_tokens,
+def run_own(lm, batch, max_new_tokens, seed, drafter=None, mode="rs", gamma=3):
+    out = generate(lm.model, batch, drafter=drafter, gamma=gamma, temperature=1.0, max_new_tokens=max_new_tokens,
                    eos_token_id=lm.tokenizer.eos_token_id, draft_mode=mode,
                    generator=torch.Generator().manual_seed(seed))
     return sum(len(t) for t in out.tokens), out.stats
@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     add_head_args(ap)
     ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--gamma", type=int, default=3, help="draft tokens per round (ngram and mtp_rs)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default); on a shared, "
                     "busy host 1 thread avoids OpenMP barrier stalls that hit multi-token forwards hardest")
     args = ap.parse_args()
@@ -74,8 +75,8 @@ def main() -> None:
     methods = {
         "hf": lambda b, s: run_hf(lm, b, args.max_new_tokens, s),
         "plain": lambda b, s: run_own(lm, b, args.max_new_tokens, s),
-        "ngram": lambda b, s: run_own(lm, b, args.max_new_tokens, s, NGramDrafter()),
-        "mtp_rs": lambda b, s: run_own(lm, b, args.max_new_tokens, s, MTPDrafter(head), "rs"),
+        "ngram": lambda b, s: run_own(lm, b, args.max_new_tokens, s, NGramDrafter(), gamma=args.gamma),
+        "mtp_rs": lambda b, s: run_own(lm, b, args.max_new_tokens, s, MTPDrafter(head), "rs", args.gamma),
     }
     prompts = chat_prompts(lm.tokenizer, "eval", args.prompts + 8)
     run_own(lm, prompts[:1], 4, 0, MTPDrafter(head))  # warm-up
@@ -107,12 +108,12 @@ def main() -> None:
             if stats[name] and stats[name][0].gamma:
                 rounds = sum(x.rounds for x in stats[name])
                 emitted = sum(x.emitted for x in stats[name])
-                reached = [sum(x.reached[i] for x in stats[name]) for i in range(3)]
-                accd = [sum(x.accepted[i] for x in stats[name]) for i in range(3)]
+                reached = [sum(x.reached[i] for x in stats[name]) for i in range(args.gamma)]
+                accd = [sum(x.accepted[i] for x in stats[name]) for i in range(args.gamma)]
                 alpha = [a / r if r else float("nan") for a, r in zip(accd, reached)]
                 acc = (f"mean accept len {emitted / rounds:.2f} (incl. bonus), drafts accepted "
-                       f"{(emitted - rounds) / (3 * rounds):.3f}, α_i {[round(a, 3) for a in alpha]}")
-                results[(B, name, "draft_acceptance")] = (emitted - rounds) / (3 * rounds)
+                       f"{(emitted - rounds) / (args.gamma * rounds):.3f}, α_i {[round(a, 3) for a in alpha]}")
+                results[(B, name, "draft_acceptance")] = (emitted - rounds) / (args.gamma * rounds)
             print(f"{name:8s} {n:7d} {s:7.1f} {rate:7.2f} {rate / base:7.2f} {rate / hf:7.2f}  {acc}")
             results[(B, name)] = rate / base
     r1 = results.get((1, "mtp_rs"))
