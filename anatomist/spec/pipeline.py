@@ -136,8 +136,8 @@ def benchmark_heads(lm, losses, *, model_name: str, steps: int = 200, batch_size
 
 def add_head_args(ap) -> None:
     """The head recipe flags the spec benchmarks share. Defaults: every chat training prompt × 2
-    self-samples (64K response tokens), 1000 steps × 8 — about 35 min once on a 2-core CPU, then
-    cached. The earlier 192 × 1, 200-step recipe reached train α1 0.26–0.28; this one 0.35–0.44."""
+    self-samples (64K response tokens), 1000 steps × 8 — about 70 min once with one torch thread
+    on a 2-core CPU (measured; three heads), then cached. The earlier 192 × 1, 200-step recipe reached train α1 0.26–0.28; this one 0.35–0.44."""
     ap.add_argument("--model", default="smollm2-135m-instruct", help="model name, folder or .gguf")
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--steps", type=int, default=1000, help="training steps of each head (cached)")
