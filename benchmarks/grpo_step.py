@@ -4,8 +4,9 @@
                                    [--device cpu] [--threads 1] [--lr 5e-5] [--train-layers 0]
                                    [--head-data grpo|chat] [--head-prompts 512] [--out DIR]
 
-The defaults are sized for this 2-core CPU (about 25 min, head data included): enough steps and
-samples per group for the reward to move. Rerunning with the same --out reprints the summary from
+The defaults are sized for this 2-core CPU: enough steps and samples per group for the reward to
+move. Measured: 23 min for both arms with one torch thread beside another job, plus 10 min once for
+the head's data and training. Rerunning with the same --out reprints the summary from
 the saved metrics.
 
 Two arms, alternating step by step, run the same GRPO algorithm (`anatomist.train.grpo.train_grpo`) from the same initial
