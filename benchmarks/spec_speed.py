@@ -70,8 +70,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     lm = load(args.model, device=args.device)
     print(f"model {args.model} on {args.device}")
-    with torch.enable_grad():
-        head = heads_from_args(lm, args, ["e2e_tv"])["e2e_tv"]
+    head = heads_from_args(lm, args, ["e2e_tv"])["e2e_tv"]
     methods = {
         "hf": lambda b, s: run_hf(lm, b, args.max_new_tokens, s),
         "plain": lambda b, s: run_own(lm, b, args.max_new_tokens, s),

@@ -126,3 +126,17 @@ def test_chain_subset_equals_full_and_lse_targets(model_and_samples):
                               torch.softmax(z, -1)[head.vocab_ids], atol=1e-6)
         p = torch.softmax(z, -1)
         assert float(st[0, 5, 1]) == pytest.approx(float(-(p * p.log()).sum()), abs=1e-5)
+
+
+def test_cached_head_trains_under_a_callers_no_grad(tmp_path, monkeypatch, model_and_samples):
+    """Benchmarks and the GRPO CLI sample under no_grad; the head they ask for must still train."""
+    from anatomist.spec.pipeline import cached_head
+
+    monkeypatch.setenv("ANATOMIST_CACHE", str(tmp_path))
+    m, s = model_and_samples
+    cfg = TrainConfig(loss="e2e_tv", gamma=2, steps=3, batch_size=2, draft_vocab=0)
+    with torch.no_grad():
+        head, folder = cached_head(m, s, cfg, model_name="tiny", eos_token_id=None)
+        again, same = cached_head(m, s, cfg, model_name="tiny", eos_token_id=None)  # loaded, not retrained
+    assert same == folder and len(head.history) == 3 and not hasattr(again, "history")
+    assert all(torch.equal(a, b) for a, b in zip(head.trainable_state().values(), again.trainable_state().values()))

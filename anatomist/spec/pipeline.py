@@ -90,8 +90,9 @@ def cached_head(model, samples: Samples, cfg: TrainConfig, *, model_name: str, e
     folder = spec_cache() / "heads" / f"{cfg.loss}-{key}"
     if (folder / CONFIG_NAME).is_file():
         return load_head(folder, model), folder
-    head = train_head(model, samples, cfg, folder, states=states, stats=stats, base_model=model_name,
-                      eos_token_id=eos_token_id, extra={"data_temperature": temperature})
+    with torch.enable_grad():  # callers often sample under no_grad; training the head needs grads
+        head = train_head(model, samples, cfg, folder, states=states, stats=stats, base_model=model_name,
+                          eos_token_id=eos_token_id, extra={"data_temperature": temperature})
     return head, folder
 
 
@@ -105,9 +106,8 @@ def e2e_tv_head(lm, *, model_name: str, prompt_set: str = "chat", n_prompts: int
                              max_new_tokens=max_new_tokens, prompt_set=prompt_set)
     states, stats = cached_states(lm.model, samples, model_name=model_name)
     cfg = TrainConfig(loss="e2e_tv", gamma=3, steps=steps, batch_size=8, lr=1e-3, draft_vocab=8192)
-    with torch.enable_grad():
-        return cached_head(lm.model, samples, cfg, model_name=model_name, eos_token_id=lm.tokenizer.eos_token_id,
-                           states=states, stats=stats)
+    return cached_head(lm.model, samples, cfg, model_name=model_name, eos_token_id=lm.tokenizer.eos_token_id,
+                       states=states, stats=stats)
 
 
 def benchmark_heads(lm, losses, *, model_name: str, steps: int = 200, batch_size: int = 8, lr: float = 1e-3,
@@ -149,10 +149,6 @@ def add_head_args(ap) -> None:
 
 
 def heads_from_args(lm, args, losses) -> dict[str, MTPHead]:
-    import torch
-
-    with torch.enable_grad():
-        return benchmark_heads(lm, losses, model_name=args.model, steps=args.steps, batch_size=args.train_batch,
-                               lr=args.lr, draft_vocab=args.draft_vocab, n_prompts=args.data_prompts,
-                               samples_per_prompt=args.samples_per_prompt,
-                               gen_batch=128 if args.device != "cpu" else 32)
+    return benchmark_heads(lm, losses, model_name=args.model, steps=args.steps, batch_size=args.train_batch,
+                           lr=args.lr, draft_vocab=args.draft_vocab, n_prompts=args.data_prompts,
+                           samples_per_prompt=args.samples_per_prompt, gen_batch=128 if args.device != "cpu" else 32)

@@ -59,9 +59,11 @@ def grpo(
         if head is None:
             from anatomist.spec.pipeline import e2e_tv_head
 
-            head = e2e_tv_head(lm, model_name=model, prompt_set="grpo", n_prompts=GRPO_HEAD_PROMPTS)[1]
-            typer.echo(f"draft head: {head}")
-        drafter = make_drafter("mtp", head=load_head(head, lm.model).to(device))
+            mtp, folder = e2e_tv_head(lm, model_name=model, prompt_set="grpo", n_prompts=GRPO_HEAD_PROMPTS)
+            typer.echo(f"draft head: {folder}")
+        else:
+            mtp = load_head(head, lm.model)
+        drafter = make_drafter("mtp", head=mtp.to(device))
     res = train_grpo(lm.model, lm.tokenizer, cfg, out, drafter=drafter)
     if res.history:
         first, last = res.history[0], res.history[-1]
