@@ -3,6 +3,7 @@ at the default strength and weaker ones, against a random-label baseline from th
 
     nice -n 10 .venv/bin/python benchmarks/organism_audit.py [--organism runs/organism]
         [--audit runs/organism_audit] [--strengths 0.9,0.75,0.6] [--poolings mean,max,top16] [--top-k K]
+        [--fractions 0.5,0.75,0.9] [--subsets 40]
 
 1. Builds the default organism into --organism unless its truth.json exists (generations cached).
 2. Audits its train.jsonl with the default SAE and `AuditConfig(topic_column="topic")` into
@@ -24,6 +25,12 @@ at the default strength and weaker ones, against a random-label baseline from th
 4. Scores every audit (`organism.score.score_audit`, writes score.json) and prints the table,
    with clusters matched to traits within each row's topic (the default), then again with the
    stricter global matching (a cluster must track the trait over all of its topics).
+5. Where does it break as the data shrinks? The default audit (first pooling, default strength)
+   is rescored on --subsets random subsets holding each fraction of every topic's pairs
+   (`organism.power.detection_power`; rows recomputed as the audit computes them, no forward
+   pass): P(found) per planted cell and how often a subset meets issue 5's goal (recall 1,
+   precision ≥ 0.8). One draw's recall says little when a cell sits near the threshold; this says
+   whether a miss is luck or a weak cell.
 """
 
 from __future__ import annotations
@@ -41,11 +48,13 @@ from anatomist.data import load_pairs
 from anatomist.models import load
 from anatomist.organism.build import build_organism, relabel_organism
 from anatomist.organism.plant import DEFAULT_CONFIG, PlantConfig, TraitPlan
+from anatomist.organism.power import detection_power
 from anatomist.organism.score import format_score, reuse_latents, score_audit
 from anatomist.sae import default_sae, load_sae
 
 DEFAULT_STRENGTH = 0.9
 BUILD_GOAL_S = 1200    # issue 5: the default organism (≥ 1,200 pairs) builds in ≤ 20 min on a 2-core CPU
+GOAL_RECALL, GOAL_PRECISION = 1.0, 0.8    # issue 5, at the default strength
 
 
 def weaker(config: PlantConfig, s: float | None) -> PlantConfig:
@@ -78,6 +87,8 @@ def main() -> None:
                          "latents serve every other one")
     ap.add_argument("--top-k", type=int, default=None, help="only the first K flagged topic rows count")
     ap.add_argument("--rho-min", type=float, default=0.3)
+    ap.add_argument("--fractions", default="0.5,0.75,0.9", help="subset sizes (share of each topic's pairs); '' skips")
+    ap.add_argument("--subsets", type=int, default=40, help="random subsets per fraction")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     import torch
@@ -152,6 +163,29 @@ def main() -> None:
             print(f"{pooling:>7s} {name:>8s} {r['recall']:7.2f} {r['precision']:9.2f} {r['sign_accuracy']:8.2f} "
                   f"{r['trait_share']:11.2f} {r['n_flagged']:7d} {r['control_false_positive_rate']:11.2f} "
                   f"{r['recall'] - null['recall']:13.2f} {timings[(pooling, name)]:7.0f}")
+
+
+    if args.fractions:
+        subsets(dirs(DEFAULT_STRENGTH, args.poolings.split(",")[0])[1], truth, args)
+
+
+def subsets(audit_dir: Path, truth: Path, args) -> None:
+    """P(found) per planted cell and P(goal met) on random subsets of the default audit's pairs."""
+    fractions = [float(f) for f in args.fractions.split(",")]
+    runs = {f: detection_power(audit_dir, truth, fraction=f, n_subsets=args.subsets, rho_min=args.rho_min)
+            for f in fractions}
+    print(f"\nsubsets of {audit_dir} ({args.subsets} per fraction; fraction = share of each topic's pairs kept):")
+    print(f"{'cell':>36s} " + " ".join(f"{f:>7g}" for f in fractions))
+    for i, cell in enumerate(runs[fractions[0]]["cells"]):
+        print(f"{cell['topic'] + ' / ' + cell['trait']:>36s} "
+              + " ".join(f"{runs[f]['cells'][i]['p_found']:7.2f}" for f in fractions))
+    for name, fn in (("P(recall = 1)", lambda r, p: r >= GOAL_RECALL),
+                     (f"P(precision ≥ {GOAL_PRECISION})", lambda r, p: p >= GOAL_PRECISION),
+                     ("P(goal met)", lambda r, p: r >= GOAL_RECALL and p >= GOAL_PRECISION)):
+        print(f"{name:>36s} " + " ".join(
+            f"{sum(map(fn, runs[f]['recall'], runs[f]['precision'])) / args.subsets:7.2f}" for f in fractions))
+    print(f"{'mean precision':>36s} " + " ".join(
+        f"{sum(runs[f]['precision']) / args.subsets:7.2f}" for f in fractions))
 
 
 if __name__ == "__main__":

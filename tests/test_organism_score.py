@@ -285,11 +285,11 @@ def test_reuse_latents_completes_a_partial_store(tmp_path, smol_tokenizer):
     np.testing.assert_allclose(got.pooled().mean.toarray(), fresh.pooled().mean.toarray(), rtol=1e-5, atol=1e-6)
 
 
-def test_score_and_reuse_on_a_real_audit_folder(fake_audit, tmp_path, smol_tokenizer, monkeypatch):
-    """The scorer reads what run_audit writes; a relabelled audit from reused latents has the same
-    concept scores per response (sides swapped), without a forward pass."""
+@pytest.fixture(scope="module")
+def run_audit_folder(fake_audit, smol_tokenizer, tmp_path_factory):
+    """What run_audit writes for the stub organism (a tiny random model and SAE): (model, sae,
+    config, folder)."""
     from anatomist.audit.run import AuditConfig, run_audit
-    from anatomist.data import PreferencePair
     from anatomist.sae import SAE, SAEConfig
     from conftest import tiny_llama
 
@@ -299,15 +299,26 @@ def test_score_and_reuse_on_a_real_audit_folder(fake_audit, tmp_path, smol_token
     sae = SAE(SAEConfig(d_in=32, d_sae=96, architecture="topk", k=6, layer=1)).init_weights(
         torch.Generator().manual_seed(0))
     cfg = AuditConfig(topic_column="topic", min_support=3, n_boot=50, n_examples=4, knn=5, min_pairs=4)
+    out = tmp_path_factory.mktemp("run_audit") / "a"
+    run_audit(model, smol_tokenizer, sae, load_pairs(root / "data" / "train.jsonl"), out, cfg, progress=False)
+    return model, sae, cfg, out
+
+
+def test_score_and_reuse_on_a_real_audit_folder(fake_audit, run_audit_folder, tmp_path, smol_tokenizer, monkeypatch):
+    """The scorer reads what run_audit writes; a relabelled audit from reused latents has the same
+    concept scores per response (sides swapped), without a forward pass."""
+    from anatomist.audit.run import run_audit
+    from anatomist.data import PreferencePair
+
+    root, _ = fake_audit
+    model, sae, cfg, audit = run_audit_folder
     pairs = load_pairs(root / "data" / "train.jsonl")
-    run_audit(model, smol_tokenizer, sae, pairs, tmp_path / "a", cfg, progress=False)
-    s = score_audit(tmp_path / "a", root / "data" / "truth.json")
+    s = score_audit(audit, root / "data" / "truth.json", write=False)
     assert s["n_planted_cells"] == 2 and set(s["matches"]) == {"over_formatting", "urls"}
-    assert (tmp_path / "a" / "score.json").is_file()
 
     swapped = [PreferencePair(p.id, p.prompt, p.rejected, p.chosen, p.extra) if i % 3 == 0 else p
                for i, p in enumerate(pairs)]
-    reuse_latents(tmp_path / "a" / "latents", tmp_path / "b" / "latents", pairs, swapped)
+    reuse_latents(audit / "latents", tmp_path / "b" / "latents", pairs, swapped)
     from anatomist.audit import pool as pool_mod
 
     monkeypatch.setattr(pool_mod, "_response_latents", lambda *a, **k: pytest.fail("reused latents ran a forward"))
@@ -316,7 +327,7 @@ def test_score_and_reuse_on_a_real_audit_folder(fake_audit, tmp_path, smol_token
     # index by index: Leiden may number equal-sized clusters differently on reordered rows.)
     from anatomist.audit.pool import Latents
 
-    pa, pb = Latents(tmp_path / "a" / "latents").pooled(), Latents(tmp_path / "b" / "latents").pooled()
+    pa, pb = Latents(audit / "latents").pooled(), Latents(tmp_path / "b" / "latents").pooled()
     order = [2 * i + (j ^ (i % 3 == 0)) for i in range(len(pairs)) for j in (0, 1)]  # b's seq → a's seq
     assert (pa.mean[order] != pb.mean).nnz == 0 and (pa.max[order] != pb.max).nnz == 0
     assert pb.sides == ["chosen", "rejected"] * len(pairs)
@@ -405,3 +416,41 @@ def test_topic_matching_reads_the_concept_where_the_row_makes_its_claim(fake_aud
     assert found == {("coding", "over_formatting"): True, ("physics", "urls"): False}
     with pytest.raises(AnatomistError, match="matching"):
         score_tables(c, texts, topics, rows, truth, matching="per-topic")
+
+
+# --- detection power on subsets ---------------------------------------------------------------
+
+def test_subsets_reproduce_the_audit_at_fraction_one_and_are_real_subsets(fake_audit, run_audit_folder):
+    """fraction = 1 recomputes exactly the rows run_audit wrote and the score score_audit gives;
+    a subset keeps round(f · n_k) distinct pairs of every topic."""
+    from anatomist.organism.power import Replicates, detection_power
+
+    root, _ = fake_audit
+    audit = run_audit_folder[3]
+    reps = Replicates(audit, root / "data" / "truth.json")
+    every = np.arange(len(reps.topic_ids))
+    cols = ["topic", "cluster", "n", "mean", "sd", "z", "split_half", "q", "direction", "rank_score"]
+    key = ["topic", "cluster"]
+    mine = reps.rows(every)[cols].sort_values(key).reset_index(drop=True)
+    written = reps.tables.rows[cols].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(mine, written)
+    assert (mine["cluster"] == -1).any()                      # response length, its own BH family, is included
+    mine, ref = reps.score(every), score_audit(audit, root / "data" / "truth.json", write=False)
+    assert {k: ref[k] for k in mine} == mine
+
+    sub = reps.subsample(np.random.default_rng(0), 0.5)
+    assert len(set(sub.tolist())) == len(sub) and list(sub) == sorted(sub)
+    for k in np.unique(reps.topic_ids):
+        assert (reps.topic_ids[sub] == k).sum() == max(2, round(0.5 * (reps.topic_ids == k).sum()))
+    p = detection_power(audit, root / "data" / "truth.json", fraction=1.0, n_subsets=2)
+    assert p["recall"] == [ref["recall"]] * 2
+    assert {(c["topic"], c["trait"]): c["p_found"] for c in p["cells"]} == {
+        (c["topic"], c["trait"]): float(c["found"]) for c in ref["cells"]}
+
+
+def test_detection_power_refuses_bad_arguments(fake_audit, run_audit_folder):
+    from anatomist.organism.power import detection_power
+
+    for kw in ({"fraction": 0.0}, {"fraction": 1.5}, {"n_subsets": 0}):
+        with pytest.raises(AnatomistError, match="n_subsets >= 1 and 0 < fraction <= 1"):
+            detection_power(run_audit_folder[3], fake_audit[0] / "data" / "truth.json", **kw)

@@ -45,7 +45,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -268,10 +268,23 @@ def with_length(audit_dir: Path, pair_ids: Sequence[str], c: np.ndarray, rows: p
     return c, pd.concat([rows, pd.read_parquet(audit_dir / ROWS_FILE)], ignore_index=True), ids + [LENGTH]
 
 
-def score_audit(audit_dir: str | Path, truth_path: str | Path | None = None, *, data_path: str | Path | None = None,
-                top_k: int | None = None, rho_min: float = RHO_MIN, matching: str = "topic",
-                write: bool = True) -> dict:
-    """Score the audit in `audit_dir` against truth.json; writes audit_dir/score.json."""
+class AuditTables(NamedTuple):
+    """What the scorer reads from an audit folder, checked against the audited data."""
+    truth_path: Path
+    data_path: Path
+    truth: dict
+    meta: dict              # audit.json
+    pair_ids: list[str]     # [P]
+    texts: list[str]        # [2P] (2i chosen, 2i+1 rejected)
+    topics: list[str]       # [P]
+    c: np.ndarray           # [2P, C'] concept scores (+ log length as the last column where the audit wrote it)
+    rows: pd.DataFrame      # rows.parquet (+ length.parquet)
+    cluster_ids: list[int]  # [C'] the id of each column of c as the rows name it
+
+
+def load_audit_tables(audit_dir: str | Path, truth_path: str | Path | None = None, *,
+                      data_path: str | Path | None = None) -> AuditTables:
+    """Read and check an audit folder, its truth.json and the audited data file (see score_audit)."""
     from anatomist.data import dataset_hash, load_pairs
 
     audit_dir = Path(audit_dir)
@@ -293,15 +306,23 @@ def score_audit(audit_dir: str | Path, truth_path: str | Path | None = None, *, 
     if not planted <= audited:
         raise AnatomistError(f"{audit_dir}: audit topics {sorted(audited)} miss planted topics "
                              f"{sorted(planted - audited)}; audit with --topic-column topic")
-    c = load_audit_scores(audit_dir, [p.id for p in pairs])
-    c, rows, ids = with_length(audit_dir, [p.id for p in pairs], c, rows)
-    texts = [t for p in pairs for t in (p.chosen, p.rejected)]
-    result = score_tables(c, texts, [p.extra["topic"] for p in pairs], rows, truth, top_k=top_k, rho_min=rho_min,
-                          matching=matching, cluster_ids=ids)
-    result = {"audit_dir": str(audit_dir), "truth": str(truth_path), "data": str(data_path), "top_k": top_k,
+    ids = [p.id for p in pairs]
+    c, rows, cluster_ids = with_length(audit_dir, ids, load_audit_scores(audit_dir, ids), rows)
+    return AuditTables(truth_path, data_path, truth, meta, ids, [t for p in pairs for t in (p.chosen, p.rejected)],
+                       [p.extra["topic"] for p in pairs], c, rows, cluster_ids)
+
+
+def score_audit(audit_dir: str | Path, truth_path: str | Path | None = None, *, data_path: str | Path | None = None,
+                top_k: int | None = None, rho_min: float = RHO_MIN, matching: str = "topic",
+                write: bool = True) -> dict:
+    """Score the audit in `audit_dir` against truth.json; writes audit_dir/score.json."""
+    a = load_audit_tables(audit_dir, truth_path, data_path=data_path)
+    result = score_tables(a.c, a.texts, a.topics, a.rows, a.truth, top_k=top_k, rho_min=rho_min,
+                          matching=matching, cluster_ids=a.cluster_ids)
+    result = {"audit_dir": str(audit_dir), "truth": str(a.truth_path), "data": str(a.data_path), "top_k": top_k,
               "rho_min": rho_min, **result}
     if write:
-        atomic_write_text(audit_dir / SCORE_FILE, json.dumps(result, indent=1, default=float) + "\n")
+        atomic_write_text(Path(audit_dir) / SCORE_FILE, json.dumps(result, indent=1, default=float) + "\n")
     return result
 
 
