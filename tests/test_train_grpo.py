@@ -162,6 +162,42 @@ def test_mtp_rollout_steps_with_kl_top_layers_and_head_refresh(tmp_path, one_thr
     assert (tmp_path / "plot.html").stat().st_size > 10_000
 
 
+def test_head_refresh_raises_acceptance_on_the_policys_rollouts(one_thread):
+    """The refresh (`refresh_head_every`) fits the head to the current policy: its α on the
+    rollouts it was refreshed on goes up, measured with the trunk's own target distribution.
+    `head_alphas` (batched, several heads) equals one `head_loss` batch over every chain."""
+    from anatomist.spec.train import Samples, _batch, head_alphas, head_loss, target_stats, trunk_states
+    from anatomist.train.grpo import _refresh_head
+
+    model = tiny_llama(seed=4)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(6.0)  # sharper next-token distributions than a random init gives
+    head = MTPHead(model, MTPConfig(gamma=2)).eval()
+    fixed = MTPHead(model, MTPConfig(gamma=2)).eval()
+    fixed.load_state_dict(head.state_dict())
+    prompts = torch.randint(2, 100, (8, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=24, do_sample=True,
+                             pad_token_id=0)
+    seqs, plens = out.tolist(), [6] * 8
+    seqs[3], plens[3] = seqs[3][:8], 6  # too short for one chain: left out, not an error
+
+    with torch.no_grad():
+        states = trunk_states(model, seqs[:3] + seqs[4:])
+        one = _batch(states, target_stats(model, states), Samples(seqs[:3] + seqs[4:], plens[:3] + plens[4:]),
+                     list(range(7)), 2, 0, torch.Generator())  # every chain of every usable rollout
+        ref = head_loss(head, *one, "e2e_tv", 2)[1]
+    before = head_alphas({"head": head, "fixed": fixed}, model, Samples(seqs, plens), batch_size=3)
+    assert before["head"] == pytest.approx([ref["mtp/alpha_1"], ref["mtp/alpha_2"]], abs=1e-6)
+    assert before["fixed"] == before["head"]
+
+    metrics = _refresh_head(head, model, seqs, plens, GRPOConfig(head_refresh_steps=20, head_lr=3e-3), step=0)
+    after = head_alphas({"head": head, "fixed": fixed}, model, Samples(seqs, plens))
+    assert metrics["head_refresh/loss"] > 0 and not head.training
+    assert after["fixed"] == pytest.approx(before["fixed"])  # the other head is untouched
+    assert all(a > b + 0.03 for a, b in zip(after["head"], before["head"])), (before, after)
+
+
 def test_config_validation():
     with pytest.raises(AnatomistError, match="group_size"):
         GRPOConfig(group_size=1)

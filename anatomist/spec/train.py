@@ -23,7 +23,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -185,6 +185,32 @@ def head_loss(head: MTPHead, hidden: torch.Tensor, tokens: torch.Tensor, stats: 
     metrics["mtp/loss"] = float(value.detach())
     metrics["mtp/draft_vocab_mass"] = float((p[:, :, 0].sum(-1) * valid).sum() / n)
     return value, metrics
+
+
+@torch.no_grad()
+def head_alphas(heads: Mapping[str, MTPHead], model, samples: Samples, batch_size: int = 8) -> dict[str, list[float]]:
+    """Expected acceptance per depth, α_i = Σ_v min(p_i, q_i), of each head on every chain of the
+    samples: teacher-forced on the sampled tokens, against the trunk's own p (fp32), the mean over
+    chains. One trunk pass serves every head, so heads compare on the same sequences (e.g. a stale
+    head against a refreshed one on one policy's rollouts). The heads must be bound to `model`."""
+    gamma = {h.config.gamma for h in heads.values()}
+    assert len(gamma) == 1, f"heads with different γ: {gamma}"
+    g = gamma.pop()
+    usable = [i for i, (s, p) in enumerate(zip(samples.sequences, samples.prompt_lens)) if len(s) - p > g]
+    states = trunk_states(model, [samples.sequences[i] for i in usable])
+    sub = Samples([samples.sequences[i] for i in usable], [samples.prompt_lens[i] for i in usable])
+    stats = target_stats(model, states)
+    sums = {name: torch.zeros(g, dtype=torch.float64) for name in heads}
+    n = 0
+    for start in range(0, len(usable), batch_size):
+        batch = _batch(states, stats, sub, list(range(start, min(start + batch_size, len(usable)))), g, 0,
+                       torch.Generator())  # chains_per_seq 0: every chain, the generator is not drawn from
+        k = int(batch[-1].sum())
+        for name, head in heads.items():
+            m = head_loss(head, *batch, "tv", g)[1]
+            sums[name] += k * torch.tensor([m[f"mtp/alpha_{i + 1}"] for i in range(g)], dtype=torch.float64)
+        n += k
+    return {name: (s / n).tolist() if n else [float("nan")] * g for name, s in sums.items()}
 
 
 def _lr(step: int, cfg: TrainConfig) -> float:

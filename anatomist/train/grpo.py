@@ -236,13 +236,15 @@ def _refresh_head(head, model, seqs: list[list[int]], plens: list[int], cfg: GRP
 def train_grpo(model, tokenizer, cfg: GRPOConfig, out_dir: str | os.PathLike, *, drafter=None,
                reward_fn: Callable[[Problem, str], dict[str, float]] | None = None,
                stop_after: int | None = None, progress: bool = True,
-               on_rollout: Callable[[int, list[Problem], list[str], GenerateOutput, torch.Tensor], None] | None = None
+               on_rollout: Callable[[int, list[Problem], list[list[int]], list[str], GenerateOutput, torch.Tensor],
+                                    None] | None = None
                ) -> GRPOResult:
     """Run (or resume) GRPO; see the module docstring. `drafter=None` gives plain-sampling rollouts.
 
     reward_fn(problem, text) → {"reward": r, ...} (default: correctness + format, `rewards.score`).
     `stop_after` ends after that many total steps as if killed (tests). `on_rollout(step,
-    problems, texts, generate_output, rewards [P·G])` sees every rollout batch (benchmarks).
+    problems, prompts, texts, generate_output, rewards [P·G])` sees every rollout batch before the
+    update (benchmarks); prompts are the token ids each rollout continues.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -297,7 +299,7 @@ def train_grpo(model, tokenizer, cfg: GRPOConfig, out_dir: str | os.PathLike, *,
             rewards = torch.tensor([s["reward"] for s in scored], dtype=torch.float32)  # [P·G]
             adv = group_advantages(rewards.view(-1, cfg.group_size)).view(-1)  # [P·G]
             if on_rollout is not None:
-                on_rollout(step, problems, texts, ro, rewards)
+                on_rollout(step, problems, prompts, texts, ro, rewards)
 
             t0 = time.perf_counter()
             seqs = [p + t for p, t in zip(prompts, ro.tokens)]
