@@ -169,7 +169,6 @@ def main() -> None:
                   f"{r['trait_share']:11.2f} {r['n_flagged']:7d} {r['control_false_positive_rate']:11.2f} "
                   f"{r['recall'] - null['recall']:13.2f} {timings[(pooling, name)]:7.0f}")
 
-
     if args.fractions:
         subsets(dirs(DEFAULT_STRENGTH, args.poolings.split(",")[0])[1], truth, args)
 
