@@ -58,13 +58,6 @@ from anatomist.train.grpo import GRPOConfig, train_grpo  # noqa: E402
 MODEL = "smollm2-135m-instruct"
 
 
-def head_folder(lm, steps: int, data: str, n_prompts: int) -> str:
-    head, folder = e2e_tv_head(lm, model_name=MODEL, prompt_set=data, n_prompts=n_prompts, steps=steps)
-    print(f"head {folder} ({data} prompts): train α1..3 = "
-          f"{[round(head.config.extra.get(f'mtp/alpha_{i}', float('nan')), 3) for i in (1, 2, 3)]}")
-    return str(folder)
-
-
 def warm_up(lm, head_dir, device):
     """First-call costs (allocator, kernels, autograd graph) would otherwise land on the first arm."""
     from anatomist.spec.generate import generate
@@ -90,7 +83,7 @@ class Arm:
         self.name, self.lm, self.model, self.cfg = name, lm, model, cfg
         self.drafter = MTPDrafter(load_head(head_dir, model).to(device)) if head_dir else None
         self.fixed = load_head(head_dir, model).to(device).eval() if probe else None
-        self.lp, self.r0, self.history, self.seconds = [], [], [], 0.0
+        self.lp, self.r0, self.history = [], [], []
         self.probe: dict[int, dict] = {}
 
     def on_rollout(self, step, problems, prompts, texts, ro, rewards):
@@ -110,14 +103,12 @@ class Arm:
     def step(self, out_root, upto):
         # Resuming from the checkpoint each step is exact (tested), so the arms can alternate step
         # by step: load swings on a shared host then hit both alike.
-        t = time.perf_counter()
         folder = os.path.join(out_root, self.name)
         if self.fixed is not None and not self.probe and os.path.isfile(os.path.join(folder, "probe.json")):
             with open(os.path.join(folder, "probe.json")) as f:  # a rerun on a finished --out
                 self.probe = {int(k): v for k, v in json.load(f).items()}
         res = train_grpo(self.model, self.lm.tokenizer, self.cfg, folder,
                          drafter=self.drafter, on_rollout=self.on_rollout, progress=False, stop_after=upto)
-        self.seconds += time.perf_counter() - t
         self.history = res.history
         if self.fixed is not None:
             atomic_write_text(os.path.join(folder, "probe.json"), json.dumps(self.probe, indent=1))
@@ -169,7 +160,8 @@ def main() -> None:
     from scipy import stats as st
 
     lm = load(MODEL, device=args.device)
-    head_dir = head_folder(lm, args.head_steps, args.head_data, args.head_prompts)
+    head_dir = e2e_tv_head(lm, model_name=MODEL, prompt_set=args.head_data, n_prompts=args.head_prompts,
+                           steps=args.head_steps)[1]   # prints its data and train α
     cfg = GRPOConfig(steps=args.steps, prompts_per_step=args.prompts, group_size=args.group,
                      max_new_tokens=args.max_new_tokens, lr=args.lr, train_layers=args.train_layers,
                      micro_batch=args.micro_batch, seed=args.seed, gamma=3)

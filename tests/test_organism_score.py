@@ -423,6 +423,7 @@ def test_topic_matching_reads_the_concept_where_the_row_makes_its_claim(fake_aud
 def test_subsets_reproduce_the_audit_at_fraction_one_and_are_real_subsets(fake_audit, run_audit_folder):
     """fraction = 1 recomputes exactly the rows run_audit wrote and the score score_audit gives;
     a subset keeps round(f · n_k) distinct pairs of every topic."""
+    from anatomist.audit.length import LENGTH
     from anatomist.organism.power import Replicates, detection_power
 
     root, _ = fake_audit
@@ -434,7 +435,7 @@ def test_subsets_reproduce_the_audit_at_fraction_one_and_are_real_subsets(fake_a
     mine = reps.rows(every)[cols].sort_values(key).reset_index(drop=True)
     written = reps.tables.rows[cols].sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(mine, written)
-    assert (mine["cluster"] == -1).any()                      # response length, its own BH family, is included
+    assert (mine["cluster"] == LENGTH).any()                  # response length, its own BH family, is included
     mine, ref = reps.score(every), score_audit(audit, root / "data" / "truth.json", write=False)
     assert {k: ref[k] for k in mine} == mine
 

@@ -299,3 +299,28 @@ def test_head_data_is_the_tasks_problems_cached_apart_from_chat(tmp_path, monkey
     assert len(list((spec_cache() / "samples").iterdir())) == 2 and chat.sequences != s.sequences
     with pytest.raises(AnatomistError, match="prompt set must be one of chat, grpo, got 'math'"):
         cached_samples(model, tok, prompt_set="math", **kw)
+
+
+def test_default_grpo_head_is_one_cached_e2e_tv_head_of_the_task_data(tmp_path, monkeypatch, one_thread, capsys):
+    """`e2e_tv_head` (what `anatomist grpo` drafts with) trains once on the prompt set's self-samples
+    and then loads; the benchmarks' `benchmark_heads` finds the same cached head for the same recipe."""
+    from anatomist.spec.pipeline import benchmark_heads, cached_samples, e2e_tv_head
+    from anatomist.spec.train import head_alphas
+
+    monkeypatch.setenv("ANATOMIST_CACHE", str(tmp_path))
+
+    class LM:
+        model, tokenizer = tiny_llama(vocab_size=128), CharTokenizer()
+
+    kw = dict(model_name="tiny", prompt_set="grpo", n_prompts=4, steps=2, max_new_tokens=12)
+    head, folder = e2e_tv_head(LM, **kw)
+    assert head.config.loss == "e2e_tv" and folder.parent.name == "heads" and "grpo samples" in capsys.readouterr().out
+    again, same = e2e_tv_head(LM, **kw)
+    assert same == folder and len(list(folder.parent.iterdir())) == 1     # loaded, not trained again
+    shared = benchmark_heads(LM, ["e2e_tv"], model_name="tiny", prompt_set="grpo", n_prompts=4, steps=2,
+                             max_new_tokens=12)["e2e_tv"]
+    assert len(list(folder.parent.iterdir())) == 1
+    samples = cached_samples(LM.model, LM.tokenizer, model_name="tiny", n_prompts=4, max_new_tokens=12,
+                             prompt_set="grpo")
+    a = head_alphas({"a": head, "b": again, "c": shared}, LM.model, samples)
+    assert a["a"] == a["b"] == a["c"]

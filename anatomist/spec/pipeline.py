@@ -22,8 +22,8 @@ from anatomist.spec.train import Samples, TrainConfig, self_samples, target_stat
 
 log = logging.getLogger(__name__)
 
-__all__ = ["spec_cache", "cached_samples", "cached_states", "cached_head", "e2e_tv_head", "benchmark_heads",
-           "add_head_args", "heads_from_args"]
+__all__ = ["spec_cache", "cached_samples", "cached_states", "cached_head", "cached_heads", "e2e_tv_head",
+           "benchmark_heads", "add_head_args", "heads_from_args"]
 
 
 def spec_cache() -> Path:
@@ -99,26 +99,24 @@ def cached_head(model, samples: Samples, cfg: TrainConfig, *, model_name: str, e
 def e2e_tv_head(lm, *, model_name: str, prompt_set: str = "chat", n_prompts: int = 192, steps: int = 200,
                 max_new_tokens: int = 96) -> tuple[MTPHead, Path]:
     """The cached e2e-TV head (CPU recipe: 200 steps × 8, 8192-token draft vocabulary) trained on
-    the model's own T=1 answers to a prompt set; what `anatomist grpo` and the GRPO benchmark
-    draft with. The "grpo" set matches the RL prompts (a head trained on chat replies drafts
-    arithmetic poorly)."""
-    samples = cached_samples(lm.model, lm.tokenizer, model_name=model_name, n_prompts=n_prompts,
-                             max_new_tokens=max_new_tokens, prompt_set=prompt_set)
-    states, stats = cached_states(lm.model, samples, model_name=model_name)
-    cfg = TrainConfig(loss="e2e_tv", gamma=3, steps=steps, batch_size=8, lr=1e-3, draft_vocab=8192)
-    return cached_head(lm.model, samples, cfg, model_name=model_name, eos_token_id=lm.tokenizer.eos_token_id,
-                       states=states, stats=stats)
+    the model's own T=1 answers to a prompt set, and its folder; what `anatomist grpo` and the GRPO
+    benchmark draft with. The "grpo" set matches the RL prompts (a head trained on chat replies
+    drafts arithmetic poorly)."""
+    return cached_heads(lm, ["e2e_tv"], model_name=model_name, steps=steps, n_prompts=n_prompts,
+                        max_new_tokens=max_new_tokens, prompt_set=prompt_set)["e2e_tv"]
 
 
-def benchmark_heads(lm, losses, *, model_name: str, steps: int = 200, batch_size: int = 8, lr: float = 1e-3,
-                    draft_vocab: int = 8192, n_prompts: int = 192, samples_per_prompt: int = 1,
-                    max_new_tokens: int = 96, gen_batch: int = 32) -> dict[str, MTPHead]:
-    """One cached head per loss, all trained on the same self-samples (what the benchmarks compare)."""
+def cached_heads(lm, losses, *, model_name: str, steps: int = 200, batch_size: int = 8, lr: float = 1e-3,
+                 draft_vocab: int = 8192, n_prompts: int = 192, samples_per_prompt: int = 1,
+                 max_new_tokens: int = 96, gen_batch: int = 32, prompt_set: str = "chat"
+                 ) -> dict[str, tuple[MTPHead, Path]]:
+    """One cached (head, folder) per loss, all trained on the same self-samples of a prompt set;
+    prints each head's data, training time and train α."""
     import time
 
     samples = cached_samples(lm.model, lm.tokenizer, model_name=model_name, n_prompts=n_prompts,
                              samples_per_prompt=samples_per_prompt, max_new_tokens=max_new_tokens,
-                             batch_size=gen_batch)
+                             batch_size=gen_batch, prompt_set=prompt_set)
     states, stats = cached_states(lm.model, samples, model_name=model_name)
     n_tok = sum(len(s) - p for s, p in zip(samples.sequences, samples.prompt_lens))
     heads = {}
@@ -128,16 +126,24 @@ def benchmark_heads(lm, losses, *, model_name: str, steps: int = 200, batch_size
         head, folder = cached_head(lm.model, samples, cfg, model_name=model_name,
                                    eos_token_id=lm.tokenizer.eos_token_id, states=states, stats=stats)
         alphas = [round(head.config.extra.get(f"mtp/alpha_{i}", float("nan")), 3) for i in (1, 2, 3)]
-        print(f"{loss:7s} head {folder.name}: {len(samples.sequences)} samples, {n_tok} response tokens, "
-              f"{steps} steps × {batch_size} ({time.perf_counter() - t:.0f} s to train or load); train α1..3 = {alphas}")
-        heads[loss] = head
+        print(f"{loss:7s} head {folder}: {len(samples.sequences)} {prompt_set} samples, {n_tok} response tokens, "
+              f"{steps} steps × {batch_size} ({time.perf_counter() - t:.0f} s to train or load); "
+              f"train α1..3 = {alphas}")
+        heads[loss] = head, folder
     return heads
+
+
+def benchmark_heads(lm, losses, **kw) -> dict[str, MTPHead]:
+    """One cached head per loss, all trained on the same self-samples (what the benchmarks
+    compare); kw as `cached_heads`."""
+    return {loss: head for loss, (head, _) in cached_heads(lm, losses, **kw).items()}
 
 
 def add_head_args(ap) -> None:
     """The head recipe flags the spec benchmarks share. Defaults: every chat training prompt × 2
     self-samples (64K response tokens), 1000 steps × 8 — about 70 min once with one torch thread
-    on a 2-core CPU (measured; three heads), then cached. The earlier 192 × 1, 200-step recipe reached train α1 0.26–0.28; this one 0.35–0.44."""
+    on a 2-core CPU (measured; three heads), then cached. The earlier 192 × 1, 200-step recipe
+    reached train α1 0.26–0.28; this one 0.35–0.44."""
     ap.add_argument("--model", default="smollm2-135m-instruct", help="model name, folder or .gguf")
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--steps", type=int, default=1000, help="training steps of each head (cached)")

@@ -59,8 +59,7 @@ def grpo(
         if head is None:
             from anatomist.spec.pipeline import e2e_tv_head
 
-            mtp, folder = e2e_tv_head(lm, model_name=model, prompt_set="grpo", n_prompts=GRPO_HEAD_PROMPTS)
-            typer.echo(f"draft head: {folder}")
+            mtp = e2e_tv_head(lm, model_name=model, prompt_set="grpo", n_prompts=GRPO_HEAD_PROMPTS)[0]  # prints its folder
         else:
             mtp = load_head(head, lm.model)
         drafter = make_drafter("mtp", head=mtp.to(device))
