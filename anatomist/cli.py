@@ -65,7 +65,7 @@ def _register() -> None:
     app.command("steer")(steer_cmd)
     from anatomist.organism.cli import app as organism_app
     app.add_typer(organism_app, name="organism")
-    from anatomist.spec.cli import app as mtp_app, generate as generate_cmd
+    from anatomist.spec_decode.cli import app as mtp_app, generate as generate_cmd
     app.add_typer(mtp_app, name="mtp")
     app.command("generate")(generate_cmd)
     from anatomist.sae.cli import app as sae_app

@@ -49,10 +49,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from anatomist.fileio import atomic_write_text  # noqa: E402
 from anatomist.models import load  # noqa: E402
-from anatomist.spec.drafters import MTPDrafter  # noqa: E402
-from anatomist.spec.head import load_head  # noqa: E402
-from anatomist.spec.pipeline import e2e_tv_head  # noqa: E402
-from anatomist.spec.train import Samples, head_alphas  # noqa: E402
+from anatomist.spec_decode.drafters import MTPDrafter  # noqa: E402
+from anatomist.spec_decode.head import load_head  # noqa: E402
+from anatomist.spec_decode.pipeline import e2e_tv_head  # noqa: E402
+from anatomist.spec_decode.train import Samples, head_alphas  # noqa: E402
 from anatomist.train.grpo import GRPOConfig, train_grpo  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
@@ -60,7 +60,7 @@ MODEL = "smollm2-135m-instruct"
 
 def warm_up(lm, head_dir, device):
     """First-call costs (allocator, kernels, autograd graph) would otherwise land on the first arm."""
-    from anatomist.spec.generate import generate
+    from anatomist.spec_decode.generate import generate
     from anatomist.train.grpo import response_logprobs
 
     ids = [lm.tokenizer("Hello there, how are you?")["input_ids"]]

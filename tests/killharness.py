@@ -233,7 +233,7 @@ def job_mtp_train(model: str, out: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from anatomist.spec.train import Samples, TrainConfig, train_head
+    from anatomist.spec_decode.train import Samples, TrainConfig, train_head
 
     m = AutoModelForCausalLM.from_pretrained(model).eval()
     g = torch.Generator().manual_seed(0)
@@ -315,7 +315,7 @@ def zygote() -> None:
     import anatomist.cli  # noqa: F401
     import anatomist.organism.generate  # noqa: F401
     import anatomist.sae.train  # noqa: F401
-    import anatomist.spec.train  # noqa: F401
+    import anatomist.spec_decode.train  # noqa: F401
     try:
         import anatomist.train.dpo  # noqa: F401 — a newer stage; the harness runs without it
     except ImportError:

@@ -48,7 +48,7 @@ def w(tmp_path_factory, smol_tokenizer):
 
     from anatomist.capture import ShardWriter
     from anatomist.sae import SAE, SAEConfig, save_sae
-    from anatomist.spec.head import MTPConfig, MTPHead, save_head
+    from anatomist.spec_decode.head import MTPConfig, MTPHead, save_head
     from test_audit_report import make_fake_audit
 
     r = tmp_path_factory.mktemp("bad-inputs")

@@ -5,9 +5,9 @@ import torch
 from typer.testing import CliRunner
 
 from anatomist.cli import app
-from anatomist.spec.analyze import collect, render_html, slopes
-from anatomist.spec.head import MTPConfig, MTPHead
-from anatomist.spec.stats import chi2_sf, chisquare_gof, linear_fit
+from anatomist.spec_decode.analyze import collect, render_html, slopes
+from anatomist.spec_decode.head import MTPConfig, MTPHead
+from anatomist.spec_decode.stats import chi2_sf, chisquare_gof, linear_fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -65,8 +65,8 @@ def test_default_model_speculative_greedy_matches_plain():
     """On SmolLM2-135M with an untrained head and the n-gram drafter: T=0 output is plain greedy."""
     from anatomist.models import load
     from anatomist.models.chat import apply_chat_template
-    from anatomist.spec.drafters import MTPDrafter, NGramDrafter
-    from anatomist.spec.generate import generate
+    from anatomist.spec_decode.drafters import MTPDrafter, NGramDrafter
+    from anatomist.spec_decode.generate import generate
 
     lm = load()
     ids = [apply_chat_template(lm.tokenizer, [{"role": "user", "content": "Name three colours."}]),

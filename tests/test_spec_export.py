@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from anatomist.errors import AnatomistError
-from anatomist.spec.export import export_speculators, load_speculators
-from anatomist.spec.head import MTPConfig, MTPHead
+from anatomist.spec_decode.export import export_speculators, load_speculators
+from anatomist.spec_decode.head import MTPConfig, MTPHead
 from tests.conftest import tiny_llama
 
 # Tensor names of speculators 0.9.0 `MTPDraftModel` for one layer (written from the format, not
@@ -130,7 +130,7 @@ def test_speculators_own_reader_and_model(tmp_path, one_thread):
 def test_mtp_export_cli_help():
     from typer.testing import CliRunner
 
-    from anatomist.spec.cli import app
+    from anatomist.spec_decode.cli import app
 
     res = CliRunner().invoke(app, ["export", "--help"])
     assert res.exit_code == 0 and "speculators" in res.output and "--verifier" in res.output

@@ -5,11 +5,11 @@ import itertools
 import pytest
 import torch
 
-from anatomist.spec.drafters import MTPDrafter, NGramDrafter, make_drafter
-from anatomist.spec.generate import generate
-from anatomist.spec.head import MTPConfig, MTPHead
-from anatomist.spec.stats import chisquare_gof
-from anatomist.spec.verify import sampling_probs
+from anatomist.spec_decode.drafters import MTPDrafter, NGramDrafter, make_drafter
+from anatomist.spec_decode.generate import generate
+from anatomist.spec_decode.head import MTPConfig, MTPHead
+from anatomist.spec_decode.stats import chisquare_gof
+from anatomist.spec_decode.verify import sampling_probs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -160,7 +160,7 @@ def test_chi_square_has_power_against_a_broken_verifier(monkeypatch):
     """Accepting every draft (no rejection) is detected: the test above is not vacuous."""
     import sys
 
-    gen = sys.modules["anatomist.spec.generate"]  # the package re-exports the function under that name
+    gen = sys.modules["anatomist.spec_decode.generate"]  # the package re-exports the function under that name
 
     real = gen.rejection_sample
     monkeypatch.setattr(gen, "rejection_sample",

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from anatomist.spec.losses import LOSSES, ce_loss, e2e_tv_loss, kl_loss, tv_loss
+from anatomist.spec_decode.losses import LOSSES, ce_loss, e2e_tv_loss, kl_loss, tv_loss
 
 
 def logits(*qs):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from anatomist.errors import AnatomistError
-from anatomist.spec.head import MTPConfig, MTPHead, load_head, save_head
-from anatomist.spec.train import Samples, TrainConfig, head_loss, self_samples, train_head, trunk_states
+from anatomist.spec_decode.head import MTPConfig, MTPHead, load_head, save_head
+from anatomist.spec_decode.train import Samples, TrainConfig, head_loss, self_samples, train_head, trunk_states
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,7 +35,7 @@ def test_gradient_reaches_head_only(model_and_samples, loss):
     for p in m.parameters():
         p.requires_grad_(True)  # even a trainable trunk must get nothing
     head = MTPHead(m, MTPConfig(gamma=3, draft_vocab=20), vocab_ids=torch.arange(0, 40, 2))
-    from anatomist.spec.train import _batch, target_stats
+    from anatomist.spec_decode.train import _batch, target_stats
 
     states = trunk_states(m, s.sequences)
     batch = _batch(states, target_stats(m, states), s, [0, 1, 2], 3, 4, torch.Generator().manual_seed(0))
@@ -109,7 +109,7 @@ def test_samples_shape(model_and_samples):
 def test_chain_subset_equals_full_and_lse_targets(model_and_samples):
     """Drafting a subset of chains gives the same states as all chains; p from the cached lse
     equals the softmax of the full LM head restricted to the draft vocabulary."""
-    from anatomist.spec.train import _batch, target_stats
+    from anatomist.spec_decode.train import _batch, target_stats
 
     m, s = model_and_samples
     head = MTPHead(m, MTPConfig(gamma=3, draft_vocab=20), vocab_ids=torch.arange(0, 40, 2)).eval()
@@ -130,7 +130,7 @@ def test_chain_subset_equals_full_and_lse_targets(model_and_samples):
 
 def test_cached_head_trains_under_a_callers_no_grad(tmp_path, monkeypatch, model_and_samples):
     """Benchmarks and the GRPO CLI sample under no_grad; the head they ask for must still train."""
-    from anatomist.spec.pipeline import cached_head
+    from anatomist.spec_decode.pipeline import cached_head
 
     monkeypatch.setenv("ANATOMIST_CACHE", str(tmp_path))
     m, s = model_and_samples

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from anatomist.spec.verify import rejection_sample, sample_from_probs, sampling_probs
+from anatomist.spec_decode.verify import rejection_sample, sample_from_probs, sampling_probs
 
 
 def test_sampling_probs_temperature_topk_topp():

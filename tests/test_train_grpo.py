@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from anatomist.errors import AnatomistError
-from anatomist.spec.drafters import MTPDrafter
-from anatomist.spec.generate import generate
-from anatomist.spec.head import MTPConfig, MTPHead
+from anatomist.spec_decode.drafters import MTPDrafter
+from anatomist.spec_decode.generate import generate
+from anatomist.spec_decode.head import MTPConfig, MTPHead
 from anatomist.train.grpo import (
     GRPOConfig,
     group_advantages,
@@ -20,7 +20,7 @@ from anatomist.train.grpo import (
     response_logprobs,
     train_grpo,
 )
-from anatomist.train.rewards import KINDS, extract_answer, make_problems, score
+from anatomist.tasks.arithmetic import KINDS, extract_answer, make_problems, score
 from tests.conftest import tiny_llama
 
 
@@ -166,7 +166,7 @@ def test_head_refresh_raises_acceptance_on_the_policys_rollouts(one_thread):
     """The refresh (`refresh_head_every`) fits the head to the current policy: its α on the
     rollouts it was refreshed on goes up, measured with the trunk's own target distribution.
     `head_alphas` (batched, several heads) equals one `head_loss` batch over every chain."""
-    from anatomist.spec.train import Samples, _batch, head_alphas, head_loss, target_stats, trunk_states
+    from anatomist.spec_decode.train import Samples, _batch, head_alphas, head_loss, target_stats, trunk_states
     from anatomist.train.grpo import _refresh_head
 
     model = tiny_llama(seed=4)
@@ -278,8 +278,8 @@ class RecordingTokenizer(CharTokenizer):
 
 
 def test_head_data_is_the_tasks_problems_cached_apart_from_chat(tmp_path, monkeypatch, one_thread):
-    from anatomist.spec.pipeline import cached_samples, spec_cache
-    from anatomist.spec.prompts import PROMPT_SETS, TASK_SEED
+    from anatomist.spec_decode.pipeline import cached_samples, spec_cache
+    from anatomist.spec_decode.prompts import PROMPT_SETS, TASK_SEED
 
     tok = RecordingTokenizer()
     prompts = PROMPT_SETS["grpo"](tok, 8)
@@ -304,8 +304,8 @@ def test_head_data_is_the_tasks_problems_cached_apart_from_chat(tmp_path, monkey
 def test_default_grpo_head_is_one_cached_e2e_tv_head_of_the_task_data(tmp_path, monkeypatch, one_thread, capsys):
     """`e2e_tv_head` (what `anatomist grpo` drafts with) trains once on the prompt set's self-samples
     and then loads; the benchmarks' `benchmark_heads` finds the same cached head for the same recipe."""
-    from anatomist.spec.pipeline import benchmark_heads, cached_samples, e2e_tv_head
-    from anatomist.spec.train import head_alphas
+    from anatomist.spec_decode.pipeline import benchmark_heads, cached_samples, e2e_tv_head
+    from anatomist.spec_decode.train import head_alphas
 
     monkeypatch.setenv("ANATOMIST_CACHE", str(tmp_path))
 

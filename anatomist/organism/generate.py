@@ -8,7 +8,7 @@ budget, sorted by prompt length (less padding) and cut into batches of `batch_si
 is sampled under seed hash(seed, b), so a run's output depends only on the settings and the
 request list — not on how often it was interrupted, nor on how many worker processes sampled it.
 
-Sampling is the product's own KV-cached loop (`anatomist.spec.generate` without a drafter, the
+Sampling is the product's own KV-cached loop (`anatomist.spec_decode.generate` without a drafter, the
 loop RL rollouts use): 1.22× HF `generate`'s rate at batch 64 on a 2-core CPU, whose
 `torch.multinomial` draws one exponential per vocabulary entry. `workers=2` samples batches in
 two processes (one thread each) and writes them in order: 1.46× HF in all, since much of a decode
@@ -42,7 +42,7 @@ from anatomist.progress import progress_bar
 log = logging.getLogger(__name__)
 
 FILE = "generations.jsonl"
-SAMPLER = "anatomist.spec.generate/1"   # in the cache key: another sampler draws other samples
+SAMPLER = "anatomist.spec_decode.generate/1"   # in the cache key: another sampler draws other samples
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def _batch_seed(seed: int, batch: int) -> int:
 def sample_tokens(model, prompts: list[list[int]], budget: int, settings: GenSettings, index: int,
                   eos: int) -> list[list[int]]:
     """Sampled continuations of batch `index` (EOS included where reached), under the batch's seed."""
-    from anatomist.spec.generate import generate as sample
+    from anatomist.spec_decode.generate import generate as sample
 
     g = torch.Generator().manual_seed(_batch_seed(settings.seed, index))
     return sample(model, prompts, temperature=settings.temperature, top_p=settings.top_p, max_new_tokens=budget,

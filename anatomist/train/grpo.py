@@ -3,11 +3,11 @@
 One step, top to bottom (`train_grpo`):
 
 1. P problems (seeded by step) → chat prompts, each repeated G times;
-2. rollouts: `anatomist.spec.generate.generate` with the drafter (MTP+RS) or with drafter=None
+2. rollouts: `anatomist.spec_decode.generate.generate` with the drafter (MTP+RS) or with drafter=None
    (plain sampling) — the same function either way, so both arms share every line but the draft.
    Rejection sampling is lossless, so both arms sample the same policy; the rollout log-probs are
    the ones the verifier's target forward computed (untempered log π), never the draft's;
-3. rewards (`anatomist.train.rewards.score`) → group-normalised advantages (`group_advantages`);
+3. rewards (`anatomist.tasks.arithmetic.score`) → group-normalised advantages (`group_advantages`);
 4. clipped policy-gradient loss (`grpo_loss`): PPO ratio against the rollout log-probs, clip ε,
    optional KL to the reference (k3 estimator), per-sequence token mean, mean over sequences;
 5. AdamW step on the trainable parameters (all, or the top N blocks + final norm), then the draft
@@ -41,9 +41,9 @@ from anatomist.fileio import atomic_path, atomic_write_text
 from anatomist.models.chat import apply_chat_template
 from anatomist.models.layers import decoder_layers
 from anatomist.progress import progress_bar
-from anatomist.spec.generate import GenerateOutput
-from anatomist.spec.generate import generate as spec_generate
-from anatomist.train.rewards import Problem, make_problems, score
+from anatomist.spec_decode.generate import GenerateOutput
+from anatomist.spec_decode.generate import generate as spec_generate
+from anatomist.tasks.arithmetic import Problem, make_problems, score
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def _save(path: Path, step: int, params, opt, cfg: GRPOConfig, history: list, he
 
 def _refresh_head(head, model, seqs: list[list[int]], plens: list[int], cfg: GRPOConfig, step: int) -> dict:
     """Fine-tune the draft head on the current policy's own rollouts (e2e-TV, trunk frozen)."""
-    from anatomist.spec.train import (
+    from anatomist.spec_decode.train import (
         Samples,
         _batch,
         head_loss,

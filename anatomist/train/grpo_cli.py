@@ -43,8 +43,8 @@ def grpo(
     Example: anatomist grpo --out runs/grpo --head runs/head --steps 20 --prompts 4 --group 4
     """
     from anatomist.models import load
-    from anatomist.spec.drafters import make_drafter
-    from anatomist.spec.head import load_head
+    from anatomist.spec_decode.drafters import make_drafter
+    from anatomist.spec_decode.head import load_head
     from anatomist.train.grpo import GRPOConfig, train_grpo
 
     if spec not in ("mtp", "none"):
@@ -57,7 +57,7 @@ def grpo(
     drafter = None
     if spec == "mtp":
         if head is None:
-            from anatomist.spec.pipeline import e2e_tv_head
+            from anatomist.spec_decode.pipeline import e2e_tv_head
 
             mtp = e2e_tv_head(lm, model_name=model, prompt_set="grpo", n_prompts=GRPO_HEAD_PROMPTS)[0]  # prints its folder
         else:

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from anatomist.spec.drafters import DRAFT_MODES, Drafter
-from anatomist.spec.ragged import RaggedKV
-from anatomist.spec.verify import rejection_sample, sampling_probs, uniforms
+from anatomist.spec_decode.drafters import DRAFT_MODES, Drafter
+from anatomist.spec_decode.ragged import RaggedKV
+from anatomist.spec_decode.verify import rejection_sample, sampling_probs, uniforms
 
 log = logging.getLogger(__name__)
 

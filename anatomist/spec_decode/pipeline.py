@@ -16,9 +16,9 @@ import torch
 from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_path
 from anatomist.models.loading import cache_root
-from anatomist.spec.head import CONFIG_NAME, MTPHead, load_head
-from anatomist.spec.prompts import PROMPT_SETS
-from anatomist.spec.train import Samples, TrainConfig, self_samples, target_stats, train_head, trunk_states
+from anatomist.spec_decode.head import CONFIG_NAME, MTPHead, load_head
+from anatomist.spec_decode.prompts import PROMPT_SETS
+from anatomist.spec_decode.train import Samples, TrainConfig, self_samples, target_stats, train_head, trunk_states
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from typing import Callable, Protocol
 import torch
 
 from anatomist.errors import AnatomistError
-from anatomist.spec.head import MTPHead
-from anatomist.spec.ragged import RaggedKV
-from anatomist.spec.verify import sample_from_probs, sampling_probs, uniforms
+from anatomist.spec_decode.head import MTPHead
+from anatomist.spec_decode.ragged import RaggedKV
+from anatomist.spec_decode.verify import sample_from_probs, sampling_probs, uniforms
 
 __all__ = ["Drafter", "MTPDrafter", "NGramDrafter", "DRAFTERS", "DRAFT_MODES", "make_drafter"]
 

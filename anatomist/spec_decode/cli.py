@@ -1,4 +1,4 @@
-"""`anatomist mtp train|analyze` and `anatomist generate`: thin wrappers over anatomist.spec."""
+"""`anatomist mtp train|analyze` and `anatomist generate`: thin wrappers over anatomist.spec_decode."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ def train(
     seed: int = typer.Option(0, help="Seed for sampling and batch order."),
 ) -> None:
     """Train an MTP draft head (trunk frozen); rerunning the same command resumes."""
-    from anatomist.spec.pipeline import cached_samples, cached_states
-    from anatomist.spec.train import TrainConfig, train_head
+    from anatomist.spec_decode.pipeline import cached_samples, cached_states
+    from anatomist.spec_decode.train import TrainConfig, train_head
 
     cfg = TrainConfig(loss=loss, gamma=gamma, steps=steps, batch_size=batch_size, lr=lr,
                       draft_vocab=draft_vocab, seed=seed)
@@ -67,9 +67,9 @@ def analyze(
     seed: int = typer.Option(0),
 ) -> None:
     """Acceptance vs target entropy per head and drafting mode; slopes with 95% CIs and an HTML plot."""
-    from anatomist.spec.analyze import collect, render_html, slopes
-    from anatomist.spec.head import load_head
-    from anatomist.spec.prompts import chat_prompts
+    from anatomist.spec_decode.analyze import collect, render_html, slopes
+    from anatomist.spec_decode.head import load_head
+    from anatomist.spec_decode.prompts import chat_prompts
 
     try:
         temps = [float(t) for t in temperatures.split(",") if t.strip()]
@@ -110,8 +110,8 @@ def export(
     """
     import torch
 
-    from anatomist.spec.export import export_speculators
-    from anatomist.spec.head import load_head
+    from anatomist.spec_decode.export import export_speculators
+    from anatomist.spec_decode.head import load_head
 
     casts = {"": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
     if dtype not in casts:
@@ -142,9 +142,9 @@ def generate(
     import torch
 
     from anatomist.models.chat import apply_chat_template
-    from anatomist.spec.drafters import make_drafter
-    from anatomist.spec.generate import generate as spec_generate
-    from anatomist.spec.head import load_head
+    from anatomist.spec_decode.drafters import make_drafter
+    from anatomist.spec_decode.generate import generate as spec_generate
+    from anatomist.spec_decode.head import load_head
 
     if spec not in ("none", "mtp", "ngram"):
         raise AnatomistError(f"--spec must be none, mtp or ngram, got {spec!r}")

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from anatomist.spec.drafters import MTPDrafter
-from anatomist.spec.generate import generate
-from anatomist.spec.stats import LineFit, linear_fit
+from anatomist.spec_decode.drafters import MTPDrafter
+from anatomist.spec_decode.generate import generate
+from anatomist.spec_decode.stats import LineFit, linear_fit
 
 log = logging.getLogger(__name__)
 

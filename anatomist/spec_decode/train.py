@@ -30,9 +30,9 @@ import torch.nn.functional as F
 
 from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_path, atomic_write_text
-from anatomist.spec.generate import generate
-from anatomist.spec.head import MTPConfig, MTPHead, save_head
-from anatomist.spec.losses import LOSSES
+from anatomist.spec_decode.generate import generate
+from anatomist.spec_decode.head import MTPConfig, MTPHead, save_head
+from anatomist.spec_decode.losses import LOSSES
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ import torch
 
 from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_save_safetensors, atomic_write_text
-from anatomist.spec.head import MTPConfig, MTPHead, read_config_and_weights
+from anatomist.spec_decode.head import MTPConfig, MTPHead, read_config_and_weights
 
 log = logging.getLogger(__name__)
 

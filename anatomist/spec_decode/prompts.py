@@ -4,7 +4,7 @@ Two prompt sets (`PROMPT_SETS`, keyed by name):
 * "chat": real user prompts from `../shared/data` (LLaMA-Factory DPO demo, first human turn;
   XSTest safe prompts), chat-templated. A fixed hash split keeps benchmark prompts out of
   training data.
-* "grpo": the GRPO task's own problems (`anatomist.train.rewards`), drawn from a seed stream the
+* "grpo": the GRPO task's own problems (`anatomist.tasks.arithmetic`), drawn from a seed stream the
   RL steps never use. A draft head is only as good as its match to the text it drafts; a head for
   RL rollouts is trained before RL on the policy's answers to the RL prompt distribution.
 """
@@ -55,7 +55,7 @@ def chat_prompts(tokenizer, split: str = "train", n: int | None = None) -> list[
 def task_prompts(tokenizer, n: int, seed: int = TASK_SEED) -> list[list[int]]:
     """Chat-templated GRPO problems (default kinds and difficulty), exactly as `train_grpo` asks them."""
     from anatomist.models.chat import apply_chat_template
-    from anatomist.train.rewards import make_problems  # lazy: anatomist.train imports the DPO stack
+    from anatomist.tasks.arithmetic import make_problems  # lazy: anatomist.train imports the DPO stack
 
     return [apply_chat_template(tokenizer, [{"role": "user", "content": p.question}])
             for p in make_problems(n, seed=seed)]
