@@ -97,6 +97,19 @@ class SplitLM:
         with self._top_only():
             return self.owner(inputs_embeds=h, attention_mask=att, use_cache=False).last_hidden_state
 
+    def top_with(self, h: torch.Tensor, att: torch.Tensor, params: Sequence[torch.nn.Parameter],
+                 values: Sequence[torch.Tensor]) -> torch.Tensor:
+        """`top` with the trained `params` replaced by `values` (torch.func.functional_call), so the
+        output is a function of the values (e.g. for a forward-mode JVP along a direction)."""
+        from torch.func import functional_call
+
+        with self._top_only():
+            names = {id(p): n for n, p in self.owner.named_parameters()}
+            assert all(id(p) in names for p in params), "params must belong to the top blocks or final norm"
+            sub = {names[id(p)]: v for p, v in zip(params, values)}
+            return functional_call(self.owner, sub, (), {"inputs_embeds": h, "attention_mask": att, "use_cache": False},
+                                   strict=False).last_hidden_state
+
     def response_logps(self, final: torch.Tensor, batch: Batch) -> torch.Tensor:
         """log π of each response token [N]: the LM head runs only on the N positions that predict
         one (never on prompt or padding positions), softmax over the full vocabulary in fp32."""

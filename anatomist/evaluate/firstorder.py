@@ -1,0 +1,190 @@
+"""First-order prediction of how a DPO run moves concept scores (DESIGN.md "First-order prediction").
+
+For any score c of a response and a small change δ(y) of the policy's log-probs (π' ∝ π·e^δ),
+
+    E_{π'}[c] − E_π[c] = Cov_{y∼π}(c(y), δ(y)) + O(δ²),
+
+and a parameter step η·d moves log π(y) by δ(y) = η·D_d log π(y) + O(η²), with D_d the
+directional derivative ∇_θ log π(y)·d. DPO's first step goes along d = g = −∇L at the
+reference, so per held-out prompt x of topic k and concept C
+
+    ΔB_{k,C} ≈ s · mean_{x∈k} Cov_{y∼π(·|x)}(c_C(y), D_g log π_T(y)),
+
+one scale s per run (it absorbs lr, steps and the optimizer's scaling; cross-fitted, never
+carried from another run). What this needs: ONE gradient pass over the pairs (`dpo_direction`)
+and one forward-mode (JVP) pass over the base model's own generations (`directional_logps`), no
+per-sequence gradients.
+
+Details that decide whether the numbers mean anything:
+- the gradient is the run's own loss (`anatomist.train.dpo.batch_dpo`: the same shaped offsets,
+  token masks, steering and trained blocks) at the reference, whose log-probs are the cached
+  constants (a live reference would cancel the policy and the gradient would vanish);
+- generations are scored on the token ids that were sampled (never re-tokenised text) under the
+  distribution they were sampled from, log_softmax(z/T);
+- c is centred within each prompt (`covariance_shift`): the covariance is over responses to one
+  prompt, then averaged over a topic's prompts;
+- AdamW's first step is m̂/(√v̂ + ε) = g/|g| elementwise, a sign step: `PRECONDITIONERS["adam"]`
+  is that direction, pre-registered beside the plain gradient;
+- over a whole epoch sequence log-probs move far past the linear regime; `tilt_shift` is the
+  exponential-tilt form E_{π·e^{sδ}}[c] − E_π[c] with self-normalised weights within a prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from anatomist.train.batches import Seq, collate, collate_rows
+from anatomist.train.dpo import DPOConfig, Steer, batch_dpo, sequence_sums
+from anatomist.train.split import SplitLM, StateCache, to_device
+
+__all__ = ["PRECONDITIONERS", "dpo_direction", "tempered_sequence_logps", "eager_attention", "directional_logps",
+          
+           "per_prompt_shift", "covariance_shift", "tilt_shift"]
+
+
+def _plain(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    return grads
+
+
+def _adam_first_step(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    # Adam's bias-corrected first update: m̂ = g, v̂ = g², so m̂/√v̂ = sign(g) (ε ≪ |g| ignored).
+    return [g.sign() for g in grads]
+
+
+PRECONDITIONERS: dict[str, Callable[[list[torch.Tensor]], list[torch.Tensor]]] = {
+    "plain": _plain,
+    "adam": _adam_first_step,
+}
+
+
+def dpo_direction(split: SplitLM, cache: StateCache, seqs: Sequence[Seq], offsets: torch.Tensor,
+                  cfg: DPOConfig, params: Sequence[torch.Tensor], *, pad_id: int, device="cpu",
+                  pairs: Sequence[int] | None = None, batch_size: int = 8, steer: Steer | None = None,
+                  precondition: str = "plain") -> list[torch.Tensor]:
+    """The update direction d of DPO's first step at the reference: g = −∇_θ mean_i L_i over
+    `pairs` (default all), L the run's own (shaped) loss, then preconditioned. One tensor per
+    parameter in `params` (the trained ones, requires_grad). `offsets` [P] as in `train_dpo`."""
+    if precondition not in PRECONDITIONERS:
+        raise ValueError(f"precondition must be one of {sorted(PRECONDITIONERS)}, got {precondition!r}")
+    params = list(params)
+    assert params and all(p.requires_grad for p in params), "params are the trained parameters"
+    idx = list(range(len(seqs) // 2)) if pairs is None else list(pairs)
+    for p in params:
+        p.grad = None
+    for start in range(0, len(idx), batch_size):
+        chunk = idx[start:start + batch_size]
+        out = batch_dpo(split, cache, collate(seqs, chunk, pad_id), offsets[chunk], cfg, device, steer)
+        (out.loss.sum() / len(idx)).backward()
+    grads = [-(p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)) for p in params]
+    for p in params:
+        p.grad = None
+    return PRECONDITIONERS[precondition](grads)
+
+
+def tempered_sequence_logps(split: SplitLM, final: torch.Tensor, batch, temperature: float) -> torch.Tensor:
+    """Σ_t log softmax(z_t/T)[y_t] over each row's response tokens [R], from the final hidden
+    states [R, T, D]: the distribution the generations were sampled from, not the untempered one."""
+    logits = split.lm_head(final[batch.pred_rows, batch.pred_pos]).float()  # [N, V]
+    tok = (logits / temperature).log_softmax(-1).gather(-1, batch.targets[:, None]).squeeze(-1)  # [N]
+    return sequence_sums(tok, batch.keep, batch.pred_rows, len(batch.seq_index))
+
+
+@contextmanager
+def eager_attention(model):
+    """Forward-mode AD is not implemented for the fused SDPA kernels; eager attention is the same
+    math, so the JVP runs under it and the model gets its own implementation back afterwards."""
+    old = model.config._attn_implementation
+    if old != "eager":
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if old != "eager":
+            model.set_attn_implementation(old)
+
+
+def _jvp_rows(split, h, batch, params, direction, temperature) -> torch.Tensor:
+    def f(*values):
+        return tempered_sequence_logps(split, split.top_with(h, batch.attention_mask, params, values), batch, temperature)
+
+    return torch.func.jvp(f, tuple(p.detach() for p in params), tuple(direction))[1]   # [R]
+
+
+def directional_logps(split: SplitLM, seqs: Sequence[Seq], direction: Sequence[torch.Tensor],
+                      params: Sequence[torch.Tensor], *, temperature: float = 1.0, pad_id: int = 0,
+                      batch_size: int = 16, device="cpu") -> torch.Tensor:
+    """D_d log π_T(y) = ∇_θ log π_T(y)·d for every sequence [N] (prompt + sampled response ids in
+    `seqs`), exact, by forward-mode AD (a JVP costs about two forwards of the trained top; the
+    frozen bottom runs once, without AD). A central finite difference in fp32 was tried and is
+    off by 1–3 % on a tiny model, from rounding, so it is not offered."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    params = list(params)
+    direction = [d.to(p.device, p.dtype) for p, d in zip(params, direction)]
+    assert len(params) == len(direction) and all(p.shape == d.shape for p, d in zip(params, direction))
+    out = torch.empty(len(seqs), dtype=torch.float64)
+    with eager_attention(split.model):
+        for start in range(0, len(seqs), batch_size):
+            rows = list(range(start, min(start + batch_size, len(seqs))))
+            batch = to_device(collate_rows(seqs, rows, pad_id), device)
+            h = split.bottom(batch.input_ids, batch.attention_mask)        # [R, T, D], no grad
+            out[start:start + len(rows)] = _jvp_rows(split, h, batch, params, direction, temperature).double().cpu()
+    return out
+
+
+def per_prompt_shift(c: np.ndarray, dlogp: np.ndarray, prompt: np.ndarray, topic: np.ndarray, n_topics: int,
+                     shift: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """`shift(c_x [n, C], δ_x [n]) → [C]` on each prompt's samples (prompts with n ≥ 2), averaged
+    over each topic's prompts → [K, C] (NaN for a topic without such a prompt) and over all
+    prompts → [C]. c [N, C]; dlogp, prompt, topic [N] (topic 0..K−1, constant within a prompt)."""
+    c = np.asarray(c, dtype=np.float64)
+    dlogp = np.asarray(dlogp, dtype=np.float64)
+    prompt, topic = np.asarray(prompt), np.asarray(topic)
+    assert c.ndim == 2 and len(c) == len(dlogp) == len(prompt) == len(topic)
+    order = np.argsort(prompt, kind="stable")
+    _, starts = np.unique(prompt[order], return_index=True)
+    values, tops = [], []
+    for rows in np.split(order, starts[1:]):
+        if len(rows) < 2:
+            continue
+        assert len(set(topic[rows].tolist())) == 1, "a prompt belongs to one topic"
+        values.append(shift(c[rows], dlogp[rows]))
+        tops.append(int(topic[rows[0]]))
+    per_topic = np.full((n_topics, c.shape[1]), np.nan)
+    if not values:
+        return per_topic, np.full(c.shape[1], np.nan)
+    arr, tops_arr = np.stack(values), np.array(tops)                          # [X, C], [X]
+    for k in range(n_topics):
+        if (tops_arr == k).any():
+            per_topic[k] = arr[tops_arr == k].mean(0)
+    return per_topic, arr.mean(0)
+
+
+def _covariance(c: np.ndarray, d: np.ndarray) -> np.ndarray:
+    return (d - d.mean()) @ (c - c.mean(0)) / (len(d) - 1)                    # unbiased Cov [C]
+
+
+def covariance_shift(c: np.ndarray, dlogp: np.ndarray, prompt: np.ndarray, topic: np.ndarray,
+                     n_topics: int) -> tuple[np.ndarray, np.ndarray]:
+    """First-order shift per (topic, concept) [K, C] and per concept [C] (unscaled: s = 1): per
+    prompt the unbiased Cov_x = Σ_j (c_j − c̄_x)(δ_j − δ̄_x)/(n_x − 1) (c centred within the
+    prompt), then averaged (`per_prompt_shift`)."""
+    return per_prompt_shift(c, dlogp, prompt, topic, n_topics, _covariance)
+
+
+def tilt_shift(c: np.ndarray, dlogp: np.ndarray, prompt: np.ndarray, topic: np.ndarray, n_topics: int,
+               scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Exponential-tilt shift per (topic, concept) [K, C] and per concept [C]: within each prompt
+    Σ_j w_j c_j − c̄_x with w = softmax(scale·δ) over its samples (self-normalised importance
+    weights of π·e^{scale·δ} against π). For small `scale` it is scale × the biased covariance,
+    i.e. scale·(n−1)/n × `covariance_shift`."""
+    def tilt(cx: np.ndarray, dx: np.ndarray) -> np.ndarray:
+        z = scale * dx
+        w = np.exp(z - z.max())
+        return (w / w.sum()) @ cx - cx.mean(0)
+
+    return per_prompt_shift(c, dlogp, prompt, topic, n_topics, tilt)
