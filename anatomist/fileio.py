@@ -27,6 +27,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def atomic_write_parquet(frame, path: str | Path) -> None:
+    """`frame.to_parquet(path, index=False)` (a pandas DataFrame), atomically: every table a stage
+    hands to the next is read by column, so the index is never written."""
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
 def atomic_save_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     """`safetensors.torch.save_file`, atomically and leaving nothing behind after a kill.
 

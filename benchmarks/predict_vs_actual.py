@@ -151,7 +151,7 @@ def train_and_eval(name, base_model, tok, shaped, args, run: Path, scorer, promp
     per-pair ranking lands in run/preference.parquet."""
     from anatomist.evaluate.behaviour import evaluate_behaviour
     from anatomist.evaluate.preference import preference_accuracy
-    from anatomist.fileio import atomic_path
+    from anatomist.fileio import atomic_write_parquet
     from anatomist.train import DPOConfig, train_dpo
 
     policy = copy.deepcopy(base_model)
@@ -166,8 +166,7 @@ def train_and_eval(name, base_model, tok, shaped, args, run: Path, scorer, promp
                        max_new_tokens=args.max_new_tokens, seed=args.seed, model_name=name, progress=False)
     ref = {"reference": base_model} if ref_logps is None else {"reference_logps": ref_logps}
     frame, acc = preference_accuracy(policy, tok, heldout, **ref, beta=args.beta, progress=False)
-    with atomic_path(run / "preference.parquet") as tmp:   # shaping.py reads its presence as "done"
-        frame.to_parquet(tmp)
+    atomic_write_parquet(frame, run / "preference.parquet")   # shaping.py reads its presence as "done"
     del policy
     return {"post": run / "post", "heldout_acc": acc["accuracy"], "preference": frame}
 

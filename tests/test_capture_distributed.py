@@ -1,4 +1,4 @@
-"""Data-parallel capture: rank slices, the merge, and 2 CPU processes under torchrun (gloo)."""
+"""Data-parallel capture: the merge, and 2 CPU processes under torchrun (gloo); rank slices: test_parallel.py."""
 
 from __future__ import annotations
 
@@ -12,18 +12,10 @@ import pytest
 import torch
 
 from anatomist.capture import ActivationStore, capture, items_from_pairs
-from anatomist.capture.distributed import capture_distributed, rank_slice
+from anatomist.capture.distributed import capture_distributed
 from conftest import REPO, tiny_llama
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def test_rank_slices_cover_everything_once():
-    for n in (0, 1, 5, 7, 64):
-        for world in (1, 2, 3, 8):
-            slices = [rank_slice(n, r, world) for r in range(world)]
-            assert [i for s in slices for i in s] == list(range(n))
-            assert max(map(len, slices)) - min(map(len, slices)) <= 1
 
 
 @pytest.fixture(scope="module")

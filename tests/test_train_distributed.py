@@ -12,7 +12,7 @@ from test_audit_distributed import torchrun
 from test_train_dpo import PROMPTS
 
 from anatomist.shape.losses import DPOOutput
-from anatomist.train.distributed import DataParallel, merge_outputs
+from anatomist.parallel import DataParallel, merge_outputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,7 @@
 
 Pooling (`anatomist.audit.pool.pool_features`) is the only model-sized stage of `run_audit`, so it
 is the one that runs on every rank: rank r of W pools the contiguous slice
-`anatomist.capture.distributed.rank_slice(n, r, W)` of the 2P sequences into
+`anatomist.parallel.rank_slice(n, r, W)` of the 2P sequences into
 `OUT/latents/parts/rank-r-of-W/` (an ordinary resumable latent store: a killed rank resumes).
 After a barrier, rank 0 re-adds every sequence, in order and under its global index, into
 `OUT/latents/` with the settings one process records, removes the parts, and runs `run_audit`,
@@ -17,7 +17,8 @@ larger batches a rank's batches start at its slice, so padding differs and laten
 float rounding (right padding leaves real tokens unchanged up to that).
 
 Backend: gloo, every rank on CPU (as `anatomist.capture.distributed`: the residual hook runs on
-the model's CPU inputs). A rerun after a kill resumes the parts, the merge, or nothing.
+the model's CPU inputs). A rerun after a kill resumes the parts, the merge, or nothing. Run without
+torchrun, it is one rank of one (the tables of `anatomist audit`).
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ from pathlib import Path
 import torch
 
 from anatomist.audit.pool import FORMAT, POOLINGS, LatentStore, pool_features
-from anatomist.capture.distributed import PARTS, part_dir, rank_slice
+from anatomist.capture.distributed import PARTS, part_dir
 from anatomist.capture.run import CaptureItem, items_hash
 from anatomist.capture.store import ShardWriter
 from anatomist.errors import AnatomistError
+from anatomist.parallel import distributed_main, lead_first, rank_slice
 
 
 def _sequences(store: LatentStore) -> Iterator[tuple]:
@@ -150,18 +152,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     args = p.parse_args(argv)
 
-    import sys
-
-    import torch.distributed as dist
-
     from anatomist.audit.run import AuditConfig
     from anatomist.data import load_pairs
     from anatomist.models.loading import load
     from anatomist.sae import default_sae, load_sae
 
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    try:
+    with distributed_main("gloo") as par:
         cfg = AuditConfig(pooling=args.pooling, topk=args.topk, topics=args.topics, topic_method=args.topic_method,
                           topic_embedder=args.topic_embedder, topic_column=args.topic_column,
                           leiden_backend=args.leiden_backend, resolution=args.resolution, min_support=args.min_support,
@@ -170,26 +166,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                           seed=args.seed)
         pairs = load_pairs(args.data, format=args.data_format, on_bad_row=args.on_bad_row, limit=args.limit)
         # 'default' trains the SAE once; rank 0 first, so the others find it cached instead of racing.
-        if args.sae == "default" and rank != 0:
-            dist.barrier()
-        sae_path = str(default_sae(args.model)) if args.sae == "default" else args.sae
-        if args.sae == "default" and rank == 0:
-            dist.barrier()
+        with lead_first(par if args.sae == "default" else None):
+            sae_path = str(default_sae(args.model)) if args.sae == "default" else args.sae
         lm = load(args.model)
-        folder = audit_distributed(lm.model, lm.tokenizer, load_sae(sae_path), pairs, args.out, cfg, rank=rank,
-                                   world=world, barrier=dist.barrier, model_name=args.model, sae_path=sae_path,
-                                   data_path=str(args.data), progress=rank == 0)
+        folder = audit_distributed(lm.model, lm.tokenizer, load_sae(sae_path), pairs, args.out, cfg, rank=par.rank,
+                                   world=par.world, barrier=par.barrier, model_name=args.model, sae_path=sae_path,
+                                   data_path=str(args.data), progress=par.lead)
         if folder is not None:
             if not args.no_report:
                 from anatomist.audit.report import render_report
 
                 print(f"report: {render_report(folder)}")
-            print(f"audited {len(pairs):,} pairs, pooled on {world} ranks → {folder}")
-    except AnatomistError as e:
-        print(f"error: [rank {rank}] {e}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        dist.destroy_process_group()
+            print(f"audited {len(pairs):,} pairs, pooled on {par.world} ranks → {folder}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from anatomist.audit.rows import topic_cluster_rows
+from anatomist.fileio import atomic_write_parquet
 
 LENGTH = -1                # the cluster id that stands for response length wherever rows are mixed
 ROWS_FILE = "length.parquet"
@@ -41,13 +42,12 @@ def length_rows(n_tokens: np.ndarray, topics: np.ndarray, topic_names: list[str]
 
 def write_length_tables(out: Path, pair_ids: list[str], n_tokens: np.ndarray, topics: np.ndarray,
                         topic_names: list[str], **kw) -> pd.DataFrame:
-    from anatomist.audit.run import _write_parquet   # run.py imports this module inside run_audit
-
     rows = length_rows(n_tokens, topics, topic_names, **kw)
-    _write_parquet(rows, Path(out) / ROWS_FILE)
-    _write_parquet(pd.DataFrame({"pair_id": pair_ids, "topic_id": np.asarray(topics),
-                                 "n_chosen": np.asarray(n_tokens)[0::2], "n_rejected": np.asarray(n_tokens)[1::2]}),
-                   Path(out) / PAIRS_FILE)
+    atomic_write_parquet(rows, Path(out) / ROWS_FILE)
+    atomic_write_parquet(pd.DataFrame({"pair_id": pair_ids, "topic_id": np.asarray(topics),
+                                       "n_chosen": np.asarray(n_tokens)[0::2],
+                                       "n_rejected": np.asarray(n_tokens)[1::2]}),
+                         Path(out) / PAIRS_FILE)
     return rows
 
 

@@ -34,7 +34,7 @@ from anatomist.audit.topics import column_topics, prompt_topics
 from anatomist.capture.run import items_from_pairs
 from anatomist.data import dataset_hash
 from anatomist.errors import AnatomistError
-from anatomist.fileio import atomic_path, atomic_write_text
+from anatomist.fileio import atomic_write_parquet, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +91,6 @@ class AuditConfig:
             raise AnatomistError(f"--labeller {self.labeller!r}: choose one of {', '.join(sorted(LABELLERS))}")
         if self.labeller != "offline":
             LABELLERS[self.labeller](**self.labeller_kwargs)
-
-
-def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
 
 
 def _last_user_text(pair) -> str:
@@ -206,10 +201,10 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
     }
     write_length_tables(out, [p.id for p in pairs], pooled.n_tokens, topics.labels, topics.names,
                         min_pairs=cfg.min_pairs, alpha=cfg.alpha, n_boot=cfg.n_boot, seed=cfg.seed)
-    _write_parquet(rows, out / "rows.parquet")
-    _write_parquet(features, out / "features.parquet")
-    _write_parquet(clusters, out / "clusters.parquet")
-    _write_parquet(pair_table, out / "pairs.parquet")
+    atomic_write_parquet(rows, out / "rows.parquet")
+    atomic_write_parquet(features, out / "features.parquet")
+    atomic_write_parquet(clusters, out / "clusters.parquet")
+    atomic_write_parquet(pair_table, out / "pairs.parquet")
     atomic_write_text(out / "concepts.json", json.dumps(concepts.to_dict()))
     atomic_write_text(out / "examples.json", json.dumps(examples))
     atomic_write_text(out / "audit.json", json.dumps(meta, indent=2, default=float))

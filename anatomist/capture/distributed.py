@@ -13,7 +13,8 @@ composition: a rank's batches start at its slice, so padding can differ (right p
 tokens unchanged up to float rounding; see tests/test_capture.py).
 
 Backend: gloo, every rank on CPU. `anatomist.capture.capture` runs on the CPU today (its residual
-hook does not move inputs to a device), so nccl / one GPU per rank waits for that.
+hook does not move inputs to a device), so nccl / one GPU per rank waits for that. Run without
+torchrun, it is one rank of one (the same store as `anatomist capture`).
 """
 
 from __future__ import annotations
@@ -29,14 +30,9 @@ from anatomist.capture.run import CaptureItem, capture, items_hash
 from anatomist.capture.store import ActivationStore, ShardWriter
 from anatomist.errors import AnatomistError
 from anatomist.models.layers import check_layer
+from anatomist.parallel import distributed_main, rank_slice
 
 PARTS = "parts"
-
-
-def rank_slice(n: int, rank: int, world: int) -> range:
-    """Contiguous, balanced slice of n sequences for `rank` (sizes differ by at most one)."""
-    assert 0 <= rank < world, (rank, world)
-    return range(n * rank // world, n * (rank + 1) // world)
 
 
 def part_dir(out: str | Path, rank: int, world: int) -> Path:
@@ -106,30 +102,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--on-bad-row", default="error")
     args = p.parse_args(argv)
 
-    import sys
-
-    import torch.distributed as dist
-
     from anatomist.capture.run import items_from_pairs
     from anatomist.data import load_pairs
     from anatomist.models.loading import load
 
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    try:
+    with distributed_main("gloo") as par:
         pairs = load_pairs(args.data, format=args.data_format, on_bad_row=args.on_bad_row, limit=args.limit)
         lm = load(args.model)
-        store = capture_distributed(lm.model, lm.tokenizer, items_from_pairs(pairs), args.out, args.layer, rank=rank,
-                                    world=world, barrier=dist.barrier, model_name=args.model, dtype=args.dtype,
-                                    keep=args.keep, max_length=args.max_length, batch_size=args.batch_size)
+        store = capture_distributed(lm.model, lm.tokenizer, items_from_pairs(pairs), args.out, args.layer,
+                                    rank=par.rank, world=par.world, barrier=par.barrier, model_name=args.model,
+                                    dtype=args.dtype, keep=args.keep, max_length=args.max_length,
+                                    batch_size=args.batch_size)
         if store is not None:
             print(f"{store.n_sequences:,} sequences, {store.n_tokens:,} tokens × {store.d_model} at layer "
-                  f"{store.settings['layer']} from {world} ranks → {args.out}")
-    except AnatomistError as e:
-        print(f"error: [rank {rank}] {e}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        dist.destroy_process_group()
+                  f"{store.settings['layer']} from {par.world} ranks → {args.out}")
 
 
 if __name__ == "__main__":

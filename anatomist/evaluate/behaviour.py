@@ -45,7 +45,7 @@ import torch
 
 from anatomist.data.io import jsonl_objects
 from anatomist.errors import AnatomistError, DataError
-from anatomist.fileio import atomic_path
+from anatomist.fileio import atomic_write_parquet
 
 TABLE = "behaviour.parquet"
 
@@ -223,8 +223,7 @@ def evaluate_behaviour(model, tokenizer, prompts: Sequence[HeldoutPrompt], *, ou
         c = score_texts(scorer, [r.messages for r in requests], texts, out_dir / "latents", progress=progress)
         frame = pd.concat([frame, pd.DataFrame(c, columns=[f"c_{k}" for k in range(c.shape[1])])], axis=1)
     frame = pd.concat([frame, pd.DataFrame(detector_columns(texts))], axis=1)
-    with atomic_path(out_dir / TABLE) as tmp:
-        frame.to_parquet(tmp, index=False)
+    atomic_write_parquet(frame, out_dir / TABLE)
     return frame
 
 

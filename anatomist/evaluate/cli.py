@@ -19,15 +19,10 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from anatomist.fileio import atomic_path, atomic_write_text
+from anatomist.fileio import atomic_write_parquet, atomic_write_text
 from anatomist.models.loading import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
-
-
-def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
 
 
 def _cluster_labels(audit_dir: Path | None) -> dict[int, str]:
@@ -97,7 +92,7 @@ def run_eval(model: str, prompts: str | Path, out: str | Path, *, audit: str | P
                 lm.model, lm.tokenizer, held, out_dir=out / role, scorer=scorer, samples_per_prompt=samples_per_prompt,
                 seed=seed, max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size,
                 model_name=names[role], progress=progress).assign(role=role)
-    _write_parquet(pd.concat(list(frames.values()), ignore_index=True), out / "scores.parquet")
+    atomic_write_parquet(pd.concat(list(frames.values()), ignore_index=True), out / "scores.parquet")
     rows = summarize(frames["post"], frames.get("pre"), n_boot=n_boot, seed=seed)
     labels = _cluster_labels(audit)
     rows.insert(3, "label", [labels.get(int(m[2:]), "") if m.startswith("c_") else m.split("_", 1)[-1]
@@ -121,7 +116,7 @@ def run_eval(model: str, prompts: str | Path, out: str | Path, *, audit: str | P
             table, pref["pre"] = preference_accuracy(ref, loaded["pre"].tokenizer, pair_set, beta=beta,
                                                      progress=progress)
             tables.append(table.assign(role="pre"))
-        _write_parquet(pd.concat(tables, ignore_index=True), out / "preference.parquet")
+        atomic_write_parquet(pd.concat(tables, ignore_index=True), out / "preference.parquet")
         summary["preference"] = pref
     if safety:
         tables, rates = [], {}
@@ -133,7 +128,7 @@ def run_eval(model: str, prompts: str | Path, out: str | Path, *, audit: str | P
                                              model_name=frames[role].model.iloc[0], exclude=exclude,
                                              cache_dir=out / role / "safety", progress=progress)
             tables.append(table.assign(role=role))
-        _write_parquet(pd.concat(tables, ignore_index=True), out / "safety.parquet")
+        atomic_write_parquet(pd.concat(tables, ignore_index=True), out / "safety.parquet")
         summary["safety"] = rates
     atomic_write_text(out / "summary.json", json.dumps(_json_safe(summary), indent=1, allow_nan=False))
     render_eval(out)

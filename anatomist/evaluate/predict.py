@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from anatomist.errors import AnatomistError
-from anatomist.fileio import atomic_path, atomic_write_text
+from anatomist.fileio import atomic_write_parquet, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +258,7 @@ def write_predictions(audit_dir: str | Path, cfg: PredictConfig = PredictConfig(
     if calibration:
         pred = apply_calibration(pred, calibration)
     path = audit_dir / "predictions.parquet"
-    with atomic_path(path) as tmp:
-        pred.to_parquet(tmp, index=False)
+    atomic_write_parquet(pred, path)
     atomic_write_text(audit_dir / "predictions.json", json.dumps(
         {"config": asdict(cfg), "lam": {str(k): float(v) for k, v in (lam or {}).items()},
          "calibration": dict(calibration or {}), "predictors": {k: list(v[0]) for k, v in PREDICTORS.items()}},

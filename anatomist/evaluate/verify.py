@@ -44,7 +44,7 @@ from anatomist.evaluate.predict import (
     load_audit_tables,
     predict_rows,
 )
-from anatomist.fileio import atomic_path, atomic_write_text
+from anatomist.fileio import atomic_write_parquet, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -333,8 +333,7 @@ def verify_run(audit_dir: str | Path, run_dir: str | Path, *, pre: str | Path | 
                                          "sign_agreement": float((np.sign(sw.predicted) == np.sign(sw.actual)).mean())}
     result.summary.update({"audit": str(audit_dir), "run": str(run_dir)})
     atomic_write_text(run_dir / "verify.json", json.dumps(_finite(result.summary), indent=1, default=_json_default))
-    with atomic_path(run_dir / "verify_rows.parquet") as tmp:
-        result.rows.to_parquet(tmp, index=False)
+    atomic_write_parquet(result.rows, run_dir / "verify_rows.parquet")
     render(result, run_dir / "verify.html")
     return result
 

@@ -21,19 +21,15 @@ rank 0 alone writes checkpoints, the SAE and training.json. Backend: gloo on CPU
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from anatomist.capture.distributed import rank_slice
+from anatomist.parallel import DataParallel, all_reduce_grads, distributed_main, rank_slice
 from anatomist.sae.arch import Selection, batchtopk_select
-from anatomist.train.distributed import DataParallel, _all_reduce_grads, join_launch
 
 
 @dataclass(frozen=True)
@@ -76,7 +72,7 @@ class SAEParallel(DataParallel):
         """Backpropagate this rank's mean loss weighted b/B, then sum the gradients over ranks."""
         (loss * (b / B) if self.world > 1 else loss).backward()
         if self.world > 1:
-            _all_reduce_grads(list(params))
+            all_reduce_grads(list(params))
 
     def sum(self, t: torch.Tensor) -> torch.Tensor:
         return self._reduce(t, dist.ReduceOp.SUM)
@@ -107,10 +103,6 @@ class SAEParallel(DataParallel):
             dist.all_reduce(t, op=op)
         return t
 
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
 
 ONE = SAEParallel(0, 1)
 
@@ -122,10 +114,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     from anatomist.errors import AnatomistError
     from anatomist.sae.cli import _is_store, train
 
-    launched, rank = join_launch()
-
     def store_only_train(**kwargs):
-        if launched and not (len(kwargs["data"]) == 1 and _is_store(kwargs["data"][0])):
+        # several ranks capturing raw pairs into one folder would race; one process may capture
+        if DataParallel.current() is not None and not (len(kwargs["data"]) == 1 and _is_store(kwargs["data"][0])):
             raise AnatomistError("--data must be one activation store folder under torchrun (capture first: "
                                  "torchrun ... -m anatomist.capture.distributed)")
         train(**kwargs)
@@ -133,15 +124,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command(help=train.__doc__ + "\n\nData parallel: torchrun --nproc-per-node N -m anatomist.sae.distributed "
                 "--data STORE ...")(store_only_train)
-    try:
-        with contextlib.redirect_stdout(sys.stdout if rank == 0 else open(os.devnull, "w")):
-            app(args=argv, prog_name="torchrun --nproc-per-node N -m anatomist.sae.distributed")
-    except AnatomistError as e:
-        print(f"error: [rank {rank}] {e}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        if launched:
-            dist.destroy_process_group()
+    with distributed_main():
+        app(args=argv, prog_name="torchrun --nproc-per-node N -m anatomist.sae.distributed")
 
 
 if __name__ == "__main__":

@@ -60,12 +60,13 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_path, atomic_write_text
+from anatomist.parallel import DataParallel, lead_first
 from anatomist.progress import progress_bar
 from anatomist.shape.losses import LOSS_TYPES, DPOOutput, dpo_loss
 from anatomist.shape.pairs import ShapedPair
@@ -86,9 +87,6 @@ from anatomist.train.split import (
     precompute,
     to_device,
 )
-
-if TYPE_CHECKING:
-    from anatomist.train.distributed import DataParallel
 
 log = logging.getLogger(__name__)
 
@@ -336,9 +334,6 @@ def train_dpo(model, tokenizer, pairs: Sequence[ShapedPair], cfg: DPOConfig, out
     many optimizer steps without a final checkpoint, as a kill would (for tests). Under torchrun
     (an initialized process group) it runs data-parallel: `anatomist.train.distributed`."""
     from accelerate import Accelerator
-
-    # imported here, not at the top: `python -m anatomist.train.distributed` runs that module as __main__
-    from anatomist.train.distributed import DataParallel, lead_first
 
     if not pairs:
         raise AnatomistError("no preference pairs to train on")
