@@ -1,4 +1,4 @@
-"""`anatomist audit`: what will this preference dataset teach? Tables + HTML report."""
+"""`anatomist audit` (what will this preference dataset teach? tables + HTML report) and `anatomist report`."""
 
 from __future__ import annotations
 
@@ -60,3 +60,11 @@ def audit(
     folder = run_audit(loaded.model, loaded.tokenizer, load_sae(sae_path), pairs, out, cfg,
                        model_name=model, sae_path=sae_path, data_path=str(data))
     typer.echo(f"report: {render_report(folder)}")
+
+
+def report(audit_dir: Path = typer.Argument(..., metavar="DIR",
+                                            help="An audit folder written by `anatomist audit --out`.")) -> None:
+    """Re-render DIR/report.html from the tables in an audit folder (no model needed)."""
+    from anatomist.audit.report import render_report
+
+    typer.echo(str(render_report(audit_dir)))
