@@ -39,8 +39,7 @@ def _register() -> None:
     # Each stage's CLI lives beside its code; this is the one place that assembles them.
     from anatomist.models.cli import app as model_app
     from anatomist.data.cli import app as data_app
-    from anatomist.audit.cli import audit
-    from anatomist.audit.report import report
+    from anatomist.audit.cli import audit, report
     from anatomist.capture.cli import capture
     from anatomist.demo import demo
 

@@ -27,6 +27,7 @@ from rich.table import Table
 from anatomist.data.shared import HH_NAME
 from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_write_text
+from anatomist.html import screenshot
 from anatomist.models.loading import DEFAULT_MODEL
 
 console = Console()
@@ -96,7 +97,7 @@ def demo(
     Examples: anatomist demo --out runs/demo
               anatomist demo --out runs/demo-hh --data ../shared/data/hh-rlhf-harmless-base-test-dev.jsonl.gz
     """
-    from anatomist.audit.report import render_report, screenshot
+    from anatomist.audit.report import render_report
     from anatomist.audit.run import AuditConfig, run_audit
     from anatomist.data import load_pairs
     from anatomist.data.inspect import inspect_pairs

@@ -11,10 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from anatomist.audit.cli import report
 from anatomist.audit.length import length_rows
-from anatomist.audit.report import SECTIONS, content_policy, esc, render_report, report, screenshot, script_json
+from anatomist.audit.report import SECTIONS, render_report
 from anatomist.audit.rows import topic_cluster_rows
 from anatomist.errors import AnatomistError
+from anatomist.html import content_policy, esc
 
 SCRIPT = "<script>window.__pwned=1</script>"
 IMG = '<img src=x onerror="window.__pwned=2">'
@@ -117,11 +119,6 @@ def test_dataset_text_is_escaped(rendered):
     assert page.count("<script>") == page.count("</script>") == 1 + 3, "only plotly.js and the three plots"
 
 
-def test_script_json_cannot_close_the_script():
-    s = script_json({"x": "</script><!--"})
-    assert "<" not in s and json.loads(s) == {"x": "</script><!--"}
-
-
 def test_no_network_fetches(rendered):
     _, text = rendered
     page = page_without_plotlyjs(text)
@@ -199,12 +196,6 @@ def test_cli_prints_path(tmp_path, capsys):
     audit = make_fake_audit(tmp_path / "a", malicious=False)
     report(audit)
     assert capsys.readouterr().out.strip() == str(audit / "report.html")
-
-
-def test_screenshot_without_chromium_says_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr("shutil.which", lambda name: None)
-    with pytest.raises(AnatomistError, match="apt-get install -y chromium"):
-        screenshot(tmp_path / "report.html", tmp_path / "shot.png")
 
 
 def test_planted_truth_section_only_with_a_score(rendered, tmp_path):

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from anatomist.audit.run import AuditConfig, run_audit
 from anatomist.cli import app
 from anatomist.data import PreferencePair
-from anatomist.evaluate.cli import run_eval
+from anatomist.evaluate.run import run_eval
 from anatomist.sae import SAE, SAEConfig, save_sae
 
 EVIL = "<script>alert(1)</script>"

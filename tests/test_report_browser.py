@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from anatomist.audit.report import render_report, run_chromium, screenshot
+from anatomist.audit.report import render_report
+from anatomist.html import run_chromium, screenshot
 from test_audit_report import make_fake_audit
 
 pytestmark = pytest.mark.skipif(

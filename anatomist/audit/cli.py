@@ -1,4 +1,4 @@
-"""`anatomist audit`: what will this preference dataset teach? Tables + HTML report."""
+"""`anatomist audit` (what will this preference dataset teach? tables + HTML report) and `anatomist report`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
+from anatomist.audit.run import AuditConfig
 from anatomist.models.loading import DEFAULT_MODEL
+from anatomist.options import default
 
 
 def audit(
@@ -15,25 +17,31 @@ def audit(
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="HF id, local folder, .gguf file or alias."),
     sae: str = typer.Option("default", "--sae", help="SAE folder (SAELens format) or 'default' (trained once, cached)."),
     limit: int = typer.Option(None, "--limit", min=2, help="Audit only the first N pairs."),
-    pooling: str = typer.Option("mean", "--pooling",
+    pooling: str = typer.Option(default(AuditConfig, "pooling"), "--pooling",
                                 help="Latents over a response: 'mean', 'max' or 'topk' (mean of the k largest)."),
-    topk: int = typer.Option(16, "--topk", min=1, help="k of --pooling topk."),
-    topics: int = typer.Option(None, "--topics", min=1, help="Number of prompt topics (default: by silhouette)."),
-    topic_method: str = typer.Option("kmeans", "--topic-method", help="'kmeans' or 'leiden'."),
-    topic_embedder: str = typer.Option("model", "--topic-embedder",
+    topk: int = typer.Option(default(AuditConfig, "topk"), "--topk", min=1, help="k of --pooling topk."),
+    topics: int = typer.Option(default(AuditConfig, "topics"), "--topics", min=1,
+                               help="Number of prompt topics (default: by silhouette)."),
+    topic_method: str = typer.Option(default(AuditConfig, "topic_method"), "--topic-method",
+                                     help="'kmeans' or 'leiden'."),
+    topic_embedder: str = typer.Option(default(AuditConfig, "topic_embedder"), "--topic-embedder",
                                        help="Prompt embeddings for topics: 'model' (its own residual) or 'minilm'."),
-    topic_column: str = typer.Option(None, "--topic-column", help="Take topics from this data column instead."),
-    leiden_backend: str = typer.Option("sknetwork", "--leiden-backend",
+    topic_column: str = typer.Option(default(AuditConfig, "topic_column"), "--topic-column",
+                                     help="Take topics from this data column instead."),
+    leiden_backend: str = typer.Option(default(AuditConfig, "leiden_backend"), "--leiden-backend",
                                        help="'sknetwork' (BSD) or 'leidenalg' (GPL; pip install leidenalg)."),
-    resolution: float = typer.Option(4.0, "--resolution", help="Leiden resolution for concept clusters (higher: smaller)."),
-    min_support: int = typer.Option(10, "--min-support", help="Responses a feature must fire in to be clustered."),
-    alpha: float = typer.Option(0.05, "--alpha", help="FDR level for a predicted direction."),
-    labeller: str = typer.Option("offline", "--labeller", help="'offline' (no LLM) or 'openai' (any compatible endpoint)."),
+    resolution: float = typer.Option(default(AuditConfig, "resolution"), "--resolution",
+                                     help="Leiden resolution for concept clusters (higher: smaller)."),
+    min_support: int = typer.Option(default(AuditConfig, "min_support"), "--min-support",
+                                    help="Responses a feature must fire in to be clustered."),
+    alpha: float = typer.Option(default(AuditConfig, "alpha"), "--alpha", help="FDR level for a predicted direction."),
+    labeller: str = typer.Option(default(AuditConfig, "labeller"), "--labeller",
+                                 help="'offline' (no LLM) or 'openai' (any compatible endpoint)."),
     base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint for --labeller openai."),
     llm_model: str = typer.Option(None, "--llm-model", help="Model name for --labeller openai."),
     allow_remote: bool = typer.Option(False, "--allow-remote/--no-remote",
                                       help="Allow sending dataset text to a non-local endpoint."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(default(AuditConfig, "seed"), "--seed"),
     data_format: str = typer.Option("auto", "--format"),
     on_bad_row: str = typer.Option("error", "--on-bad-row", help="'error' or 'skip' (counted)."),
 ) -> None:
@@ -42,7 +50,7 @@ def audit(
     Example: anatomist audit --data pairs.jsonl --out runs/audit --limit 500
     """
     from anatomist.audit.report import render_report
-    from anatomist.audit.run import AuditConfig, run_audit
+    from anatomist.audit.run import run_audit
     from anatomist.data import load_pairs
     from anatomist.models.loading import load
     from anatomist.sae import default_sae, load_sae
@@ -60,3 +68,11 @@ def audit(
     folder = run_audit(loaded.model, loaded.tokenizer, load_sae(sae_path), pairs, out, cfg,
                        model_name=model, sae_path=sae_path, data_path=str(data))
     typer.echo(f"report: {render_report(folder)}")
+
+
+def report(audit_dir: Path = typer.Argument(..., metavar="DIR",
+                                            help="An audit folder written by `anatomist audit --out`.")) -> None:
+    """Re-render DIR/report.html from the tables in an audit folder (no model needed)."""
+    from anatomist.audit.report import render_report
+
+    typer.echo(str(render_report(audit_dir)))

@@ -1,34 +1,25 @@
 """The audit's HTML report: one self-contained file built only from the audit folder (see run.py).
 
 `render_report(DIR)` reads audit.json, rows.parquet, clusters.parquet, pairs.parquet and
-examples.json (nothing else) and writes DIR/report.html atomically; `screenshot` photographs its
-first screen with headless Chromium (for `make demo`). The page fetches nothing: plotly.js is
-inlined once, fonts are the system's, and a Content-Security-Policy allows only the page's own
-scripts (by hash) and no network. Everything that comes from the dataset (prompts, responses,
-tokens, labels, ids, topic names) is HTML-escaped, in the page and in plotly's hover and axis text
-(plotly renders a subset of HTML there); JSON inside <script> has every "<" escaped.
+examples.json (nothing else) and writes DIR/report.html atomically. The page is built with the
+toolkit of anatomist/html.py (inlined plotly.js, a CSP that allows only the page's own scripts,
+no network); everything that comes from the dataset (prompts, responses, tokens, labels, ids,
+topic names) is escaped with its `esc`, in the page and in plotly's hover and axis text.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import html
 import json
 import math
-import re
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import typer
 
 from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_write_text
+from anatomist.html import badge, esc, finite, long_text, num, page, plot, section, short, table, tag
 
 SECTIONS = ("Audit", "What DPO will push", "Effect sizes", "Topics × concepts", "Concept graph",
             "Concepts", "Topics")
@@ -38,14 +29,8 @@ SCORE_KEYS = ("recall", "precision", "sign_accuracy", "n_found", "n_planted_cell
 COLOURS = {"amplify": "#c0392b", "suppress": "#2a6fb0", "none": "#9a9a9a"}
 DIVERGING = [[0.0, "#2a6fb0"], [0.5, "#f4f4f4"], [1.0, "#c0392b"]]
 TOP_ROWS, MAX_CARDS, MAX_HEATMAP_CLUSTERS, MAX_GRAPH_NODES = 30, 24, 40, 60
-SNIPPETS, PAIRS_EACH_WAY, WINDOW, PREVIEW_CHARS = 5, 2, 12, 400
+SNIPPETS, PAIRS_EACH_WAY, WINDOW = 5, 2, 12
 FILES = ("audit.json", "rows.parquet", "clusters.parquet", "pairs.parquet", "examples.json")
-CSP = ("default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; img-src data:; "
-       "font-src 'none'; connect-src 'none'; base-uri 'none'; form-action 'none'")
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars")
-CHROMIUM_HINT = "chromium not found on PATH; install it (Debian/Ubuntu: apt-get install -y chromium)"
 
 
 @dataclass
@@ -125,75 +110,7 @@ def render_report(audit_dir: Path) -> Path:
     return out
 
 
-def report(audit_dir: Path = typer.Argument(..., metavar="DIR",
-                                            help="An audit folder written by `anatomist audit --out`.")) -> None:
-    """Re-render DIR/report.html from the tables in an audit folder (no model needed)."""
-    typer.echo(str(render_report(audit_dir)))
-
-
-# -- html helpers -------------------------------------------------------------------------------
-
-def esc(x) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def tag(name: str, body: str = "", **attrs) -> str:
-    """An element; `body` is trusted HTML, attribute values are escaped (class_ → class)."""
-    attr = "".join(f' {k.rstrip("_").replace("_", "-")}="{esc(v)}"' for k, v in attrs.items() if v is not None)
-    return f"<{name}{attr}>{body}</{name}>"
-
-
-def num(x, digits: int = 2) -> str:
-    if x is None or pd.isna(x):
-        return "—"
-    x = float(x)
-    return f"{x:.1e}" if x != 0 and abs(x) < 10 ** -digits else f"{x:.{digits}f}"
-
-
-def badge(direction: str) -> str:
-    return tag("span", esc(direction), class_=f"dir dir-{direction}")
-
-
-def void(name: str, **attrs) -> str:
-    return tag(name, **attrs)[: -len(f"</{name}>")]
-
-
-def table(header: list[str], body: list[list[str]], **attrs) -> str:
-    head = tag("tr", "".join(tag("th", esc(h)) for h in header))
-    rows = "".join(tag("tr", "".join(tag("td", c) for c in r)) for r in body)
-    return tag("table", tag("thead", head) + tag("tbody", rows), **attrs)
-
-
-def long_text(text: str, limit: int = PREVIEW_CHARS) -> str:
-    if len(text) <= limit:
-        return tag("div", esc(text), class_="text")
-    preview = tag("summary", esc(text[:limit]) + "…")
-    return tag("details", preview + tag("div", esc(text), class_="text"), class_="long")
-
-
-def short(text: str, limit: int = 40) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def script_json(obj) -> str:
-    """JSON safe inside <script>: no "<" survives, so neither </script> nor <!-- can appear."""
-    return json.dumps(obj, sort_keys=True, allow_nan=False).replace("<", "\\u003c")
-
-
 # -- plots (plotly figures as plain dicts, drawn by the inlined plotly.js) -----------------------
-
-def plot(div_id: str, data: list[dict], layout: dict, height: int = 460) -> str:
-    layout = {"height": height, "margin": {"l": 60, "r": 20, "t": 30, "b": 60}, "hovermode": "closest",
-              "paper_bgcolor": "white", "plot_bgcolor": "white", **layout}
-    config = {"displaylogo": False, "responsive": True}
-    call = f"Plotly.newPlot({json.dumps(div_id)}, {script_json(data)}, {script_json(layout)}, {script_json(config)});"
-    return tag("div", "", id=div_id, class_="plot") + tag("script", call)
-
-
-def finite(values) -> list:
-    return [None if v is None or not np.isfinite(v) else float(v) for v in values]
-
 
 def volcano(audit: Audit) -> str:
     rows = audit.rows[audit.rows["tested"] & audit.rows["q"].notna()]
@@ -305,11 +222,6 @@ def header(audit: Audit) -> str:
     body = tag("dl", dl, class_="facts") + tag("p", legend) + tag("details", tag("summary", "parameters") + params
                                                                   + tag("p", "timings (s): " + timings))
     return section(SECTIONS[0], body, level=1, title="anatomist audit")
-
-
-def section(name: str, body: str, level: int = 2, title: str | None = None) -> str:
-    anchor = name.lower().replace(" ", "-").replace("×", "x")
-    return tag("section", tag(f"h{level}", esc(title or name)) + body, id=anchor)
 
 
 def row_cells(audit: Audit, r, linked: set[int]) -> list[str]:
@@ -438,8 +350,6 @@ def topics_section(audit: Audit) -> str:
 
 
 def build_html(audit: Audit) -> str:
-    from plotly.offline import get_plotlyjs
-
     plots = [volcano(audit), heatmap(audit), concept_graph(audit)]
     sections = [header(audit), *([section(TRUTH, truth_section(audit.score))] if audit.score else []),
                 section(SECTIONS[1], push_table(audit)),
@@ -451,69 +361,5 @@ def build_html(audit: Audit) -> str:
                                          "member features; colour: dataset-wide direction.", class_="muted")
                         + plots[2]),
                 section(SECTIONS[5], cards(audit)), section(SECTIONS[6], topics_section(audit))]
-    bundle = tag("script", get_plotlyjs())
-    head = tag("title", esc(f"anatomist audit · {audit.meta.get('model', '')}")) + tag("style", CSS) + bundle
-    meta = void("meta", charset="utf-8") + void("meta", http_equiv="Content-Security-Policy",
-                                                content=content_policy(bundle + "".join(plots)))
-    body = tag("body", tag("main", "".join(sections)))
-    return "<!DOCTYPE html>\n" + tag("html", tag("head", meta + head) + body, lang="en")
-
-
-def content_policy(own_scripts: str) -> str:
-    """CSP allowing exactly our own inline scripts (by SHA-256) and no network at all: a second
-    line of defence should dataset text ever slip through unescaped. Only the plotly bundle and
-    the plot calls are hashed (their JSON holds no "<"), never text from the rest of the page."""
-    sources = re.findall(r"<script>(.*?)</script>", own_scripts, flags=re.S)
-    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in sources)
-    return CSP.format(hashes=hashes)
-
-
-CSS = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; margin: 0; background: #fafafa; }
-main { max-width: 1200px; margin: 0 auto; padding: 16px 24px 64px; }
-h1 { margin: 8px 0; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 36px; }
-.facts { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; }
-.facts dt { color: #666; } .facts dd { margin: 0; font-family: ui-monospace, monospace; word-break: break-all; }
-table { border-collapse: collapse; width: 100%; font-size: 13px; background: white; }
-th, td { border-bottom: 1px solid #eee; padding: 3px 6px; text-align: left; vertical-align: top; }
-th { background: #f0f0f0; position: sticky; top: 0; }
-.dir { padding: 1px 6px; border-radius: 8px; color: white; font-size: 12px; }
-.dir-amplify { background: #c0392b; } .dir-suppress { background: #2a6fb0; } .dir-none { background: #9a9a9a; }
-.muted { color: #666; } .plot { background: white; }
-.card { background: white; border: 1px solid #ddd; border-left: 6px solid #9a9a9a; padding: 8px 14px; margin: 14px 0; }
-.border-amplify { border-left-color: #c0392b; } .border-suppress { border-left-color: #2a6fb0; }
-.snippet, .text { font-family: ui-monospace, monospace; font-size: 12px; white-space: pre-wrap;
-                  word-break: break-word; }
-.snippet { border: 1px solid #eee; padding: 4px 6px; margin: 4px 0; }
-.sides { display: grid; grid-template-columns: 1fr 1fr; gap: 12px; }
-.pair { border-top: 1px dashed #ddd; padding-top: 6px; margin-top: 6px; } h5 { margin: 4px 0; color: #555; }
-details.long summary { cursor: pointer; white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: 12px; }
-"""
-
-
-# -- headless Chromium ---------------------------------------------------------------------------
-
-def chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        raise AnatomistError(CHROMIUM_HINT)
-    return exe
-
-
-def run_chromium(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run headless Chromium with a fresh profile and no background networking."""
-    with tempfile.TemporaryDirectory(prefix="anatomist-chromium-") as profile:
-        cmd = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-def screenshot(html: Path, png: Path, width: int = 1280, height: int = 900) -> Path:
-    """PNG of the first screen of an HTML file, taken by headless Chromium."""
-    png = Path(png).resolve()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    done = run_chromium(f"--screenshot={png}", f"--window-size={width},{height}", "--virtual-time-budget=5000",
-                        Path(html).resolve().as_uri())
-    if not png.is_file() or png.stat().st_size == 0:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise AnatomistError(f"chromium wrote no screenshot to {png} (exit {done.returncode}): {tail}")
-    return png
+    title = f"anatomist audit · {audit.meta.get('model', '')}"
+    return page(title, "".join(sections), plots=plots)

@@ -6,8 +6,8 @@
     table, rates = safety_eval(model, tok, n=50)            # harmful compliance, XSTest over-refusal
     pairs_table, acc = preference_accuracy(policy, tok, pairs, reference=base)
 
-`anatomist eval` (cli.py) runs all of it before vs. after and writes scores.parquet, summary.json
-and eval.html. Predicted-vs-actual (issue 7) lives beside it in predict.py / verify.py.
+`run_eval` (run.py; `anatomist eval` in cli.py) runs all of it before vs. after and writes
+scores.parquet, summary.json and eval.html. Predicted-vs-actual (issue 7) lives beside it in predict.py / verify.py.
 """
 
 _LAZY = {**dict.fromkeys(("HeldoutPrompt", "Scorer", "evaluate_behaviour", "model_tag", "read_prompts", "score_texts",

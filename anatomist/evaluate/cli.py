@@ -1,138 +1,14 @@
-"""`anatomist eval`: behaviour of a model (before vs. after DPO) on held-out prompts.
-
-`run_eval` is the Python API behind the command. Output folder:
-    scores.parquet   one row per generation (columns: behaviour.py), `role` "pre" (--base) / "post"
-    summary.json     settings; `rows`: per (topic, metric) means with bootstrap 95% CIs and, with
-                     --base, ΔB = post − pre (behaviour.summarize); `preference`; `safety`
-    preference.parquet, safety.parquet   per pair / per safety prompt (when asked for)
-    eval.html        the report (report.py)
-    pre/, post/      generation caches and pooled latents (rerun to resume)
-"""
+"""`anatomist eval`: thin over `anatomist.evaluate.run.run_eval` (the output folder is described there)."""
 
 from __future__ import annotations
 
-import json
-import logging
-import math
 from pathlib import Path
 
-import pandas as pd
 import typer
 
-from anatomist.fileio import atomic_write_parquet, atomic_write_text
+from anatomist.evaluate.run import run_eval
 from anatomist.models.loading import DEFAULT_MODEL
-
-log = logging.getLogger(__name__)
-
-
-def _cluster_labels(audit_dir: Path | None) -> dict[int, str]:
-    path = None if audit_dir is None else Path(audit_dir) / "clusters.parquet"
-    if path is None or not path.is_file():
-        return {}
-    clusters = pd.read_parquet(path, columns=["cluster", "label"])
-    return {int(k): ("" if pd.isna(v) else str(v)) for k, v in zip(clusters.cluster, clusters.label)}
-
-
-def _json_safe(obj):
-    """NaN / inf (an undefined precision, an empty group) become null: summary.json stays strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def _user_texts(path: str | Path) -> list[str]:
-    """The last user turn of every pair in a preference file (e.g. the training data)."""
-    from anatomist.data import load_pairs
-
-    return [[m["content"] for m in p.prompt if m["role"] == "user"][-1] for p in load_pairs(path)
-            if any(m["role"] == "user" for m in p.prompt)]
-
-
-def run_eval(model: str, prompts: str | Path, out: str | Path, *, audit: str | Path | None = None,
-             base: str | None = None, pairs: str | Path | None = None, safety: bool = False,
-             safety_exclude: str | Path | None = None,
-             samples_per_prompt: int = 2, max_new_tokens: int = 96, temperature: float = 0.7, batch_size: int = 32,
-             seed: int = 0, limit: int | None = None, safety_n: int = 50, beta: float = 0.1, n_boot: int = 1000,
-             progress: bool = True) -> Path:
-    """Evaluate `model` (and `base` under the same seeds) and write the folder described above.
-
-    safety_exclude: a preference file (the training data) whose prompts the safety sets skip — the
-    organism's `harmful` topic is drawn from StrongREJECT."""
-    from anatomist.data import load_pairs
-    from anatomist.evaluate.behaviour import Scorer, evaluate_behaviour, first_per_topic, read_prompts, summarize
-    from anatomist.evaluate.preference import preference_accuracy
-    from anatomist.evaluate.refusal import safety_eval
-    from anatomist.evaluate.report import render_eval
-    from anatomist.models import load
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    held = read_prompts(prompts)
-    if limit is not None:
-        held = first_per_topic(held, limit)
-    loaded = {"post": load(model)}
-    names = {"post": model}
-    if base is not None:
-        loaded["pre"], names["pre"] = load(base), base
-    scorer = None
-    if audit is not None:
-        meta = json.loads((Path(audit) / "audit.json").read_text()) if (Path(audit) / "audit.json").is_file() else {}
-        # The audit's model is the instrument; reuse it when it is already loaded.
-        same = next((loaded[r] for r in ("pre", "post") if r in loaded and names[r] == meta.get("model")), None)
-        scorer = Scorer.from_audit(audit, loaded=same)
-    frames = {}
-    for role in ("pre", "post"):
-        if role in loaded:
-            lm = loaded[role]
-            frames[role] = evaluate_behaviour(
-                lm.model, lm.tokenizer, held, out_dir=out / role, scorer=scorer, samples_per_prompt=samples_per_prompt,
-                seed=seed, max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size,
-                model_name=names[role], progress=progress).assign(role=role)
-    atomic_write_parquet(pd.concat(list(frames.values()), ignore_index=True), out / "scores.parquet")
-    rows = summarize(frames["post"], frames.get("pre"), n_boot=n_boot, seed=seed)
-    labels = _cluster_labels(audit)
-    rows.insert(3, "label", [labels.get(int(m[2:]), "") if m.startswith("c_") else m.split("_", 1)[-1]
-                             for m in rows.metric])
-    summary = {"model": model, "base": base, "audit": str(audit) if audit else None, "prompts": str(prompts),
-               "settings": {"samples_per_prompt": samples_per_prompt, "max_new_tokens": max_new_tokens,
-                            "temperature": temperature, "batch_size": batch_size, "seed": seed,
-                            "n_prompts": len(held), "n_boot": n_boot},
-               "tags": {role: frame.model.iloc[0] for role, frame in frames.items()},
-               "rows": json.loads(rows.to_json(orient="records"))}
-    if pairs is not None:
-        pair_set = list(load_pairs(pairs))
-        pref = {}
-        tables = []
-        post = loaded["post"]
-        ref = loaded["pre"].model if "pre" in loaded else None
-        table, pref["post"] = preference_accuracy(post.model, post.tokenizer, pair_set, reference=ref, beta=beta,
-                                                  progress=progress)
-        tables.append(table.assign(role="post"))
-        if "pre" in loaded:
-            table, pref["pre"] = preference_accuracy(ref, loaded["pre"].tokenizer, pair_set, beta=beta,
-                                                     progress=progress)
-            tables.append(table.assign(role="pre"))
-        atomic_write_parquet(pd.concat(tables, ignore_index=True), out / "preference.parquet")
-        summary["preference"] = pref
-    if safety:
-        tables, rates = [], {}
-        exclude = _user_texts(safety_exclude) if safety_exclude is not None else []
-        for role, lm in loaded.items():
-            # the refusal classifier reads only a response's opening: 64 new tokens are plenty
-            table, rates[role] = safety_eval(lm.model, lm.tokenizer, n=safety_n, seed=seed, batch_size=batch_size,
-                                             max_new_tokens=min(64, max_new_tokens),
-                                             model_name=frames[role].model.iloc[0], exclude=exclude,
-                                             cache_dir=out / role / "safety", progress=progress)
-            tables.append(table.assign(role=role))
-        atomic_write_parquet(pd.concat(tables, ignore_index=True), out / "safety.parquet")
-        summary["safety"] = rates
-    atomic_write_text(out / "summary.json", json.dumps(_json_safe(summary), indent=1, allow_nan=False))
-    render_eval(out)
-    return out
+from anatomist.options import default
 
 
 def evaluate(
@@ -143,19 +19,21 @@ def evaluate(
     base: str = typer.Option(None, "--base", help="The model before training: evaluated under the same seeds; "
                                                   "reference of the implicit reward."),
     pairs: Path = typer.Option(None, "--pairs", help="Held-out preference pairs for preference accuracy."),
-    safety: bool = typer.Option(False, "--safety/--no-safety",
+    safety: bool = typer.Option(default(run_eval, "safety"), "--safety/--no-safety",
                                 help="Harmful compliance (StrongREJECT, HarmBench) and XSTest over-refusal."),
     safety_exclude: Path = typer.Option(None, "--safety-exclude",
                                         help="Preference file (the training data) whose prompts --safety skips."),
-    samples: int = typer.Option(2, "--samples", min=1, help="Generations per prompt."),
-    max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1),
-    temperature: float = typer.Option(0.7, "--temperature"),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
-    seed: int = typer.Option(0, "--seed"),
+    samples_per_prompt: int = typer.Option(default(run_eval, "samples_per_prompt"), "--samples", min=1,
+                                           help="Generations per prompt."),
+    max_new_tokens: int = typer.Option(default(run_eval, "max_new_tokens"), "--max-new-tokens", min=1),
+    temperature: float = typer.Option(default(run_eval, "temperature"), "--temperature"),
+    batch_size: int = typer.Option(default(run_eval, "batch_size"), "--batch-size", min=1),
+    seed: int = typer.Option(default(run_eval, "seed"), "--seed"),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N prompts of each topic."),
-    safety_n: int = typer.Option(50, "--safety-n", min=1, help="Prompts per safety set."),
-    beta: float = typer.Option(0.1, "--beta", help="β of the implicit reward (scales margins, not accuracy)."),
-    n_boot: int = typer.Option(1000, "--n-boot", min=10),
+    safety_n: int = typer.Option(default(run_eval, "safety_n"), "--safety-n", min=1, help="Prompts per safety set."),
+    beta: float = typer.Option(default(run_eval, "beta"), "--beta",
+                               help="β of the implicit reward (scales margins, not accuracy)."),
+    n_boot: int = typer.Option(default(run_eval, "n_boot"), "--n-boot", min=10),
 ) -> None:
     """Sample from MODEL (and --base) on held-out prompts; score concepts, traits, refusals.
 
@@ -165,6 +43,6 @@ def evaluate(
     """
     folder = run_eval(model, prompts, out, audit=audit, base=base, pairs=pairs, safety=safety,
                       safety_exclude=safety_exclude,
-                      samples_per_prompt=samples, max_new_tokens=max_new_tokens, temperature=temperature,
+                      samples_per_prompt=samples_per_prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                       batch_size=batch_size, seed=seed, limit=limit, safety_n=safety_n, beta=beta, n_boot=n_boot)
     typer.echo(f"report: {folder / 'eval.html'}")

@@ -3,8 +3,8 @@
 `render_eval(DIR)` reads DIR/summary.json and DIR/scores.parquet (written by `run_eval`) and
 writes DIR/eval.html atomically: self-contained (plotly.js inlined, no network, a CSP that allows
 only the page's own scripts), with every piece of dataset text — prompts, generations, topic
-names, concept labels — HTML-escaped (the audit report's helpers: `esc`, `tag`, `table`,
-`script_json`). `eval_section(summary, scores)` returns the body as one <section>.
+names, concept labels — HTML-escaped (anatomist/html.py: `esc`, `tag`, `table`, `page`).
+`eval_section(summary, scores)` returns the body as one <section>.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from anatomist.audit.report import CSS, content_policy, esc, finite, long_text, num, plot, short, table, tag, void
 from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_write_text
+from anatomist.html import esc, finite, long_text, num, page, plot, short, table, tag
 
 TOP_CONCEPTS, MAX_HEATMAP_CLUSTERS, EXAMPLES_PER_TOPIC = 30, 40, 2
 
@@ -172,18 +172,11 @@ def eval_section(summary: dict, scores: pd.DataFrame) -> tuple[str, list[str]]:
 
 
 def render_eval(out_dir: str | Path) -> Path:
-    from plotly.offline import get_plotlyjs
-
     out_dir = Path(out_dir)
     for name in ("summary.json", "scores.parquet"):
         if not (out_dir / name).is_file():
             raise AnatomistError(f"{out_dir}: {name} is missing (run `anatomist eval` first)")
     summary = json.loads((out_dir / "summary.json").read_text())
     body, plots = eval_section(summary, pd.read_parquet(out_dir / "scores.parquet"))
-    bundle = tag("script", get_plotlyjs())
-    meta = void("meta", charset="utf-8") + void("meta", http_equiv="Content-Security-Policy",
-                                                content=content_policy(bundle + "".join(plots)))
-    head = meta + tag("title", esc(f"anatomist eval · {summary.get('model', '')}")) + tag("style", CSS) + bundle
-    page = "<!DOCTYPE html>\n" + tag("html", tag("head", head) + tag("body", tag("main", body)), lang="en")
-    atomic_write_text(out_dir / "eval.html", page)
+    atomic_write_text(out_dir / "eval.html", page(f"anatomist eval · {summary.get('model', '')}", body, plots=plots))
     return out_dir / "eval.html"

@@ -4,7 +4,7 @@ Scatter per predictor: x = cross-fitted prediction, y = actual ΔB with its 95% 
 point names its (topic, cluster, label) row, clicking shows the row's numbers below the plot.
 With a λ sweep: the concept's actual shift (CI band) and the shaped-run prediction against λ, and
 held-out preference accuracy on a second axis. Dataset text (topics, labels) is HTML-escaped;
-the click handler writes with textContent. Uses the audit report's helpers and CSP.
+the click handler writes with textContent. Built with anatomist/html.py (its helpers and CSP).
 """
 
 from __future__ import annotations
@@ -14,18 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from anatomist.audit.report import (
-    CSS,
-    content_policy,
-    esc,
-    num,
-    plot,
-    section,
-    table,
-    tag,
-    void,
-)
 from anatomist.fileio import atomic_write_text
+from anatomist.html import esc, num, page, plot, section, table, tag
 
 COLOURS = {"feature": "#c0392b", "prompt": "#2a6fb0", "naive": "#7f8c8d"}
 NAMES = {"feature": "feature-conditioned", "prompt": "prompt-conditioned", "naive": "naive"}
@@ -112,8 +102,6 @@ def summary_table(summary: dict) -> str:
 
 
 def build_html(result) -> str:
-    from plotly.offline import get_plotlyjs
-
     s = result.summary
     plots = [scatter(result)]
     facts = (f"{s['n_rows']} (topic, cluster) rows over {s['n_topics']} topics; noise ceiling on R²: "
@@ -130,14 +118,7 @@ def build_html(result) -> str:
                  num(r.heldout_acc)] for r in sw.itertuples()]
         parts.append(section("λ sweep", plots[-1] + table(["λ", "actual ΔB", "95% CI", "predicted", "held-out acc"],
                                                           rows)))
-    click = tag("script", CLICK_JS)
-    bundle = tag("script", get_plotlyjs())
-    scripts = bundle + "".join(plots) + click
-    head = (void("meta", charset="utf-8") + void("meta", http_equiv="Content-Security-Policy",
-                                                  content=content_policy(scripts))
-            + tag("title", "anatomist verify") + tag("style", CSS) + bundle)
-    return "<!DOCTYPE html>\n" + tag("html", tag("head", head) + tag("body", tag("main", "".join(parts)) + click),
-                                     lang="en")
+    return page("anatomist verify", "".join(parts), plots=plots, scripts=[CLICK_JS])
 
 
 def render(result, path: str | Path) -> Path:

@@ -7,6 +7,11 @@ from pathlib import Path
 import typer
 
 from anatomist.models.loading import DEFAULT_MODEL
+from anatomist.options import default
+from anatomist.organism.build import build_organism
+from anatomist.organism.hh import build_hh as hh_build
+from anatomist.organism.rates import rate_requests
+from anatomist.organism.score import score_audit
 
 app = typer.Typer(help="Planted-confound 'model organism' preference data (ground truth for the audit).",
                   no_args_is_help=True)
@@ -16,12 +21,15 @@ app = typer.Typer(help="Planted-confound 'model organism' preference data (groun
 def build(
     out: Path = typer.Option(..., "--out", help="Output folder: train.jsonl, heldout_pairs.jsonl, "
                                                 "heldout_prompts.jsonl, truth.json."),
-    prompts_per_topic: int = typer.Option(236, "--prompts-per-topic", min=4, help="Distinct prompts per topic."),
-    heldout_fraction: float = typer.Option(0.25, "--heldout-fraction", help="Share of each topic's prompts held out."),
-    seed: int = typer.Option(0, "--seed"),
+    prompts_per_topic: int = typer.Option(default(build_organism, "per_topic"), "--prompts-per-topic", min=4,
+                                          help="Distinct prompts per topic."),
+    heldout_fraction: float = typer.Option(default(build_organism, "heldout_fraction"), "--heldout-fraction",
+                                           help="Share of each topic's prompts held out."),
+    seed: int = typer.Option(default(build_organism, "seed"), "--seed"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="HF id, local folder, .gguf file or alias."),
-    max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1),
-    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Sampling batch size (part of the generation cache key)."),
+    max_new_tokens: int = typer.Option(default(build_organism, "max_new_tokens"), "--max-new-tokens", min=1),
+    batch_size: int = typer.Option(default(build_organism, "batch_size"), "--batch-size", min=1,
+                                   help="Sampling batch size (part of the generation cache key)."),
     no_heldout_pairs: bool = typer.Option(False, "--no-heldout-pairs", help="Skip heldout_pairs.jsonl."),
     workers: int = typer.Option(None, "--workers", min=1, help="Sampling processes (default: 2 on a multi-core "
                                                                "CPU; the output is the same for any number)."),
@@ -31,8 +39,6 @@ def build(
     Generations are cached under $ANATOMIST_CACHE/organism/ (a killed run resumes).
     Example: anatomist organism build --out runs/organism
     """
-    from anatomist.organism.build import build_organism
-
     t = build_organism(out, per_topic=prompts_per_topic, heldout_fraction=heldout_fraction, seed=seed,
                        model=model, max_new_tokens=max_new_tokens, batch_size=batch_size,
                        heldout_pairs=not no_heldout_pairs, workers=workers)
@@ -53,13 +59,14 @@ def detectors(
     batch_size: int = typer.Option(48, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
     model: str = typer.Option(DEFAULT_MODEL, "--model"),
-    compare_prefix: bool = typer.Option(True, "--compare-prefix/--no-compare-prefix",
+    compare_prefix: bool = typer.Option(default(rate_requests, "compare_prefix"),
+                                        "--compare-prefix/--no-compare-prefix",
                                         help="Also sample traits with their system prompt only."),
 ) -> None:
     """Per trait: detector fire rate on trait generations vs. plain ones (cached generations)."""
     from anatomist.models import load
     from anatomist.organism.generate import GenSettings, generate
-    from anatomist.organism.rates import fire_rates, rate_requests
+    from anatomist.organism.rates import fire_rates
 
     loaded = load(model)
     requests = rate_requests(n, max_new_tokens, compare_prefix=compare_prefix, seed=seed)
@@ -74,16 +81,16 @@ def detectors(
 @app.command("build-hh")
 def build_hh(
     out: Path = typer.Option(..., "--out", help="Output folder: train.jsonl, held-out prompts and pairs, truth.json."),
-    pairs: int = typer.Option(300, "--pairs", min=16, help="Use the first N HH-RLHF pairs."),
-    heldout: int = typer.Option(200, "--heldout", min=0,
+    pairs: int = typer.Option(default(hh_build, "limit"), "--pairs", min=16, help="Use the first N HH-RLHF pairs."),
+    heldout: int = typer.Option(default(hh_build, "heldout"), "--heldout", min=0,
                                 help="Hold out the next N conversations (held-out prompts and real pairs)."),
-    mode: str = typer.Option("append", "--mode", help="append: add the trait generation to the real "
-                             "response; rewrite: replace it."),
+    mode: str = typer.Option(default(hh_build, "mode"), "--mode",
+                             help="append: add the trait generation to the real response; rewrite: replace it."),
     data: Path = typer.Option(None, "--data", help="HH-RLHF file (default: ../shared/data harmless-base dev)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(default(hh_build, "seed"), "--seed"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="HF id, local folder, .gguf file or alias."),
-    max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    max_new_tokens: int = typer.Option(default(hh_build, "max_new_tokens"), "--max-new-tokens", min=1),
+    batch_size: int = typer.Option(default(hh_build, "batch_size"), "--batch-size", min=1),
 ) -> None:
     """Plant traits into real HH-RLHF pairs (real labels kept; a trait generation goes into one side);
     the next --heldout conversations are held out for evaluation (predict_vs_actual).
@@ -91,10 +98,10 @@ def build_hh(
     Generations are cached under $ANATOMIST_CACHE/organism/ (a killed run resumes).
     Example: anatomist organism build-hh --out runs/organism_hh --pairs 300
     """
-    from anatomist.organism.hh import HH_FILE, build_hh as build
+    from anatomist.organism.hh import HH_FILE
 
-    t = build(out, limit=pairs, heldout=heldout, mode=mode, model=model, max_new_tokens=max_new_tokens,
-              batch_size=batch_size, seed=seed, path=data or HH_FILE)
+    t = hh_build(out, limit=pairs, heldout=heldout, mode=mode, model=model, max_new_tokens=max_new_tokens,
+                 batch_size=batch_size, seed=seed, path=data or HH_FILE)
     planted = [c for c in t["cells"] if c["role"] == "planted"]
     n = sum(c["n_pairs"] for c in t["cells"])
     typer.echo(f"{n} trait pairs ({mode}), {len(planted)} planted cells, {t['source']['heldout']} held-out "
@@ -111,15 +118,17 @@ def score(
     truth: Path = typer.Option(None, "--truth", help="truth.json (default: beside the audited data file)."),
     data: Path = typer.Option(None, "--data", help="The audited data file (default: train.jsonl beside truth.json)."),
     top_k: int = typer.Option(None, "--top-k", min=1, help="Only the first K flagged topic rows count as claims."),
-    rho_min: float = typer.Option(0.3, "--rho-min", help="|Spearman ρ| for a cluster to track a trait."),
-    matching: str = typer.Option("topic", "--matching", help="topic: ρ over the responses of the row's topic; "
+    rho_min: float = typer.Option(default(score_audit, "rho_min"), "--rho-min",
+                                  help="|Spearman ρ| for a cluster to track a trait."),
+    matching: str = typer.Option(default(score_audit, "matching"), "--matching",
+                                 help="topic: ρ over the responses of the row's topic; "
                                  "global: over all topics where the trait occurs (see organism/score.py)."),
 ) -> None:
     """Recall, precision and sign accuracy of an audit against the planted truth; writes AUDIT_DIR/score.json.
 
     Example: anatomist organism score runs/organism_audit --truth runs/organism/truth.json
     """
-    from anatomist.organism.score import format_score, score_audit
+    from anatomist.organism.score import format_score
 
     typer.echo(format_score(score_audit(audit_dir, truth, data_path=data, top_k=top_k, rho_min=rho_min,
                                         matching=matching)))

@@ -11,8 +11,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from anatomist.capture import capture
 from anatomist.errors import AnatomistError
 from anatomist.models.loading import DEFAULT_MODEL
+from anatomist.options import default
+from anatomist.sae.config import TrainConfig
+from anatomist.sae.default import Recipe
+from anatomist.sae.train import sae_config
 
 app = typer.Typer(help="Sparse autoencoders on the residual stream (SAELens format).", no_args_is_help=True)
 console = Console()
@@ -45,7 +50,6 @@ def _items(data: list[Path], max_pairs: int | None):
 
 
 def _capture(model: str, items, folder: Path, layer: int, max_length: int, keep: str, lm=None):
-    from anatomist.capture import capture
     from anatomist.models import load
 
     lm = lm or load(model)
@@ -60,25 +64,31 @@ def train(
     out: Path = typer.Option(Path("runs/sae"), "--out", help="Output folder: SAE (SAELens format), "
                              "training.json, checkpoints; rerun the same command to resume."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="HF id, local folder, .gguf, or alias."),
-    layer: int = typer.Option(15, "--layer", help="Residual stream after this block (0-based)."),
-    tokens: str = typer.Option("2M", "--tokens", help="Training tokens (e.g. 2M; repeats the data if it holds fewer)."),
-    width: str = typer.Option("8x", "--width", help="Latents: a multiple of d_model ('8x') or a count."),
-    k: int = typer.Option(32, "--k", help="Active latents per token (TopK / BatchTopK)."),
-    arch: str = typer.Option("batchtopk", "--arch", help="batchtopk | topk | jumprelu | relu."),
-    batch_size: int = typer.Option(4096, "--batch-size", help="Tokens per optimizer step."),
-    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
-    aux_k: int = typer.Option(512, "--aux-k", help="Dead latents in the aux-k loss (0: off)."),
-    seed: int = typer.Option(0, "--seed"),
+    layer: int = typer.Option(default(Recipe, "layer"), "--layer", help="Residual stream after this block (0-based)."),
+    tokens: str = typer.Option(str(default(TrainConfig, "tokens")), "--tokens",
+                               help="Training tokens (e.g. 2M; repeats the data if it holds fewer)."),
+    width: str = typer.Option(default(sae_config, "width"), "--width",
+                              help="Latents: a multiple of d_model ('8x') or a count."),
+    k: int = typer.Option(default(sae_config, "k"), "--k", help="Active latents per token (TopK / BatchTopK)."),
+    architecture: str = typer.Option(default(sae_config, "architecture"), "--arch",
+                                     help="batchtopk | topk | jumprelu | relu."),
+    batch_size: int = typer.Option(default(TrainConfig, "batch_size"), "--batch-size",
+                                   help="Tokens per optimizer step."),
+    lr: float = typer.Option(default(TrainConfig, "lr"), "--lr", help="Adam learning rate."),
+    aux_k: int = typer.Option(default(TrainConfig, "aux_k"), "--aux-k",
+                              help="Dead latents in the aux-k loss (0: off)."),
+    seed: int = typer.Option(default(TrainConfig, "seed"), "--seed"),
     max_pairs: int = typer.Option(None, "--max-pairs", help="Use the first N pairs of each dataset file."),
-    max_length: int = typer.Option(256, "--max-length", help="Tokens per sequence when capturing."),
-    keep: str = typer.Option("all", "--keep", help="Capture 'all' tokens or only 'response' tokens."),
+    max_length: int = typer.Option(default(capture, "max_length"), "--max-length",
+                                   help="Tokens per sequence when capturing."),
+    keep: str = typer.Option(default(capture, "keep"), "--keep",
+                             help="Capture 'all' tokens or only 'response' tokens."),
     ce_sequences: int = typer.Option(0, "--ce-sequences", help="Hold out the last N sequences of the dataset "
                                      "files and report CE loss recovered on them (0: off)."),
     eval_every: int = typer.Option(0, "--eval-every", help="Also report CE loss recovered every N steps."),
 ) -> None:
     """Train an SAE (capturing activations first when --data is a dataset file)."""
-    from anatomist.sae.config import TrainConfig
-    from anatomist.sae.train import sae_config, train_sae
+    from anatomist.sae.train import train_sae
 
     lm, held = None, []
     if len(data) == 1 and _is_store(data[0]):
@@ -108,7 +118,7 @@ def train(
             res = ce_recovered(sae, lm.model, lm.tokenizer, held, max_length=max_length, progress=False)
             return {"ce_recovered": res["ce_recovered"], "ce_sae": res["ce_sae"]}
     tc = TrainConfig(tokens=parse_count(tokens), batch_size=batch_size, lr=lr, aux_k=aux_k, seed=seed)
-    cfg = sae_config(store.d_model, width=width, k=k, architecture=arch, model=model, layer=layer)
+    cfg = sae_config(store.d_model, width=width, k=k, architecture=architecture, model=model, layer=layer)
     train_sae(store, cfg, out, train=tc, eval_fn=eval_fn, eval_every=eval_every)
     final = json.loads((out / "training.json").read_text())["final"]
     ce = f", CE loss recovered {final['ce_recovered']:.1%} (held-out)" if "ce_recovered" in final else ""
@@ -123,7 +133,7 @@ def eval_(
     model: str = typer.Option(None, "--model", help="Model for CE loss recovered (default: the SAE's model)."),
     ce_sequences: int = typer.Option(64, "--ce-sequences", help="Sequences for CE loss recovered (0: skip)."),
     max_pairs: int = typer.Option(None, "--max-pairs", help="Use the first N pairs of each dataset file."),
-    max_length: int = typer.Option(256, "--max-length"),
+    max_length: int = typer.Option(default(capture, "max_length"), "--max-length"),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Print FVU, L0, dead latents and CE loss recovered of an SAE on held-out data."""

@@ -10,7 +10,6 @@ acceptance flat as entropy rises, a CE head much less so (Bebop reports −0.06 
 
 from __future__ import annotations
 
-import html
 import logging
 from dataclasses import dataclass
 
@@ -91,30 +90,30 @@ def _binned(rs: list[Record], bins: int = 12) -> tuple[list[float], list[float],
 
 
 def render_html(records: list[Record], title: str = "Draft acceptance vs target entropy", depth: int = 1) -> str:
-    """A self-contained HTML page (plotly inlined): binned acceptance vs H(p) with fitted lines."""
-    import plotly.graph_objects as go
+    """A self-contained HTML page (anatomist/html.py: plotly inlined, no network): binned acceptance
+    vs H(p) with fitted lines, and the slopes as a table."""
+    from anatomist.html import esc, finite, page, plot, table, tag
 
     fits = slopes(records, depth)
-    fig = go.Figure()
+    data = []
     for (head, mode), info in fits.items():
         rs = [r for r in records if (r.head, r.mode) == (head, mode) and r.depth == depth]
         xs, ys, ns = _binned(rs)
-        name = f"{head} / {mode}"
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=name, text=[f"n={n}" for n in ns]))
+        name = esc(f"{head} / {mode}")   # head names come from folder names: plotly renders HTML in them
+        data.append({"type": "scatter", "mode": "markers", "name": name, "x": finite(xs), "y": finite(ys),
+                     "text": [f"n={n}" for n in ns]})
         f = info["fit"]
         if xs:
             lx = [min(xs), max(xs)]
-            fig.add_trace(go.Scatter(x=lx, y=[f.intercept + f.slope * x for x in lx], mode="lines",
-                                     name=f"{name}: slope {f.slope:+.3f}", showlegend=True))
-    fig.update_layout(title=title, xaxis_title="target entropy H(p) [nats]",
-                      yaxis_title=f"P(draft {depth} accepted)", yaxis_range=[0, 1.02], template="plotly_white")
-    rows = "".join(
-        f"<tr><td>{html.escape(h)}</td><td>{html.escape(m)}</td><td>{i['fit'].slope:+.4f}</td>"
-        f"<td>[{i['fit'].slope_ci[0]:+.4f}, {i['fit'].slope_ci[1]:+.4f}]</td><td>{i['acceptance']:.3f}</td>"
-        f"<td>{i['fit'].n}</td></tr>" for (h, m), i in fits.items())
-    table = ("<table border=1 cellpadding=4><tr><th>head</th><th>mode</th><th>slope / nat</th><th>95% CI</th>"
-             f"<th>mean acceptance</th><th>tests</th></tr>{rows}</table>")
-    plot = fig.to_html(full_html=False, include_plotlyjs=True)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
-            f"<body><h1>{html.escape(title)}</h1><p>Each point is a quantile bin of depth-{depth} draft tests; "
-            f"lines are least-squares fits of acceptance (0/1) on H(p).</p>{table}{plot}</body></html>")
+            data.append({"type": "scatter", "mode": "lines", "name": f"{name}: slope {f.slope:+.3f}", "x": lx,
+                         "y": finite([f.intercept + f.slope * x for x in lx]), "showlegend": True})
+    layout = {"xaxis": {"title": {"text": "target entropy H(p) [nats]"}},
+              "yaxis": {"title": {"text": f"P(draft {depth} accepted)"}, "range": [0, 1.02]}}
+    figure = plot("acceptance", data, layout)
+    rows = [[esc(h), esc(m), f"{i['fit'].slope:+.4f}", f"[{i['fit'].slope_ci[0]:+.4f}, {i['fit'].slope_ci[1]:+.4f}]",
+             f"{i['acceptance']:.3f}", str(i["fit"].n)] for (h, m), i in fits.items()]
+    note = (f"Each point is a quantile bin of depth-{depth} draft tests; lines are least-squares fits of "
+            "acceptance (0/1) on H(p).")
+    body = (tag("h1", esc(title)) + tag("p", esc(note)) + table(["head", "mode", "slope / nat", "95% CI",
+                                                                 "mean acceptance", "tests"], rows) + figure)
+    return page(title, body, plots=[figure])

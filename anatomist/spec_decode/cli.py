@@ -8,6 +8,12 @@ from pathlib import Path
 import typer
 
 from anatomist.errors import AnatomistError
+from anatomist.models.loading import DEFAULT_MODEL
+from anatomist.options import default
+from anatomist.spec_decode.analyze import collect
+from anatomist.spec_decode.generate import generate as spec_generate
+from anatomist.spec_decode.pipeline import cached_samples
+from anatomist.spec_decode.train import TrainConfig
 
 app = typer.Typer(help="MTP draft heads: train on the model's own samples, analyse acceptance vs entropy.",
                   no_args_is_help=True)
@@ -24,23 +30,27 @@ def _load(model: str):
 @app.command("train")
 def train(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the head (safetensors + config.json) and checkpoints."),
-    model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
-    loss: str = typer.Option("e2e_tv", help="ce | kl | tv | e2e_tv (Bebop Eq. 10 / 13)."),
-    gamma: int = typer.Option(3, help="Draft depth γ (tokens drafted per round)."),
-    steps: int = typer.Option(300, help="Optimizer steps."),
-    batch_size: int = typer.Option(8, help="Sequences per step."),
-    lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warmup + cosine)."),
-    draft_vocab: int = typer.Option(8192, help="Draft vocabulary: the N most frequent tokens (0 = full)."),
-    prompts: int = typer.Option(192, help="Training prompts to self-sample."),
-    prompt_set: str = typer.Option("chat", help="chat (user prompts from ../shared/data) or grpo (the GRPO task's "
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
+    loss: str = typer.Option(default(TrainConfig, "loss"), help="ce | kl | tv | e2e_tv (Bebop Eq. 10 / 13)."),
+    gamma: int = typer.Option(default(TrainConfig, "gamma"), help="Draft depth γ (tokens drafted per round)."),
+    steps: int = typer.Option(default(TrainConfig, "steps"), help="Optimizer steps."),
+    batch_size: int = typer.Option(default(TrainConfig, "batch_size"), help="Sequences per step."),
+    lr: float = typer.Option(default(TrainConfig, "lr"), help="Peak learning rate (AdamW, warmup + cosine)."),
+    draft_vocab: int = typer.Option(default(TrainConfig, "draft_vocab"),
+                                    help="Draft vocabulary: the N most frequent tokens (0 = full)."),
+    prompts: int = typer.Option(default(cached_samples, "n_prompts"), help="Training prompts to self-sample."),
+    prompt_set: str = typer.Option(default(cached_samples, "prompt_set"),
+                                   help="chat (user prompts from ../shared/data) or grpo (the GRPO task's "
                                    "problems: for a head that drafts RL rollouts)."),
-    temperature: float = typer.Option(1.0, help="Sampling temperature of the self-generated data."),
-    max_new_tokens: int = typer.Option(96, help="Response length of the self-generated data."),
-    seed: int = typer.Option(0, help="Seed for sampling and batch order."),
+    temperature: float = typer.Option(default(cached_samples, "temperature"),
+                                      help="Sampling temperature of the self-generated data."),
+    max_new_tokens: int = typer.Option(default(cached_samples, "max_new_tokens"),
+                                       help="Response length of the self-generated data."),
+    seed: int = typer.Option(default(TrainConfig, "seed"), help="Seed for sampling and batch order."),
 ) -> None:
     """Train an MTP draft head (trunk frozen); rerunning the same command resumes."""
-    from anatomist.spec_decode.pipeline import cached_samples, cached_states
-    from anatomist.spec_decode.train import TrainConfig, train_head
+    from anatomist.spec_decode.pipeline import cached_states
+    from anatomist.spec_decode.train import train_head
 
     cfg = TrainConfig(loss=loss, gamma=gamma, steps=steps, batch_size=batch_size, lr=lr,
                       draft_vocab=draft_vocab, seed=seed)
@@ -58,16 +68,18 @@ def train(
 @app.command("analyze")
 def analyze(
     heads: list[Path] = typer.Argument(..., help="Head folders to compare (e.g. a CE head and a TV head)."),
-    model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
-    temperatures: str = typer.Option("0.3,0.6,0.9,1.2,1.5", help="Comma-separated sampling temperatures."),
-    modes: str = typer.Option("rs,greedy", help="Drafting modes: rs (rejection sampling), greedy (one-hot q)."),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
+    temperatures: str = typer.Option(",".join(map(str, default(collect, "temperatures"))),
+                                     help="Comma-separated sampling temperatures."),
+    modes: str = typer.Option(",".join(default(collect, "modes")),
+                              help="Drafting modes: rs (rejection sampling), greedy (one-hot q)."),
     prompts: int = typer.Option(16, help="Held-out prompts (eval split)."),
-    max_new_tokens: int = typer.Option(48, help="Tokens generated per prompt."),
+    max_new_tokens: int = typer.Option(default(collect, "max_new_tokens"), help="Tokens generated per prompt."),
     out: Path = typer.Option(Path("acceptance_vs_entropy.html"), "--out", "-o", help="HTML report."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(default(collect, "seed")),
 ) -> None:
     """Acceptance vs target entropy per head and drafting mode; slopes with 95% CIs and an HTML plot."""
-    from anatomist.spec_decode.analyze import collect, render_html, slopes
+    from anatomist.spec_decode.analyze import render_html, slopes
     from anatomist.spec_decode.head import load_head
     from anatomist.spec_decode.prompts import chat_prompts
 
@@ -100,7 +112,7 @@ def analyze(
 def export(
     head: Path = typer.Argument(..., help="Head folder from `anatomist mtp train`."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for config.json + model.safetensors + README.md."),
-    model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     verifier: str = typer.Option("", help="Verifier id/path the engine will load (default: --model)."),
     dtype: str = typer.Option("", help="Cast weights: bfloat16 | float16 | float32 (default: as trained)."),
 ) -> None:
@@ -124,14 +136,15 @@ def export(
 
 def generate(
     prompt: list[str] = typer.Option(..., "--prompt", "-p", help="User message (repeat for a batch)."),
-    model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     spec: str = typer.Option("none", help="Drafter: none (plain sampling), mtp (needs --head), ngram."),
     head: Path = typer.Option(None, help="MTP head folder (from `anatomist mtp train`)."),
-    gamma: int = typer.Option(3, help="Draft tokens per round."),
-    draft_mode: str = typer.Option("rs", help="rs: sample drafts and verify with q; greedy: one-hot drafts."),
-    temperature: float = typer.Option(1.0, help="0 = greedy decoding."),
-    top_k: int = typer.Option(0, help="0 = off."),
-    top_p: float = typer.Option(1.0, help="1 = off."),
+    gamma: int = typer.Option(default(spec_generate, "gamma"), help="Draft tokens per round."),
+    draft_mode: str = typer.Option(default(spec_generate, "draft_mode"),
+                                   help="rs: sample drafts and verify with q; greedy: one-hot drafts."),
+    temperature: float = typer.Option(default(spec_generate, "temperature"), help="0 = greedy decoding."),
+    top_k: int = typer.Option(default(spec_generate, "top_k"), help="0 = off."),
+    top_p: float = typer.Option(default(spec_generate, "top_p"), help="1 = off."),
     max_new_tokens: int = typer.Option(128),
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json", help="Print tokens, log-probs and acceptance stats as JSON."),
@@ -143,7 +156,6 @@ def generate(
 
     from anatomist.models.chat import apply_chat_template
     from anatomist.spec_decode.drafters import make_drafter
-    from anatomist.spec_decode.generate import generate as spec_generate
     from anatomist.spec_decode.head import load_head
 
     if spec not in ("none", "mtp", "ngram"):

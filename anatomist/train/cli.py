@@ -11,6 +11,8 @@ import typer
 
 from anatomist.errors import AnatomistError
 from anatomist.models.loading import DEFAULT_MODEL
+from anatomist.options import default
+from anatomist.train.dpo import DPOConfig
 
 
 def _split(spec: str, sep: str, flag: str) -> tuple[str, float]:
@@ -28,20 +30,30 @@ def dpo(
     data: Path = typer.Option(..., "--data", help="Preference pairs (TRL standard/conversational, HH, ...)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoint, metrics.jsonl, summary.json, policy/."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="HF id, local folder, .gguf file or alias."),
-    beta: float = typer.Option(0.1, "--beta", help="DPO β (strength of the KL anchor to the reference)."),
-    loss: str = typer.Option("sigmoid", "--loss", help="sigmoid (DPO) | ipo."),
-    lr: float = typer.Option(2e-5, "--lr", help="Peak learning rate (AdamW, warmup then decay)."),
-    schedule: str = typer.Option("cosine", "--schedule", help="cosine | linear | constant after warmup."),
-    warmup: float = typer.Option(0.1, "--warmup", help="Warmup as a fraction of the steps."),
-    epochs: float = typer.Option(1.0, "--epochs", help="Passes over the data (ignored when --steps is given)."),
-    steps: int = typer.Option(None, "--steps", min=1, help="Optimizer steps (overrides --epochs)."),
-    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Pairs per micro-batch."),
-    grad_accum: int = typer.Option(2, "--grad-accum", min=1, help="Micro-batches per optimizer step."),
-    train_layers: int = typer.Option(4, "--train-layers", min=0,
+    beta: float = typer.Option(default(DPOConfig, "beta"), "--beta",
+                               help="DPO β (strength of the KL anchor to the reference)."),
+    loss_type: str = typer.Option(default(DPOConfig, "loss_type"), "--loss", help="sigmoid (DPO) | ipo."),
+    lr: float = typer.Option(default(DPOConfig, "lr"), "--lr", help="Peak learning rate (AdamW, warmup then decay)."),
+    schedule: str = typer.Option(default(DPOConfig, "schedule"), "--schedule",
+                                 help="cosine | linear | constant after warmup."),
+    warmup_ratio: float = typer.Option(default(DPOConfig, "warmup_ratio"), "--warmup",
+                                       help="Warmup as a fraction of the steps."),
+    epochs: float = typer.Option(default(DPOConfig, "epochs"), "--epochs",
+                                 help="Passes over the data (ignored when --steps is given)."),
+    steps: int = typer.Option(default(DPOConfig, "steps"), "--steps", min=1,
+                              help="Optimizer steps (overrides --epochs)."),
+    batch_size: int = typer.Option(default(DPOConfig, "batch_size"), "--batch-size", min=1,
+                                   help="Pairs per micro-batch."),
+    grad_accum: int = typer.Option(default(DPOConfig, "grad_accum"), "--grad-accum", min=1,
+                                   help="Micro-batches per optimizer step."),
+    train_layers: int = typer.Option(default(DPOConfig, "train_layers"), "--train-layers", min=0,
                                      help="Train the top N blocks (+ final norm); the rest is run once and cached. 0 = all."),
-    lora_r: int = typer.Option(0, "--lora-r", min=0, help="LoRA rank on the trained blocks (0 = full weights)."),
-    max_length: int = typer.Option(256, "--max-length", min=8, help="Max tokens of prompt + response."),
-    max_response_tokens: int = typer.Option(128, "--max-response-tokens", min=0, help="Cut responses here (0 = no cut)."),
+    lora_r: int = typer.Option(default(DPOConfig, "lora_r"), "--lora-r", min=0,
+                               help="LoRA rank on the trained blocks (0 = full weights)."),
+    max_length: int = typer.Option(default(DPOConfig, "max_length"), "--max-length", min=8,
+                                   help="Max tokens of prompt + response."),
+    max_response_tokens: int = typer.Option(default(DPOConfig, "max_response_tokens"), "--max-response-tokens", min=0,
+                                            help="Cut responses here (0 = no cut)."),
     audit_dir: Path = typer.Option(None, "--audit", help="Audit folder for --lam / --token-filter / --inoculate / --steer."),
     lam: list[str] = typer.Option([], "--lam", help="Reward shaping CONCEPT=λ (cluster id, label, or length: the audit's response length); repeat. λ < 0 suppresses."),
     token_filter: str = typer.Option(None, "--token-filter", help="CONCEPT:TAU — drop response tokens with c_t >= τ."),
@@ -51,8 +63,9 @@ def dpo(
     drop_extreme: float = typer.Option(None, "--drop-extreme", help="Drop this fraction of pairs with the largest |Δc|."),
     steer: str = typer.Option(None, "--steer", help="CONCEPT:ALPHA — preventative steering at the audit's layer."),
     limit: int = typer.Option(None, "--limit", min=1, help="Use only the first N pairs."),
-    seed: int = typer.Option(0, "--seed"),
-    ckpt_every: int = typer.Option(25, "--ckpt-every", min=1, help="Checkpoint every N steps (resume by rerunning)."),
+    seed: int = typer.Option(default(DPOConfig, "seed"), "--seed"),
+    ckpt_every: int = typer.Option(default(DPOConfig, "ckpt_every"), "--ckpt-every", min=1,
+                                   help="Checkpoint every N steps (resume by rerunning)."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Where cached states and reference log-probs go."),
     data_format: str = typer.Option("auto", "--format", help="Data format (auto-detected by default)."),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Skip invalid rows (reported) instead of failing."),
@@ -66,9 +79,9 @@ def dpo(
     from anatomist.data import load_pairs
     from anatomist.models.loading import load
     from anatomist.shape.pairs import plain
-    from anatomist.train.dpo import DPOConfig, Steer, train_dpo
+    from anatomist.train.dpo import Steer, train_dpo
 
-    cfg = DPOConfig(beta=beta, loss_type=loss, lr=lr, schedule=schedule, warmup_ratio=warmup, epochs=epochs,
+    cfg = DPOConfig(beta=beta, loss_type=loss_type, lr=lr, schedule=schedule, warmup_ratio=warmup_ratio, epochs=epochs,
                     steps=steps, batch_size=batch_size, grad_accum=grad_accum, train_layers=train_layers or None,
                     lora_r=lora_r, max_length=max_length, max_response_tokens=max_response_tokens or None,
                     ckpt_every=ckpt_every, seed=seed)

@@ -356,28 +356,29 @@ def train_grpo(model, tokenizer, cfg: GRPOConfig, out_dir: str | os.PathLike, *,
 
 
 def render_plot(history: list[dict]) -> str:
-    """Self-contained HTML (plotly inlined): acceptance, policy entropy and reward per step."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+    """Self-contained HTML (anatomist/html.py: plotly inlined, no network): acceptance, policy
+    entropy and reward per step, one plot each."""
+    from anatomist.html import esc, finite, page, plot, tag
 
     steps = [h["step"] for h in history]
-    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
-                        subplot_titles=("draft acceptance (per position α_i, mean accept length / (γ+1))",
-                                        "policy entropy H(π) on response tokens (nats)", "reward"))
+    column = lambda key: [h.get(key) for h in history]  # noqa: E731
+
+    def line(name: str, ys: list, **style) -> dict:
+        return {"type": "scatter", "mode": "lines+markers", "name": name, "x": steps, "y": finite(ys), **style}
+
+    def axes(y_title: str, **y) -> dict:
+        return {"xaxis": {"title": {"text": "GRPO step"}}, "yaxis": {"title": {"text": y_title}, **y}}
+
     alphas = sorted({k for h in history for k in h if k.startswith("spec/alpha_")})
-    for k in alphas:
-        fig.add_trace(go.Scatter(x=steps, y=[h.get(k) for h in history], name=k.split("/")[1], mode="lines+markers"),
-                      row=1, col=1)
+    acceptance = [line(k.split("/")[1], column(k)) for k in alphas]
     if alphas:
-        g = len(alphas)
-        fig.add_trace(go.Scatter(x=steps, y=[h.get("spec/mean_accept_len", float("nan")) / (g + 1) for h in history],
-                                 name="mean accept len/(γ+1)", mode="lines", line={"dash": "dash"}), row=1, col=1)
-    fig.add_trace(go.Scatter(x=steps, y=[h["grpo/entropy"] for h in history], name="entropy", mode="lines+markers"),
-                  row=2, col=1)
-    for k in ("grpo/reward", "grpo/correct", "grpo/format"):
-        fig.add_trace(go.Scatter(x=steps, y=[h.get(k) for h in history], name=k.split("/")[1], mode="lines+markers"),
-                      row=3, col=1)
-    fig.update_yaxes(range=[0, 1.02], row=1, col=1)
-    fig.update_xaxes(title_text="GRPO step", row=3, col=1)
-    fig.update_layout(height=900, template="plotly_white", title="GRPO with speculative rollouts")
-    return fig.to_html(full_html=True, include_plotlyjs=True)
+        per_round = [h.get("spec/mean_accept_len", float("nan")) / (len(alphas) + 1) for h in history]
+        acceptance.append(line("mean accept len/(γ+1)", per_round, mode="lines", line={"dash": "dash"}))
+    rewards = [line(k.split("/")[1], column(k)) for k in ("grpo/reward", "grpo/correct", "grpo/format")]
+    plots = [plot("acceptance", acceptance, axes("acceptance", range=[0, 1.02]), height=300),
+             plot("entropy", [line("entropy", column("grpo/entropy"))], axes("nats"), height=300),
+             plot("reward", rewards, axes("reward"), height=300)]
+    titles = ("draft acceptance (per position α_i, mean accept length / (γ+1))",
+              "policy entropy H(π) on response tokens (nats)", "reward")
+    body = tag("h1", "GRPO with speculative rollouts") + "".join(tag("h2", esc(t)) + p for t, p in zip(titles, plots))
+    return page("GRPO with speculative rollouts", body, plots=plots)

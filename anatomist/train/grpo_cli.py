@@ -8,6 +8,9 @@ from pathlib import Path
 import typer
 
 from anatomist.errors import AnatomistError
+from anatomist.models.loading import DEFAULT_MODEL
+from anatomist.options import default
+from anatomist.train.grpo import GRPOConfig
 
 GRPO_HEAD_PROMPTS = 512  # task problems the default draft head is trained on (self-sampled once, cached)
 MODEL_HELP = "HF id, local folder, .gguf file or alias (default: the offline SmolLM2-135M-Instruct)."
@@ -15,27 +18,34 @@ MODEL_HELP = "HF id, local folder, .gguf file or alias (default: the offline Smo
 
 def grpo(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoint, metrics.jsonl, plot.html."),
-    model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     spec: str = typer.Option("mtp", help="Rollout drafter: mtp (needs --head) or none (plain sampling)."),
     head: Path = typer.Option(None, help="MTP head folder (`anatomist mtp train --loss e2e_tv --prompt-set grpo`); "
                               "default: the cached e2e-TV head trained on the model's own answers to this task's "
                               "problems, trained once before RL if missing (minutes)."),
-    steps: int = typer.Option(20, help="GRPO steps."),
-    prompts: int = typer.Option(4, help="Problems per step (P)."),
-    group: int = typer.Option(4, help="Samples per problem (G)."),
-    max_new_tokens: int = typer.Option(64),
-    temperature: float = typer.Option(1.0, help="Rollout temperature (log-probs are of the untempered policy)."),
-    gamma: int = typer.Option(3, help="Draft tokens per round."),
-    lr: float = typer.Option(1e-5),
-    clip_eps: float = typer.Option(0.2, help="PPO clip ε."),
-    kl_coef: float = typer.Option(0.0, help="β of the k3 KL to the initial policy (0 = none)."),
-    epochs: int = typer.Option(1, help="Optimiser passes per rollout batch."),
-    micro_batch: int = typer.Option(8, help="Sequences per forward/backward."),
-    train_layers: int = typer.Option(0, help="Train only the top N blocks + final norm (0 = all)."),
-    refresh_head_every: int = typer.Option(0, help="Fine-tune the draft head on fresh rollouts every N steps (0 = never)."),
-    kinds: str = typer.Option("plain,add,sub,convert", help="Problem kinds: plain, add, sub, mul, convert."),
-    max_operand: int = typer.Option(20, help="Largest operand (difficulty)."),
-    seed: int = typer.Option(0),
+    steps: int = typer.Option(default(GRPOConfig, "steps"), help="GRPO steps."),
+    prompts_per_step: int = typer.Option(default(GRPOConfig, "prompts_per_step"), "--prompts",
+                                         help="Problems per step (P)."),
+    group_size: int = typer.Option(default(GRPOConfig, "group_size"), "--group", help="Samples per problem (G)."),
+    max_new_tokens: int = typer.Option(default(GRPOConfig, "max_new_tokens")),
+    temperature: float = typer.Option(default(GRPOConfig, "temperature"),
+                                      help="Rollout temperature (log-probs are of the untempered policy)."),
+    gamma: int = typer.Option(default(GRPOConfig, "gamma"), help="Draft tokens per round."),
+    lr: float = typer.Option(default(GRPOConfig, "lr")),
+    clip_eps: float = typer.Option(default(GRPOConfig, "clip_eps"), help="PPO clip ε."),
+    kl_coef: float = typer.Option(default(GRPOConfig, "kl_coef"),
+                                  help="β of the k3 KL to the initial policy (0 = none)."),
+    epochs: int = typer.Option(default(GRPOConfig, "epochs"), help="Optimiser passes per rollout batch."),
+    micro_batch: int = typer.Option(default(GRPOConfig, "micro_batch"), help="Sequences per forward/backward."),
+    train_layers: int = typer.Option(default(GRPOConfig, "train_layers"),
+                                     help="Train only the top N blocks + final norm (0 = all)."),
+    refresh_head_every: int = typer.Option(default(GRPOConfig, "refresh_head_every"),
+                                           help="Fine-tune the draft head on fresh rollouts every N steps "
+                                                "(0 = never)."),
+    kinds: str = typer.Option(",".join(default(GRPOConfig, "kinds")),
+                              help="Problem kinds: plain, add, sub, mul, convert."),
+    max_operand: int = typer.Option(default(GRPOConfig, "max_operand"), help="Largest operand (difficulty)."),
+    seed: int = typer.Option(default(GRPOConfig, "seed")),
     device: str = typer.Option("cpu"),
 ) -> None:
     """Run (or resume: rerun the same command) GRPO with speculative rollouts; prints the last step's metrics.
@@ -45,12 +55,13 @@ def grpo(
     from anatomist.models import load
     from anatomist.spec_decode.drafters import make_drafter
     from anatomist.spec_decode.head import load_head
-    from anatomist.train.grpo import GRPOConfig, train_grpo
+    from anatomist.train.grpo import train_grpo
 
     if spec not in ("mtp", "none"):
         raise AnatomistError(f"--spec must be mtp or none, got {spec!r}")
-    cfg = GRPOConfig(steps=steps, prompts_per_step=prompts, group_size=group, max_new_tokens=max_new_tokens,
-                     temperature=temperature, gamma=gamma, lr=lr, clip_eps=clip_eps, kl_coef=kl_coef, epochs=epochs,
+    cfg = GRPOConfig(steps=steps, prompts_per_step=prompts_per_step, group_size=group_size,
+                     max_new_tokens=max_new_tokens, temperature=temperature, gamma=gamma, lr=lr, clip_eps=clip_eps,
+                     kl_coef=kl_coef, epochs=epochs,
                      micro_batch=micro_batch, train_layers=train_layers, refresh_head_every=refresh_head_every,
                      kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), max_operand=max_operand, seed=seed)
     lm = load(model, device=device)
