@@ -4,13 +4,14 @@
     .venv/bin/python benchmarks/shaping.py --device cuda                  # the whole organism
 
 1. Trait and clusters. --trait (auto: over_formatting, else flattery) is the planted unwanted
-   trait; its audit clusters are the ones `anatomist.organism.score` matches to it (Spearman ρ of
+   trait; its audit clusters are the ones `anatomist.organism.match` matches to it (Spearman ρ of
    the trait's detector with c_C over the responses of its topics), keeping those that the audit
    flagged in a planted topic with the expected sign (else the best-ρ one, with a warning).
    Audit: --audit (the full organism audit) once rows.parquet, pairs.parquet and concepts.json
    exist there; with --small and none yet, a small audit of the selected pairs is made under
    --work (never a second audit of the full organism).
-2. Variants, all with the same pairs, seed, steps, lr and trained layers (--variants):
+2. Variants, all with the same pairs, seed, steps, lr and trained layers (--variants), each one
+   `anatomist.shape.Recipe` applied to the pairs (`apply`; its `Shaped` output goes to train_dpo):
    plain       DPO on the pairs as they are.
    shaped      reward shaping, λ_C = --lam · sign(ρ_C) on every matched cluster (λ < 0 on a
                cluster that tracks the trait suppresses it; DESIGN.md L = −log σ(β·Δθ − λ·Δc)).
@@ -30,8 +31,9 @@
                move the weights there; evaluation runs unsteered. α = --alpha-scale × α₀, α₀ the
                mean per-token projection of the concept's SAE reconstruction on d_C, chosen minus
                rejected, over training pairs whose Δc favours it (the shift the trait makes in the
-               residual). Steering at layer L needs the blocks above L − 1 trained, so
-               --train-layers defaults to n_blocks − 1 − L for every variant.
+               residual; `anatomist.shape.steer.steering_alpha`). Steering at layer L needs the
+               blocks above L − 1 trained, so --train-layers defaults to n_blocks − 1 − L for
+               every variant.
 3. Evaluation (`predict_vs_actual.train_and_eval`): generations on held-out prompts of the affected
    topics and a control topic, same seeds for the base and every policy; the detector's fire rate
    with a prompt-bootstrap 95% CI; the increase over the base; "reduction of the increase"
@@ -53,15 +55,14 @@ import hashlib
 import json
 import sys
 import time
-from contextlib import contextmanager, nullcontext
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from anatomist.evaluate.effects import boot_counts, fmt, increase_reduction, mean_ci
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import predict_vs_actual as pva  # the DPO → eval orchestration shared with issue 7 (not copied)
-from effects import boot_counts, fmt, increase_reduction, mean_ci
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("plain", "shaped", "filtered", "inoculated", "steered")
@@ -69,13 +70,7 @@ CANDIDATES = ("over_formatting", "flattery")
 GOAL_REDUCTION, GOAL_ACC_DROP = 0.8, 0.02
 
 
-# ----------------------------------------------------------------------------- pure arithmetic
-
-def shaping_lams(clusters: dict[int, float], lam: float) -> dict[int, float]:
-    """λ per cluster: `lam` (the direction for the trait itself) times the sign of the cluster's ρ
-    with the trait, so λ < 0 suppresses the trait also through an anti-correlated cluster."""
-    return {k: lam * (1.0 if rho > 0 else -1.0) for k, rho in clusters.items()}
-
+# ----------------------------------------------------------------------------- run names
 
 def settings_key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -172,83 +167,24 @@ def pick_audit(args, pairs, loaded, sae, sae_path, t0) -> Path:
     return pva.audit_dir(ns, args.organism, pairs, loaded, sae, sae_path, t0)
 
 
-def matched_clusters(audit: Path, pairs, truth: dict, trait: str) -> tuple[dict[int, float], bool]:
-    """{cluster: ρ} the audit matched to `trait` and flagged in a planted topic with the expected
-    sign; (best-ρ cluster, False) where there is none."""
-    import pandas as pd
-
-    from anatomist.organism.score import load_audit_scores, score_tables
-
-    rows = pd.read_parquet(audit / "rows.parquet")
-    table = pd.read_parquet(audit / "pairs.parquet", columns=["pair_id"])
-    ids = list(dict.fromkeys(table.pair_id.astype(str)))
-    by_id = {p.id: p for p in pairs}
-    audited = [by_id[i] for i in ids]
-    c = load_audit_scores(audit, ids)
-    texts = [t for p in audited for t in (p.chosen, p.rejected)]
-    # global matching: the clusters are shaped on every pair, so they must track the trait across its topics
-    res = score_tables(c, texts, [p.extra["topic"] for p in audited], rows, truth, matching="global")
-    found = {cell["row"]["cluster"]: cell["row"]["rho"] for cell in res["cells"]
-             if cell["trait"] == trait and cell["found"]}
-    if found:
-        return found, True
-    best = res["best_rho"][trait]
-    return ({best["cluster"]: best["rho"]} if best["cluster"] is not None else {}), False
-
-
-def steering_alpha(audit, cluster: int, sae, pair_ids: list[str], limit: int = 64) -> float:
-    """α₀: mean over pairs whose Δc favours `cluster` of [mean_t proj(chosen) − mean_t proj(rejected)],
-    proj_t = Σ_f a_f(t) (W_dec[f] · d_C) / norm_scale — the concept's reconstruction on d_C in the
-    residual's own units (sae/model.py: x̂ = (f W_dec + b_dec) / s)."""
-    from anatomist.shape.steer import audit_direction
-
-    d = audit_direction(audit, cluster, sae).double()                          # [D]
-    members = audit.concepts.features[audit.concepts.labels == cluster]         # [M]
-    along = (sae.W_dec.detach().double().cpu()[members] @ d).numpy() / sae.cfg.norm_scale   # [M]
-    c_pos, c_neg = audit.scores(pair_ids, [cluster])
-    favoured = [p for p, dc in zip(pair_ids, (c_pos - c_neg)[:, 0]) if dc > 0][:limit]
-    if not favoured:
-        raise SystemExit(f"no training pair favours cluster {cluster}: cannot size the steering vector")
-    diffs = []
-    for pid in favoured:
-        i = audit.pair_index(pid)        # latents/ holds pair i's chosen at sequence 2i, rejected at 2i + 1
-        chosen, rejected = (audit.latents.token_acts(2 * i + s, members) @ along for s in (0, 1))   # [T] each
-        diffs.append(chosen.mean() - rejected.mean())
-    return float(np.mean(diffs))
-
-
-@contextmanager
-def preventative_steering(steer):
-    """`predict_vs_actual.train_and_eval` has no steer argument; it imports train_dpo from
-    anatomist.train at call time, so the steered run gets train_dpo(..., steer=steer) from here."""
-    from anatomist import train
-
-    original = train.train_dpo
-    train.train_dpo = partial(original, steer=steer)
-    try:
-        yield
-    finally:
-        train.train_dpo = original
-
-
 def build_variants(args, trained, audit_dir: Path, clusters: dict[int, float], truth: dict, trait: str, tok, sae):
-    """{name: (shaped pairs, steer or None, settings that name its run)} for the requested variants."""
-    from anatomist.shape import Audit, Inoculation, TokenFilter, plain, shape_pairs
+    """{name: (Shaped pairs with their steering, settings that name its run)} for the requested variants."""
+    from anatomist.organism.match import trait_lams
+    from anatomist.shape import Audit, Inoculation, Recipe, Shaped, Steering, TokenFilter, apply, plain
     from anatomist.shape.inoculate import inoculation_text
-    from anatomist.shape.steer import audit_direction
-    from anatomist.train import Steer
+    from anatomist.shape.steer import steering_alpha
 
     audit = Audit(audit_dir)
     first = max(clusters, key=lambda k: abs(clusters[k]))          # the cluster that tracks the trait best
-    out = {"plain": (plain(trained), None, {})}
+    out = {"plain": (Shaped(plain(trained)), {})}
     if "shaped" in args.variants:
         for value in args.lams:
-            lam = shaping_lams(clusters, value)
+            lam = trait_lams(clusters, value)
             name = "shaped" if len(args.lams) == 1 else f"shaped{value:+g}"
-            out[name] = (shape_pairs(trained, audit, lam=lam), None, {"lam": lam})
+            out[name] = (apply(Recipe(lam=lam), trained, audit), {"lam": lam})
     if "filtered" in args.variants:
         tf = TokenFilter(clusters=tuple(clusters), tau=args.tau)
-        out["filtered"] = (shape_pairs(trained, audit, token_filter=tf, tokenizer=tok), None, {"tau": args.tau})
+        out["filtered"] = (apply(Recipe(token_filter=tf), trained, audit, tokenizer=tok), {"tau": args.tau})
     if "inoculated" in args.variants:
         info = truth["traits"][trait]
         text = {"description": inoculation_text(info["description"]), "inducer": info["system_prompt"],
@@ -257,17 +193,18 @@ def build_variants(args, trained, audit_dir: Path, clusters: dict[int, float], t
         # min_delta 0 on a cluster with ρ < 0 would inoculate the pairs that favour the trait's opposite
         if clusters[first] < 0:
             raise SystemExit(f"cluster {first} tracks {trait} with ρ < 0: inoculate by hand (--variants without it)")
-        out["inoculated"] = (shape_pairs(trained, audit, inoculate=ino), None,
+        out["inoculated"] = (apply(Recipe(inoculate=ino), trained, audit),
                              {"inoculation": text or audit.label(first), "cluster": first})
     if "steered" in args.variants:
         alpha = args.alpha_scale * steering_alpha(audit, first, sae, [p.id for p in trained])
-        vector = float(np.sign(clusters[first])) * alpha * audit_direction(audit, first, sae).cpu()
-        out["steered"] = (plain(trained), Steer(audit.layer, vector),
+        # toward the trait: +α along a cluster that tracks it, −α along an anti-correlated one
+        steering = Steering(first, float(np.sign(clusters[first])) * alpha, train=True)
+        out["steered"] = (apply(Recipe(steer=steering), trained, audit, sae=sae),
                           {"alpha": alpha, "layer": audit.layer, "cluster": first})
     return out
 
 
-def run_variant(name, shaped, steer, extra, args, base_model, tok, scorer, prompts, heldout, common, t0,
+def run_variant(name, shaped, extra, args, base_model, tok, scorer, prompts, heldout, common, t0,
                 ref_logps) -> dict:
     """DPO + post eval of one variant, cached in its own folder (result.json marks it done)."""
     import pandas as pd
@@ -279,9 +216,9 @@ def run_variant(name, shaped, steer, extra, args, base_model, tok, scorer, promp
         result = json.loads(done.read_text())
     else:
         run.mkdir(parents=True, exist_ok=True)
-        with preventative_steering(steer) if steer is not None else nullcontext():
-            out = pva.train_and_eval(name, base_model, tok, shaped, args, run, scorer, prompts, heldout, t0,
-                                     ref_logps=ref_logps)
+        # a Shaped value: train_dpo takes its steering (steered variant) and leakage deltas from it
+        out = pva.train_and_eval(name, base_model, tok, shaped, args, run, scorer, prompts, heldout, t0,
+                                 ref_logps=ref_logps)
         result = {"heldout_acc": out["heldout_acc"], "settings": {**common, **extra}}
         from anatomist.fileio import atomic_write_text
         atomic_write_text(done, json.dumps(result, indent=1, default=str) + "\n")
@@ -414,6 +351,7 @@ def main(argv=None) -> None:
     from anatomist.evaluate.preference import pair_logps
     from anatomist.fileio import atomic_write_text
     from anatomist.models import load
+    from anatomist.organism.match import trait_clusters
     from anatomist.organism.plant import read_truth
     from anatomist.sae import default_sae, load_sae
 
@@ -439,7 +377,7 @@ def main(argv=None) -> None:
         pairs = select_pairs(all_pairs, truth["topics"], args.pairs)
     audit = pick_audit(args, pairs, (base_model, tok), sae, sae_path, t0)
     for cand in ([trait] if trait else CANDIDATES):
-        clusters, found = matched_clusters(audit, all_pairs, truth, cand)
+        clusters, found = trait_clusters(audit, all_pairs, truth, cand)
         if found or trait:
             trait = cand
             break
@@ -477,8 +415,8 @@ def main(argv=None) -> None:
     pva.log(f"base log-probs of {len(heldout)} held-out pairs", t0)
     ref_logps = pair_logps(base_model, tok, heldout, max_length=512, batch_size=4)[:2]
     results = {}
-    for name, (shaped, steer, extra) in variants.items():
-        results[name] = run_variant(name, shaped, steer, extra, args, base_model, tok, scorer, prompts, heldout,
+    for name, (shaped, extra) in variants.items():
+        results[name] = run_variant(name, shaped, extra, args, base_model, tok, scorer, prompts, heldout,
                                     common, t0, ref_logps)
 
     primary = max(clusters, key=lambda k: abs(clusters[k]))                # ΔB is reported for this one

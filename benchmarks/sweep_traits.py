@@ -9,7 +9,7 @@ preference.parquet; the organism's truth.json and heldout_pairs.jsonl (--organis
 
 1. Per planted (trait, topic) cell: the trait detector's fire rate on the topic's held-out
    prompts before and after each run (95% prompt-bootstrap CI of the change), and for λ ≠ 0 the
-   reduction of plain's increase, 1 − Δ_λ / Δ_0 (benchmarks/shaping.py's definitions).
+   reduction of plain's increase, 1 − Δ_λ / Δ_0 (anatomist.evaluate.effects).
 2. Held-out preference accuracy per run, split by the trait a pair carries in a planted cell
    (its label is that trait's confound), "balanced" for the rest (control and plain/plain pairs:
    coin flips), and the change vs λ = 0 on every pair that does not carry --trait (the shaped
@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import effects  # the bootstrap and reduction arithmetic (not copied)
+from anatomist.evaluate import effects  # the bootstrap and reduction arithmetic
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,76 +1,15 @@
-"""The arithmetic of benchmarks/shaping.py and benchmarks/effects.py: reduction of the increase,
-bootstrap CIs, λ signs, pair selection, the accuracy split."""
+"""The arithmetic left in benchmarks/shaping.py: pair selection, the accuracy split, the verdict
+(effect sizes: tests/test_evaluate_effects.py; trait matching: tests/test_organism_match.py)."""
 
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import effects  # noqa: E402
 import shaping  # noqa: E402
-
-
-def test_increase_reduction_by_hand():
-    pre = np.array([0.0, 0.0, 0.0, 0.0])
-    plain = np.array([1.0, 1.0, 0.0, 0.0])      # Δ_plain = 0.5
-    variant = np.array([0.0, 0.0, 0.0, 0.4])    # Δ_variant = 0.1 → 1 − 0.1 / 0.5 = 0.8
-    counts = np.ones((3, 4))                    # every resample = the sample itself
-    assert effects.increase_reduction(pre, plain, variant, counts) == pytest.approx((0.8, 0.8, 0.8))
-
-
-def test_increase_reduction_drops_resamples_without_an_increase():
-    pre, plain, variant = np.zeros(4), np.array([1.0, 1.0, 0.0, 0.0]), np.array([0.5, 0.0, 0.0, 1.0])
-    counts = np.array([[2, 2, 0, 0],            # Δp = 1, Δv = 0.25 → 0.75
-                       [0, 0, 2, 2],            # Δp = 0: undefined, left out
-                       [1, 1, 1, 1]])           # Δp = 0.5, Δv = 0.375 → 0.25
-    point, lo, hi = effects.increase_reduction(pre, plain, variant, counts, level=0.5)
-    assert point == pytest.approx(0.25)
-    # quantiles 0.25 / 0.75 of {0.25, 0.75} (numpy linear): 0.375, 0.625
-    assert (lo, hi) == pytest.approx((0.375, 0.625))
-
-
-def test_increase_reduction_undefined_when_plain_did_not_increase():
-    pre, plain, variant = np.zeros(3), np.array([0.0, 0.0, 0.0]), np.array([1.0, 0.0, 0.0])
-    point, lo, hi = effects.increase_reduction(pre, plain, variant, np.ones((5, 3)))
-    assert np.isnan(point) and np.isnan(lo) and np.isnan(hi)
-
-
-def test_increase_reduction_negative_when_the_variant_adds_more():
-    pre, plain, variant = np.zeros(2), np.array([0.5, 0.5]), np.array([1.0, 1.0])
-    assert effects.increase_reduction(pre, plain, variant, np.ones((1, 2)))[0] == pytest.approx(-1.0)
-
-
-def test_mean_ci_by_hand():
-    x = np.array([1.0, 2.0, 3.0])
-    counts = np.array([[3, 0, 0], [0, 0, 3]])   # resample means 1 and 3
-    mean, lo, hi = effects.mean_ci(x, counts)
-    assert (mean, lo, hi) == pytest.approx((2.0, 1.05, 2.95))   # quantiles 0.025 / 0.975 of {1, 3}
-
-
-def test_boot_counts_resample_n_prompts_uniformly():
-    counts = effects.boot_counts(5, 4000, seed=0)
-    assert counts.shape == (4000, 5) and (counts.sum(1) == 5).all()
-    # each prompt is drawn Binomial(5, 1/5) times: mean 1, sd 0.894 → se of the mean 0.0141
-    assert np.abs(counts.mean(0) - 1.0).max() < 5 * 0.0142
-    assert (effects.boot_counts(5, 10, seed=1) == effects.boot_counts(5, 10, seed=1)).all()
-
-
-def test_mean_ci_covers_the_true_mean_about_95_percent():
-    rng = np.random.default_rng(0)
-    hits = 0
-    for i in range(200):
-        x = rng.binomial(1, 0.3, size=60).astype(float)
-        _, lo, hi = effects.mean_ci(x, effects.boot_counts(60, 400, seed=i))
-        hits += lo <= 0.3 <= hi
-    assert 0.88 <= hits / 200 <= 0.99     # percentile bootstrap on n = 60 runs a little under 95%
-
-
-def test_shaping_lams_follow_the_sign_of_rho():
-    assert shaping.shaping_lams({3: 0.6, 7: -0.4}, -4.0) == {3: -4.0, 7: 4.0}
 
 
 def test_select_pairs_balances_topics_in_file_order():
@@ -110,3 +49,33 @@ def test_verdict_calls_the_accuracy_check_uninformative_when_plain_learned_nothi
     assert chance[3].startswith("NOT MET: steered")
     learned = shaping.verdict(rows((0.70, 0.62, 0.78)))
     assert len(learned) == 3 and learned[1].startswith("met: shaped") and learned[2].startswith("NOT MET: steered")
+
+
+def test_build_variants_makes_one_recipe_per_variant(tmp_path):
+    import torch
+    from test_shape_audit import make_audit
+    from test_shape_audit import pairs as audited_pairs
+
+    from anatomist.sae import SAE, SAEConfig
+    from anatomist.shape import Audit
+    from anatomist.shape.steer import audit_direction, steering_alpha
+
+    sae = SAE(SAEConfig(d_in=16, d_sae=16, architecture="topk", k=4, layer=1)).init_weights(
+        torch.Generator().manual_seed(0))
+    folder = make_audit(tmp_path / "audit")
+    args = SimpleNamespace(variants=list(shaping.VARIANTS), lams=[-4.0, -1.0], tau=0.0, inoculation="inducer",
+                           alpha_scale=2.0)
+    truth = {"traits": {"emoji": {"description": "emoji", "system_prompt": "Use emoji."}}}
+    out = shaping.build_variants(args, audited_pairs(), folder, {0: 0.8, 1: -0.2}, truth, "emoji", None, sae)
+    assert list(out) == ["plain", "shaped-4", "shaped-1", "filtered", "inoculated", "steered"]
+    assert out["plain"][0].steer is None and [p.offset for p in out["plain"][0].pairs] == [0.0] * 4
+    shaped, extra = out["shaped-4"]
+    assert extra == {"lam": {0: -4.0, 1: 4.0}}                               # λ follows the sign of ρ
+    assert [p.offset for p in shaped.pairs] == pytest.approx([-4.0, -6.0, 0.0, -16.0])   # −4·Δc₀ + 4·Δc₁
+    assert out["filtered"][0].pairs[0].chosen_token_mask == (0, 0, 0)      # c₁ = 2 ≥ 0 on token 2 as well
+    assert [len(p.prompt) for p in out["inoculated"][0].pairs] == [2, 2, 1, 2]
+    steered, extra = out["steered"]
+    alpha = 2.0 * steering_alpha(Audit(folder), 0, sae, ["p0", "p1", "p2", "p3"])
+    assert extra == {"alpha": alpha, "layer": 1, "cluster": 0} and steered.steer.layer == 1
+    assert torch.equal(steered.steer.vector, alpha * audit_direction(Audit(folder), 0, sae).cpu())
+    assert steered.infer_steer is None and [p.offset for p in steered.pairs] == [0.0] * 4

@@ -56,6 +56,7 @@ def test_real_trl_export_and_step(real, smol, tmp_path):
     """On the real model: exported reference log-probs = TRL's own; one TRL step = the shaped loss."""
     trl = pytest.importorskip("trl")
     from anatomist.shape.export import export_trl, load_export
+    from anatomist.shape.recipe import Recipe
     from anatomist.shape.losses import dpo_loss
     from anatomist.shape.trl_compat import PrecomputedRefDPOTrainer
 
@@ -65,8 +66,8 @@ def test_real_trl_export_and_step(real, smol, tmp_path):
                          per_device_train_batch_size=4, learning_rate=1e-6, report_to=[], save_strategy="no",
                          use_cpu=True, bf16=False, gradient_checkpointing=False, disable_tqdm=True,
                          precompute_ref_log_probs=True)
-    plain = load_export(export_trl(smol.model, smol.tokenizer, pairs, audit, tmp_path / "plain.jsonl", lam={},
-                                   beta=beta, max_length=256, progress=False))
+    plain = load_export(export_trl(smol.model, smol.tokenizer, pairs, audit, tmp_path / "plain.jsonl",
+                                   recipe=Recipe(), beta=beta, max_length=256, progress=False))
     theirs = trl.DPOTrainer(model=smol.model, args=args, processing_class=smol.tokenizer,
                             train_dataset=plain.remove_columns(["ref_chosen_logps", "ref_rejected_logps"])).train_dataset
     theirs = {r["id"]: r for r in theirs}
@@ -75,8 +76,8 @@ def test_real_trl_export_and_step(real, smol, tmp_path):
         assert (theirs[r["id"]]["ref_chosen_logps"], theirs[r["id"]]["ref_rejected_logps"]) == \
             pytest.approx((r["ref_chosen_logps"], r["ref_rejected_logps"]), abs=1e-3)
 
-    shaped = load_export(export_trl(smol.model, smol.tokenizer, pairs, audit, tmp_path / "shaped.jsonl", lam=lam,
-                                    beta=beta, max_length=256, progress=False))
+    shaped = load_export(export_trl(smol.model, smol.tokenizer, pairs, audit, tmp_path / "shaped.jsonl",
+                                    recipe=Recipe(lam=lam), beta=beta, max_length=256, progress=False))
     losses = []
 
     class Recording(PrecomputedRefDPOTrainer):

@@ -15,6 +15,7 @@ from anatomist.shape.steer import (
     audit_direction,
     concept_direction,
     steered_generate,
+    steering_alpha,
 )
 
 
@@ -82,3 +83,19 @@ def test_audit_direction_and_steered_generation(tmp_path, smol_tokenizer, one_th
     assert plain[0] == smol_tokenizer.decode(ref[0, ids.shape[1]:], skip_special_tokens=True)
     steered = steered_generate(model, smol_tokenizer, prompts, layer=1, vector=50 * d, max_new_tokens=6)
     assert steered != plain
+
+
+def test_steering_alpha_by_hand(tmp_path):
+    """α₀ = mean over pairs with Δc₀ > 0 (p0, p1, p3) of mean_t proj(chosen) − mean_t proj(rejected),
+    proj_t = Σ_f a_f(t) (W_dec[f]·d₀) / s over members 5, 7. Only p0 has member latents (test_shape_audit's
+    ENTRIES): chosen tokens a₅ = 2, a₇ = 1, then none; rejected a₅ = 6, then none."""
+    sae = SAE(SAEConfig(d_in=16, d_sae=16, architecture="topk", k=4, layer=1, norm_scale=2.0)).init_weights(
+        torch.Generator().manual_seed(0))
+    audit = Audit(make_audit(tmp_path / "audit"))
+    d = audit_direction(audit, 0, sae)
+    a5, a7 = (float(sae.W_dec.detach()[f].double() @ d.double()) / 2.0 for f in (5, 7))
+    p0 = (2 * a5 + a7) / 3 - (6 * a5) / 2
+    assert steering_alpha(audit, 0, sae, ["p0", "p1", "p2", "p3"]) == pytest.approx(p0 / 3)   # p1, p3: 0
+    assert steering_alpha(audit, 0, sae, ["p0", "p1", "p2", "p3"], limit=1) == pytest.approx(p0)
+    with pytest.raises(AnatomistError, match="no training pair favours cluster 1"):
+        steering_alpha(audit, 1, sae, ["p0", "p1", "p2", "p3"])                         # Δc₁ = 0, 0, −1, 0

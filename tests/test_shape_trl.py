@@ -13,6 +13,7 @@ from anatomist.errors import AnatomistError
 from anatomist.shape import Audit
 from anatomist.shape.export import _batch, export_trl, load_export, sidecar, trl_tokens
 from anatomist.shape.losses import concept_offset, dpo_loss, sequence_logps
+from anatomist.shape.recipe import Recipe
 
 trl = pytest.importorskip("trl")
 
@@ -39,8 +40,8 @@ def _args(tmp_path, max_length=None, **kw):
 def exported(tmp_path, smol_tokenizer):
     audit = Audit(make_audit(tmp_path / "audit", IDS, C_CHOSEN, C_REJECTED, tokens=None))
     ref = tiny_llama(vocab_size=49152, hidden_size=16, layers=2, seed=0)
-    out = export_trl(ref, smol_tokenizer, _pairs(), audit, tmp_path / "shaped.jsonl", lam=LAM, beta=BETA,
-                     max_length=None, progress=False)
+    out = export_trl(ref, smol_tokenizer, _pairs(), audit, tmp_path / "shaped.jsonl", recipe=Recipe(lam=LAM),
+                     beta=BETA, max_length=None, progress=False)
     return out, ref, audit
 
 
@@ -99,7 +100,7 @@ def test_exported_reference_equals_trls_own(tmp_path, smol_tokenizer, one_thread
     prompt_lens = [len(trl_tokens(smol_tokenizer, p.prompt, p.chosen, p.rejected)[0]) for p in _pairs()]
     max_length = max(prompt_lens) if cut else None
     assert len(set(prompt_lens)) > 1                                      # so only some pairs are dropped
-    out = export_trl(ref, smol_tokenizer, _pairs(), audit, tmp_path / "plain", lam={}, beta=BETA,
+    out = export_trl(ref, smol_tokenizer, _pairs(), audit, tmp_path / "plain", recipe=Recipe(), beta=BETA,
                      max_length=max_length, progress=False)
     ds = load_export(out)                                                 # a `datasets` folder this time
     assert len(ds) == (sum(n < max(prompt_lens) for n in prompt_lens) if cut else 4)
@@ -122,7 +123,7 @@ def test_export_rejects_bad_settings(exported, tmp_path, smol_tokenizer):
 
     out, ref, audit = exported
     with pytest.raises(AnatomistError, match="beta must be > 0"):
-        export_trl(ref, smol_tokenizer, _pairs(), audit, tmp_path / "x.jsonl", lam=LAM, beta=0.0)
+        export_trl(ref, smol_tokenizer, _pairs(), audit, tmp_path / "x.jsonl", recipe=Recipe(lam=LAM), beta=0.0)
     with pytest.raises(AnatomistError, match="needs DPOConfig\\(precompute_ref_log_probs=True\\)"):
         PrecomputedRefDPOTrainer(model=ref, args=_args(tmp_path), train_dataset=load_export(out),
                                  processing_class=smol_tokenizer)

@@ -234,6 +234,21 @@ def test_steering_goes_on_trained_blocks_of_the_policy_only(smol_tokenizer, tmp_
                   steer=(0, torch.ones(16)), cache_dir=tmp_path / "cache", progress=False)
 
 
+def test_a_shaped_value_brings_its_steering_and_deltas(smol_tokenizer, tmp_path, one_thread):
+    from anatomist.shape.recipe import Shaped
+
+    pairs, steer, deltas = _pairs(), Steer(3, torch.full((16,), 2.0)), {"0": [1.0, -1.0, 0.5, 2.0, 0.0, -0.5]}
+    cfg = DPOConfig(beta=0.5, lr=1e-2, steps=4, batch_size=3, grad_accum=1, train_layers=2, warmup_ratio=0.0)
+    kw = {"cache_dir": tmp_path / "c", "progress": False, "save_model": False}
+    given = train_dpo(_model(), smol_tokenizer, pairs, cfg, tmp_path / "a", steer=steer, concept_deltas=deltas, **kw)
+    shaped = train_dpo(_model(), smol_tokenizer, Shaped(pairs, steer=steer, concept_deltas=deltas), cfg,
+                       tmp_path / "b", **kw)
+    assert _timeless(shaped.history) == _timeless(given.history) and "dpo/leak/0" in given.history[-1]
+    assert given.history[0]["dpo/reward_margin"] != 0.0                       # steered: policy ≠ reference at step 1
+    with pytest.raises(AnatomistError, match="come with the Shaped pairs"):
+        train_dpo(_model(), smol_tokenizer, Shaped(pairs), cfg, tmp_path / "c", steer=steer, **kw)
+
+
 def test_pure_helpers_hand_computed():
     assert lr_factor(0, 10, 2, "cosine") == 0.5 and lr_factor(1, 10, 2, "cosine") == 1.0
     assert lr_factor(2, 10, 2, "cosine") == 1.0 and lr_factor(6, 10, 2, "cosine") == pytest.approx(0.5)
@@ -247,12 +262,12 @@ def test_pure_helpers_hand_computed():
     assert step_microbatches(lengths, 3, 2, 0, 1) == [ep[2], epoch_microbatches(lengths, 3, 0, 1)[0]]
     with pytest.raises(AnatomistError):
         DPOConfig(loss_type="hinge")
-    from anatomist.train.cli import _split
+    from anatomist.shape.recipe import split_spec
 
-    assert _split("bold / emoji=-1.5", "=", "--lam") == ("bold / emoji", -1.5)
+    assert split_spec("bold / emoji=-1.5", "=", "--lam") == ("bold / emoji", -1.5)
     for bad in ("3=nan", "3=inf", "=1", "3=x"):
         with pytest.raises(AnatomistError, match="expected CONCEPT=NUMBER"):
-            _split(bad, "=", "--lam")
+            split_spec(bad, "=", "--lam")
 
 
 def test_cli_trains_a_folder_model_end_to_end(smol_tokenizer, tmp_path, one_thread):

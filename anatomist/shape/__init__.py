@@ -1,9 +1,9 @@
 """Shaping what DPO learns from an audit: reward shaping λ, token filtering, inoculation prompts,
-activation steering, and a TRL export (DESIGN.md). The DPO loop (`anatomist.train.dpo`) consumes
-`ShapedPair`s; `shape_pairs` makes them.
+activation steering, and a TRL export (DESIGN.md). A `Recipe` names the interventions; `apply`
+reads them against an audit into a `Shaped` value that the DPO loop (`anatomist.train.dpo`) trains on.
 
-    audit = Audit("runs/audit")
-    shaped = shape_pairs(pairs, audit, lam={3: -1.0})
+    shaped = apply(Recipe(lam={3: -1.0}), pairs, Audit("runs/audit"))
+    train_dpo(model, tokenizer, shaped, DPOConfig(), "runs/dpo")
 """
 
 from anatomist.shape.audit import Audit
@@ -16,8 +16,10 @@ from anatomist.shape.losses import (
            token_logps,
 )
 from anatomist.shape.pairs import ShapedPair, plain
+from anatomist.shape.recipe import Recipe, Shaped, Steering, apply
 from anatomist.shape.shaping import Inoculation, TokenFilter, shape_pairs
-from anatomist.shape.steer import add_to_residual, concept_direction
+from anatomist.shape.steer import Steer, add_to_residual, concept_direction
 
-__all__ = ["Audit", "DPOOutput", "Inoculation", "ShapedPair", "TokenFilter", "add_to_residual", "concept_direction",
-           "concept_offset", "dpo_loss", "plain", "sequence_logps", "shape_pairs", "shift_reference", "token_logps"]
+__all__ = ["Audit", "DPOOutput", "Inoculation", "Recipe", "Shaped", "ShapedPair", "Steer", "Steering", "TokenFilter",
+           "add_to_residual", "apply", "concept_direction", "concept_offset", "dpo_loss", "plain", "sequence_logps",
+           "shape_pairs", "shift_reference", "token_logps"]

@@ -14,12 +14,6 @@ app = typer.Typer(help="Shape what DPO learns from an audit (reward shaping, ino
                        "--out shaped.jsonl", no_args_is_help=True)
 
 
-def _lams(audit, concepts: list[str], lams: list[float]) -> dict[int, float]:
-    if len(concepts) != len(lams):
-        raise AnatomistError(f"give one --lam per --concept (got {len(concepts)} concepts, {len(lams)} lams)")
-    return {audit.resolve_concept(c): lam for c, lam in zip(concepts, lams)}
-
-
 @app.command("export")
 def export(
     audit_dir: Path = typer.Option(..., "--audit", help="Audit folder (from `anatomist audit`)."),
@@ -48,15 +42,19 @@ def export(
     from anatomist.models.loading import load
     from anatomist.shape.audit import Audit
     from anatomist.shape.export import export_trl
+    from anatomist.shape.recipe import Recipe
     from anatomist.shape.shaping import Inoculation
 
     audit = Audit(audit_dir)
-    lams = _lams(audit, concept, lam)
-    inoc = None if inoculate is None else Inoculation(audit.resolve_concept(inoculate), text=inoculate_text)
+    if len(concept) != len(lam):
+        raise AnatomistError(f"give one --lam per --concept (got {len(concept)} concepts, {len(lam)} lams)")
+    recipe = Recipe(lam=dict(zip(concept, lam)), drop_extreme=drop_extreme,
+                    inoculate=None if inoculate is None else Inoculation(inoculate, text=inoculate_text)
+                    ).resolve(audit)                                  # a bad concept fails before the model loads
     pairs = load_pairs(data, format=data_format, limit=limit)
     loaded = load(model)
-    path = export_trl(loaded.model, loaded.tokenizer, pairs, audit, out, lam=lams, beta=beta, inoculate=inoc,
-                      drop_extreme=drop_extreme, max_length=max_length or None, batch_size=batch_size)
+    path = export_trl(loaded.model, loaded.tokenizer, pairs, audit, out, recipe=recipe, beta=beta,
+                      max_length=max_length or None, batch_size=batch_size)
     typer.echo(f"wrote {path}")
 
 

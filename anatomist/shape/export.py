@@ -45,7 +45,7 @@ from anatomist.fileio import atomic_path, atomic_write_text
 from anatomist.progress import progress_bar
 from anatomist.shape.audit import Audit
 from anatomist.shape.losses import sequence_logps, shift_reference
-from anatomist.shape.shaping import Inoculation, shape_pairs
+from anatomist.shape.recipe import Recipe, apply
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
@@ -103,16 +103,19 @@ def reference_logps(model, tokenizer, seqs: list[tuple[list[int], list[int]]], *
     return np.concatenate(out)
 
 
-def export_trl(model, tokenizer, pairs, audit: Audit | str, out: str | Path, *, lam: dict[int, float], beta: float,
-               inoculate: Inoculation | None = None, drop_extreme: float | None = None,
+def export_trl(model, tokenizer, pairs, audit: Audit | str, out: str | Path, *, recipe: Recipe, beta: float,
                max_length: int | None = 1024, batch_size: int = 8, progress: bool = True) -> Path:
-    """Write the shaped TRL dataset (module doc) to `out`: .jsonl, .parquet, or a `datasets` folder."""
+    """Write the shaped TRL dataset (module doc) to `out`: .jsonl, .parquet, or a `datasets` folder.
+    The recipe's λ, inoculation and pair dropping carry over; token filtering and steering have no
+    TRL form and are refused."""
     if beta <= 0:
         raise AnatomistError(f"beta must be > 0, got {beta}")
+    if recipe.token_filter is not None or recipe.steer is not None:
+        raise AnatomistError("token filtering and steering have no TRL form: train with `anatomist dpo` for them")
     audit = audit if isinstance(audit, Audit) else Audit(audit)
     out, pairs = Path(out), list(pairs)
-    lam = {audit.check_cluster(k): float(v) for k, v in lam.items()}
-    shaped = shape_pairs(pairs, audit, lam=lam, inoculate=inoculate, drop_extreme=drop_extreme)
+    applied = apply(recipe, pairs, audit)
+    shaped, lam, inoculate = applied.pairs, applied.recipe.lam, applied.recipe.inoculate
     tokens = [trl_tokens(tokenizer, p.prompt, p.chosen, p.rejected) for p in shaped]
     # TRL drops a pair whose prompt alone fills max_length (keep-start truncation would leave no completion).
     fits = [max_length is None or len(t[0]) < max_length for t in tokens]
@@ -142,7 +145,7 @@ def export_trl(model, tokenizer, pairs, audit: Audit | str, out: str | Path, *, 
             "lam": {str(k): v for k, v in lam.items()}, "labels": {str(k): audit.label(k) for k in ks},
             "audit": str(audit.folder.resolve()), "model": getattr(getattr(model, "config", None), "_name_or_path", ""),
             "n_pairs": len(shaped), "n_input_pairs": len(pairs), "n_prompt_too_long": n_too_long,
-            "inoculation": None if inoculate is None else asdict(inoculate), "drop_extreme": drop_extreme,
+            "inoculation": None if inoculate is None else asdict(inoculate), "drop_extreme": recipe.drop_extreme,
             "trl": "DPOConfig(beta=beta, max_length=max_length, precompute_ref_log_probs=True, loss_type='sigmoid') "
                    "with anatomist.shape.trl_compat.PrecomputedRefDPOTrainer"}
     _write(rows, out, meta)

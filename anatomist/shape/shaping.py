@@ -38,8 +38,15 @@ from anatomist.shape.pairs import ShapedPair, plain
 SIDES = {"chosen": ("chosen",), "rejected": ("rejected",), "both": ("chosen", "rejected")}
 
 
-def _clusters(value) -> tuple[int, ...]:
-    out = (int(value),) if isinstance(value, (int, np.integer)) else tuple(int(k) for k in value)
+Concept = int | str   # a cluster id, or what `Audit.resolve_concept` reads: "3", a label, "length"
+
+
+def _concept(value) -> Concept:
+    return int(value) if isinstance(value, (int, np.integer)) else str(value)
+
+
+def _clusters(value) -> tuple[Concept, ...]:
+    out = (_concept(value),) if isinstance(value, (int, np.integer, str)) else tuple(_concept(k) for k in value)
     if not out:
         raise AnatomistError("name at least one cluster")
     return out
@@ -47,10 +54,15 @@ def _clusters(value) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class TokenFilter:
-    """Drop tokens whose per-token concept score c_t (standardized like c(y)) is >= tau."""
-    clusters: tuple[int, ...]
+    """Drop tokens whose per-token concept score c_t (standardized like c(y)) is >= tau.
+
+    clusters  the concepts scored per token (a token is dropped if any of them reaches tau)
+    tau       threshold on c_t; c_t is on the scale of c(y), so τ = 0 is the audited mean response
+    sides     which responses lose tokens: "chosen" | "rejected" | "both" (policy and reference alike)
+    """
+    clusters: tuple[Concept, ...]
     tau: float
-    sides: str = "both"            # "chosen" | "rejected" | "both"
+    sides: str = "both"
 
     def __post_init__(self):
         object.__setattr__(self, "clusters", _clusters(self.clusters))
@@ -61,10 +73,13 @@ class TokenFilter:
 @dataclass(frozen=True)
 class Inoculation:
     """Ask for `cluster`'s concept in the training prompt of pairs whose Δc > min_delta."""
-    cluster: int
+    cluster: Concept
     text: str | None = None        # None: `template` filled with the cluster label
     min_delta: float = 0.0
     template: str = DEFAULT_TEMPLATE
+
+    def __post_init__(self):
+        object.__setattr__(self, "cluster", _concept(self.cluster))
 
 
 def _offsets(audit: Audit, ids: list[str], lam: dict[int, float]) -> np.ndarray:
@@ -89,13 +104,18 @@ def _keep(audit: Audit, ids: list[str], clusters: tuple[int, ...], q: float) -> 
 def shape_pairs(pairs, audit: Audit | str, *, lam: dict[int, float] | None = None,
                 token_filter: TokenFilter | None = None, inoculate: Inoculation | None = None,
                 drop_extreme: float | None = None, tokenizer=None, max_length: int = 512) -> list[ShapedPair]:
-    """Shaped pairs (module doc) in input order, minus dropped ones.
+    """Shaped pairs (module doc) in input order, minus dropped ones. Concepts are cluster ids or
+    anything `Audit.resolve_concept` reads (`anatomist.shape.recipe.apply` bundles this with steering).
 
     tokenizer: when given, token masks get exactly the length `encode_response(tokenizer, prompt,
     response, max_length=max_length)` gives (checked against the audit's tokens; tokens the audit
     never scored are kept); otherwise one entry per token the audit scored."""
     audit = audit if isinstance(audit, Audit) else Audit(audit)
-    lam = {audit.check_cluster(k): float(v) for k, v in (lam or {}).items()}
+    lam = {audit.resolve_concept(k): float(v) for k, v in (lam or {}).items()}
+    if token_filter is not None:
+        token_filter = replace(token_filter, clusters=tuple(audit.resolve_concept(k) for k in token_filter.clusters))
+    if inoculate is not None:
+        inoculate = replace(inoculate, cluster=audit.resolve_concept(inoculate.cluster))
     out = plain(pairs)
     ids = [p.id for p in out]
     for p in ids:
@@ -112,7 +132,7 @@ def shape_pairs(pairs, audit: Audit | str, *, lam: dict[int, float] | None = Non
     out = [replace(p, offset=float(o)) for p, o in zip(out, offsets)]
 
     if inoculate is not None:
-        k = audit.check_cluster(inoculate.cluster)
+        k = inoculate.cluster
         if not (inoculate.text or audit.label(k)):
             raise AnatomistError(f"cluster {k} has no label in the audit: give the inoculation text")
         text = inoculate.text or inoculation_text(audit.label(k), inoculate.template)

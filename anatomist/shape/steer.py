@@ -7,17 +7,25 @@
 
 `d` is usually a concept's unit decoder direction (`concept_direction`). During DPO the hook goes
 on the policy only, on response tokens (preventative steering); at inference on every position.
+`Steer(layer, vector)` names one such intervention; `steering_alpha` sizes α from the audit.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from anatomist.errors import AnatomistError
 from anatomist.models.layers import check_layer, decoder_layers
+
+
+class Steer(NamedTuple):
+    """What `train_dpo(steer=)` adds to the policy's response tokens (and generation, everywhere)."""
+    layer: int             # residual after this block (0-based)
+    vector: torch.Tensor   # [D], α·d_C
 
 
 def concept_direction(W_dec: torch.Tensor, features: np.ndarray, weights: np.ndarray | None = None) -> torch.Tensor:
@@ -68,6 +76,29 @@ def audit_direction(audit, cluster: int, sae=None) -> torch.Tensor:
                              "shape it with λ instead")
     members = audit.concepts.labels == c
     return concept_direction(sae.decoder_directions(), audit.concepts.features[members], audit.concepts.weights[members])
+
+
+def steering_alpha(audit, cluster: int, sae, pair_ids: list[str], limit: int = 64) -> float:
+    """α₀: the shift a concept makes in the residual, in the residual's own units — a natural scale
+    for α (preventative steering uses a small multiple of it).
+
+    α₀ = mean over the first `limit` pairs whose Δc favours `cluster` of
+         [mean_t proj(chosen) − mean_t proj(rejected)],   proj_t = Σ_f a_f(t) (W_dec[f] · d_C) / s
+    over the cluster's member features f, with a_f(t) the audit's per-token latents, d_C its
+    `audit_direction` and s the SAE's norm_scale (sae/model.py: x̂ = (f W_dec + b_dec) / s)."""
+    d = audit_direction(audit, cluster, sae).double().cpu()                    # [D]
+    members = audit.concepts.features[audit.concepts.labels == cluster]         # [M]
+    along = (sae.W_dec.detach().double().cpu()[members] @ d).numpy() / sae.cfg.norm_scale   # [M]
+    c_pos, c_neg = audit.scores(pair_ids, [cluster])
+    favoured = [p for p, dc in zip(pair_ids, (c_pos - c_neg)[:, 0]) if dc > 0][:limit]
+    if not favoured:
+        raise AnatomistError(f"no training pair favours cluster {cluster} (Δc > 0): cannot size the steering vector")
+    diffs = []
+    for pid in favoured:
+        i = audit.pair_index(pid)        # latents/ holds pair i's chosen at sequence 2i, rejected at 2i + 1
+        chosen, rejected = (audit.latents.token_acts(2 * i + s, members) @ along for s in (0, 1))   # [T] each
+        diffs.append(chosen.mean() - rejected.mean())
+    return float(np.mean(diffs))
 
 
 @torch.no_grad()

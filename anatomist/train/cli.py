@@ -1,10 +1,9 @@
-"""`anatomist dpo`: thin over `anatomist.train.train_dpo` (and `anatomist.shape.shape_pairs` for the
+"""`anatomist dpo`: thin over `anatomist.train.train_dpo` (and `anatomist.shape.recipe` for the
 interventions read from an audit)."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import typer
@@ -13,17 +12,6 @@ from anatomist.errors import AnatomistError
 from anatomist.models.loading import DEFAULT_MODEL
 from anatomist.options import default
 from anatomist.train.dpo import DPOConfig
-
-
-def _split(spec: str, sep: str, flag: str) -> tuple[str, float]:
-    name, _, value = spec.rpartition(sep)
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not name or not math.isfinite(number):
-        raise AnatomistError(f"{flag} {spec!r}: expected CONCEPT{sep}NUMBER (a finite number)")
-    return name, number
 
 
 def dpo(
@@ -79,46 +67,23 @@ def dpo(
     from anatomist.data import load_pairs
     from anatomist.models.loading import load
     from anatomist.shape.pairs import plain
-    from anatomist.train.dpo import Steer, train_dpo
+    from anatomist.shape.recipe import Recipe, apply
+    from anatomist.train.dpo import train_dpo
 
     cfg = DPOConfig(beta=beta, loss_type=loss_type, lr=lr, schedule=schedule, warmup_ratio=warmup_ratio, epochs=epochs,
                     steps=steps, batch_size=batch_size, grad_accum=grad_accum, train_layers=train_layers or None,
                     lora_r=lora_r, max_length=max_length, max_response_tokens=max_response_tokens or None,
                     ckpt_every=ckpt_every, seed=seed)
-    shaping = lam or token_filter or inoculate or steer or drop_extreme is not None
-    if shaping and audit_dir is None:
+    recipe = Recipe.from_cli(lam=lam, token_filter=token_filter, token_filter_sides=token_filter_sides,
+                             inoculate=inoculate, inoculate_text=inoculate_text, drop_extreme=drop_extreme, steer=steer)
+    if not recipe.is_plain and audit_dir is None:
         raise AnatomistError("--lam, --token-filter, --inoculate, --drop-extreme and --steer need --audit DIR")
     pairs = load_pairs(data, format=data_format, limit=limit, on_bad_row="skip" if skip_bad_rows else "error")
     loaded = load(model)
-    steer_arg, deltas = None, None
-    if audit_dir is None:
-        shaped = plain(pairs)
-    else:
-        from anatomist.audit.length import LENGTH
-        from anatomist.shape import Audit, Inoculation, TokenFilter, shape_pairs
-        from anatomist.shape.steer import audit_direction
-
-        audit = Audit(audit_dir)
-        lams = {audit.resolve_concept(c): v for c, v in (_split(s, "=", "--lam") for s in lam)}
-        tf = None
-        if token_filter:
-            c, tau = _split(token_filter, ":", "--token-filter")
-            tf = TokenFilter(clusters=(audit.resolve_concept(c),), tau=tau, sides=token_filter_sides)
-        inoc = None if inoculate is None else Inoculation(audit.resolve_concept(inoculate), text=inoculate_text)
-        shaped = shape_pairs(pairs, audit, lam=lams, token_filter=tf, inoculate=inoc, drop_extreme=drop_extreme,
-                             tokenizer=loaded.tokenizer, max_length=max_length)
-        concepts = set(lams) | set(tf.clusters if tf else ()) | ({inoc.cluster} if inoc else set())
-        if steer:
-            c, alpha = _split(steer, ":", "--steer")
-            k = audit.resolve_concept(c)
-            steer_arg = Steer(audit.layer, alpha * audit_direction(audit, k))
-            concepts.add(k)
-        # Leakage metrics: Δc of every concept the run touches (module doc of anatomist.train.dpo).
-        c_pos, c_neg = audit.scores([p.id for p in shaped], sorted(concepts))
-        deltas = {("length" if k == LENGTH else str(k)): (c_pos - c_neg)[:, j].tolist()
-                  for j, k in enumerate(sorted(concepts))}
-    result = train_dpo(loaded.model, loaded.tokenizer, shaped, cfg, out, steer=steer_arg, concept_deltas=deltas,
-                       cache_dir=cache_dir)
+    # With an audit, the Shaped value carries the steering and the leakage deltas (anatomist.train.dpo doc).
+    shaped = plain(pairs) if audit_dir is None else apply(recipe, pairs, audit_dir, tokenizer=loaded.tokenizer,
+                                                          max_length=max_length)
+    result = train_dpo(loaded.model, loaded.tokenizer, shaped, cfg, out, cache_dir=cache_dir)
     summary = json.loads((out / "summary.json").read_text())
     typer.echo(json.dumps({k: round(v, 4) for k, v in next(iter(
         v for k, v in summary.items() if k.startswith("final"))).items()}))

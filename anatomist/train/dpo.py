@@ -70,7 +70,8 @@ from anatomist.parallel import DataParallel, lead_first
 from anatomist.progress import progress_bar
 from anatomist.shape.losses import LOSS_TYPES, DPOOutput, dpo_loss
 from anatomist.shape.pairs import ShapedPair
-from anatomist.shape.steer import add_to_residual
+from anatomist.shape.recipe import Shaped
+from anatomist.shape.steer import Steer, add_to_residual
 from anatomist.train.batches import (
     Batch,
     Seq,
@@ -133,11 +134,6 @@ class DPOConfig:
             raise AnatomistError(f"train_layers must be >= 1 (or None for all), got {self.train_layers}")
         if self.lora_r < 0 or not 0 <= self.warmup_ratio < 1:
             raise AnatomistError(f"need lora_r >= 0 and 0 <= warmup_ratio < 1 (got {self.lora_r}, {self.warmup_ratio})")
-
-
-class Steer(NamedTuple):
-    layer: int             # residual after this block (0-based)
-    vector: torch.Tensor   # [D], α·d_C
 
 
 class DPOResult(NamedTuple):
@@ -324,17 +320,23 @@ def _save_ckpt(path: Path, state: dict) -> None:
 
 # ----------------------------------------------------------------------------- the loop
 
-def train_dpo(model, tokenizer, pairs: Sequence[ShapedPair], cfg: DPOConfig, out_dir: str | os.PathLike, *,
+def train_dpo(model, tokenizer, pairs: Sequence[ShapedPair] | Shaped, cfg: DPOConfig, out_dir: str | os.PathLike, *,
               steer: Steer | tuple | None = None, concept_deltas: Mapping[str, Sequence[float]] | None = None,
               cache_dir: str | os.PathLike | None = None, stop_after: int | None = None,
               save_model: bool = True, progress: bool = True, parallel: DataParallel | None = None) -> DPOResult:
     """Train (or resume) DPO on `pairs`; writes checkpoints, metrics and the final policy into out_dir.
 
-    `model` is modified in place (its top blocks are trained). `stop_after` ends the run after that
-    many optimizer steps without a final checkpoint, as a kill would (for tests). Under torchrun
-    (an initialized process group) it runs data-parallel: `anatomist.train.distributed`."""
+    `model` is modified in place (its top blocks are trained). `pairs` may be a `Shaped`
+    (`anatomist.shape.recipe.apply`): its steering and concept deltas are then used, and must not
+    be passed again. `stop_after` ends the run after that many optimizer steps without a final
+    checkpoint, as a kill would (for tests). Under torchrun (an initialized process group) it runs
+    data-parallel: `anatomist.train.distributed`."""
     from accelerate import Accelerator
 
+    if isinstance(pairs, Shaped):
+        if steer is not None or concept_deltas is not None:
+            raise AnatomistError("steer / concept_deltas come with the Shaped pairs: do not pass them as well")
+        pairs, steer, concept_deltas = pairs.pairs, pairs.steer, pairs.concept_deltas
     if not pairs:
         raise AnatomistError("no preference pairs to train on")
     out = Path(out_dir)

@@ -1,4 +1,5 @@
-"""Effect sizes with prompt- or pair-bootstrap CIs, shared by the shaping benchmarks.
+"""Effect sizes of an intervention with prompt- or pair-bootstrap CIs (how much shaping removed of
+what plain DPO taught; used by benchmarks/shaping.py and benchmarks/sweep_traits.py).
 
     counts = boot_counts(n, 2000, seed=0)         # one resampling of n prompts (or pairs)
     mean_ci(x, counts)                            # (mean, low, high) of per-prompt values x [n]
