@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from anatomist.train.batches import Seq, collate, collate_rows
-from anatomist.train.dpo import DPOConfig, Steer, batch_dpo, sequence_sums
+from anatomist.shape.steer import Steer
+from anatomist.train.dpo import DPOConfig, batch_dpo, sequence_sums
 from anatomist.train.split import SplitLM, StateCache, to_device
 
 __all__ = ["PRECONDITIONERS", "dpo_direction", "tempered_sequence_logps", "eager_attention", "directional_logps",
