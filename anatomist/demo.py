@@ -38,14 +38,16 @@ def _top_rows(folder: Path, n: int = 5) -> Table:
     """The report's first table in the terminal: top topic rows, then top dataset-wide rows."""
     import pandas as pd
 
-    rows = pd.read_parquet(folder / "rows.parquet")
-    labels = pd.read_parquet(folder / "clusters.parquet").set_index("cluster")["label"].dropna()
+    from anatomist.audit.folder import AuditFolder
+
+    audit = AuditFolder(folder)
+    rows = audit.rows
     table = Table(title="what DPO will push")
     for col in ("topic", "concept", "n", "Δ̄", "d", "q", "direction"):
         table.add_column(col)
     top = pd.concat([rows[rows.topic != "all"].head(n), rows[rows.topic == "all"].head(n)])
     for r in top.itertuples():
-        table.add_row(str(r.topic), f"C{r.cluster} {labels.get(r.cluster, '(unlabelled)')}", str(r.n),
+        table.add_row(str(r.topic), f"C{r.cluster} {audit.labels.get(r.cluster) or '(unlabelled)'}", str(r.n),
                       f"{r.mean:+.2f}", f"{r.d:+.2f}", f"{r.q:.1e}", r.direction)
     return table
 

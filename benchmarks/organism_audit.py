@@ -47,8 +47,9 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
+from anatomist.audit.folder import is_audit_of
 from anatomist.audit.length import ensure_length_tables
-from anatomist.audit.run import AuditConfig, is_audit_of, run_audit
+from anatomist.audit.run import AuditConfig, run_audit
 from anatomist.data import load_pairs
 from anatomist.models import load
 from anatomist.organism.build import build_organism, relabel_organism

@@ -107,7 +107,7 @@ def organism_dir(args, loaded, t0) -> Path:
 def audits(folder: Path, organism: Path, pairs) -> bool:
     """Whether `folder` holds a finished audit of these pairs or of the organism's whole train file
     (an earlier organism's audit shares the pair ids of a rebuilt one, not its texts)."""
-    from anatomist.audit.run import is_audit_of
+    from anatomist.audit.folder import is_audit_of
     from anatomist.data import load_pairs
 
     return is_audit_of(folder, pairs) or is_audit_of(folder, load_pairs(organism / "train.jsonl"))
@@ -119,12 +119,13 @@ def audit_dir(args, organism: Path, pairs, loaded, sae, sae_path, t0) -> Path:
             raise SystemExit(f"{args.audit} is not an audit of {organism}/train.jsonl: pass that audit's folder, "
                              "or leave --audit out to audit into --work/audit")
         return args.audit
+    from anatomist.audit.folder import META
     from anatomist.audit.run import AuditConfig, run_audit
     from anatomist.models.loading import DEFAULT_MODEL
 
     out = args.work / "audit"
     if not audits(out, organism, pairs):
-        if (out / "audit.json").is_file():    # finished but of other data; an unfinished one resumes
+        if (out / META).is_file():    # finished but of other data; an unfinished one resumes
             raise SystemExit(f"{out} holds an audit of other data (another --organism or --pairs): use another --work")
         log(f"auditing {len(pairs)} pairs into {out}", t0)
         cfg = AuditConfig(topic_column="topic", min_pairs=5 if args.small else 8, n_boot=200 if args.small else 1000,
@@ -135,9 +136,9 @@ def audit_dir(args, organism: Path, pairs, loaded, sae, sae_path, t0) -> Path:
 
 
 def flagged_cluster(audit: Path) -> int:
-    import pandas as pd
+    from anatomist.audit.folder import AuditFolder
 
-    rows = pd.read_parquet(audit / "rows.parquet")
+    rows = AuditFolder(audit).rows
     top = rows[(rows.topic == "all") & (rows.direction != "none")]
     top = top if len(top) else rows[rows.topic == "all"]
     return int(top.sort_values("rank_score", ascending=False).cluster.iloc[0])

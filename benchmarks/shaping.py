@@ -149,7 +149,9 @@ def select_pairs(pairs, topics: list[str], limit: int | None) -> list:
 
 
 def finished_audit(folder: Path) -> bool:
-    return all((folder / n).is_file() for n in ("rows.parquet", "pairs.parquet", "concepts.json", "audit.json"))
+    from anatomist.audit.folder import CONCEPTS, META, PAIRS, ROWS
+
+    return all((folder / n).is_file() for n in (ROWS, PAIRS, CONCEPTS, META))
 
 
 def pick_audit(args, pairs, loaded, sae, sae_path, t0) -> Path:
@@ -169,12 +171,13 @@ def pick_audit(args, pairs, loaded, sae, sae_path, t0) -> Path:
 
 def build_variants(args, trained, audit_dir: Path, clusters: dict[int, float], truth: dict, trait: str, tok, sae):
     """{name: (Shaped pairs with their steering, settings that name its run)} for the requested variants."""
+    from anatomist.audit.folder import AuditFolder
     from anatomist.organism.match import trait_lams
-    from anatomist.shape import Audit, Inoculation, Recipe, Shaped, Steering, TokenFilter, apply, plain
+    from anatomist.shape import Inoculation, Recipe, Shaped, Steering, TokenFilter, apply, plain
     from anatomist.shape.inoculate import inoculation_text
     from anatomist.shape.steer import steering_alpha
 
-    audit = Audit(audit_dir)
+    audit = AuditFolder(audit_dir)
     first = max(clusters, key=lambda k: abs(clusters[k]))          # the cluster that tracks the trait best
     out = {"plain": (Shaped(plain(trained)), {})}
     if "shaped" in args.variants:
@@ -341,6 +344,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.time()
+    from anatomist.audit.folder import CONCEPTS, AuditFolder
     from anatomist.data import load_pairs
     from anatomist.evaluate.behaviour import (
         Scorer,
@@ -389,8 +393,8 @@ def main(argv=None) -> None:
         print(f"WARNING: the audit flagged no cluster for {trait!r} with the expected sign; using the best-ρ "
               f"cluster {clusters}", flush=True)
     topics, control = topics_of(trait)
-    meta = json.loads((audit / "audit.json").read_text())
-    layer = int(meta["layer"])
+    folder = AuditFolder(audit)
+    layer = folder.layer
     if args.train_layers is None:
         args.train_layers = base_model.config.num_hidden_layers - 1 - layer
     heldout = select_pairs(load_pairs(args.organism / "heldout_pairs.jsonl"),
@@ -406,7 +410,7 @@ def main(argv=None) -> None:
     base = evaluate_behaviour(base_model, tok, prompts, out_dir=args.work / "base", scorer=scorer,
                               samples_per_prompt=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed,
                               model_name="base", progress=False)
-    common = {"audit": str(audit), "concepts": settings_key((audit / "concepts.json").read_text()),
+    common = {"audit": str(audit), "concepts": settings_key((folder.path / CONCEPTS).read_text()),
               "pairs": settings_key([p.id for p in pairs]), "heldout": settings_key([p.id for p in heldout]),
               "prompts": settings_key([p.id for p in prompts]), "trait": trait, "clusters": clusters,
               **{k: getattr(args, k) for k in ("steps", "lr", "beta", "train_layers", "seed", "samples",

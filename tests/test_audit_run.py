@@ -68,13 +68,30 @@ def test_audit_writes_every_table(audited):
 def test_is_audit_of_tells_rebuilt_data_with_the_same_ids_apart(audited, tmp_path):
     from dataclasses import replace
 
-    from anatomist.audit.run import is_audit_of
+    from anatomist.audit.folder import is_audit_of
 
     out, pairs = audited[0], planted_pairs()
     assert is_audit_of(out, pairs)
     rebuilt = [replace(p, chosen=p.chosen + " Enjoy.") if i == 5 else p for i, p in enumerate(pairs)]
     assert [p.id for p in rebuilt] == [p.id for p in pairs] and not is_audit_of(out, rebuilt)
     assert not is_audit_of(out, pairs[:-1]) and not is_audit_of(tmp_path, pairs)  # a subset; no audit at all
+
+
+def test_the_folder_reader_takes_every_table_run_audit_writes(audited):
+    from anatomist.audit.folder import AuditFolder
+    from anatomist.data import text_hash
+
+    out, pairs = audited[0], planted_pairs()
+    audit = AuditFolder(out)          # every table is read with its columns checked (audit/folder.py COLUMNS)
+    assert all(len(t) for t in (audit.rows, audit.features, audit.clusters, audit.pairs, audit.length_rows,
+                                audit.length_pairs))
+    assert audit.pair_ids == [p.id for p in pairs] and audit.text_hashes == [text_hash(p) for p in pairs]
+    assert audit.concepts.n_clusters == audit.n_clusters and set(audit.examples) == {str(k) for k in
+                                                                                     range(audit.n_clusters)}
+    np.testing.assert_allclose(audit.delta, audit.c_chosen - audit.c_rejected)
+    assert audit.n_tokens.shape == (len(pairs), 2) and len(audit.latents.tokens) == 2 * len(pairs)
+    assert audit.topic(pairs[0].id) == pairs[0].extra["topic"]
+    assert audit.check_data(pairs[5:9]) == pairs[5:9] and audit.check_data(pairs, complete=True) == pairs
 
 
 def test_audit_finds_the_planted_confound(audited):
@@ -141,15 +158,16 @@ def test_audit_tests_response_length_like_a_concept(audited, smol_tokenizer, tmp
     the length row says amplify there and nowhere else; counts are the response-mask tokens."""
     import shutil
 
-    from anatomist.audit.length import LENGTH, PAIRS_FILE, ROWS_FILE, ensure_length_tables
+    from anatomist.audit.folder import LENGTH, LENGTH_PAIRS, LENGTH_ROWS
+    from anatomist.audit.length import ensure_length_tables
     from anatomist.models import encode_response
 
     out = audited[0]
-    rows = pd.read_parquet(out / ROWS_FILE).set_index("topic")
+    rows = pd.read_parquet(out / LENGTH_ROWS).set_index("topic")
     assert (rows["cluster"] == LENGTH).all() and set(rows.index) == {"all", "coding", "cooking", "travel"}
     assert rows.loc["cooking", "direction"] == "amplify" and rows.loc["cooking", "mean"] > 0.1
     assert set(rows.loc[["coding", "travel"], "direction"]) == {"none"}
-    per_pair = pd.read_parquet(out / PAIRS_FILE)
+    per_pair = pd.read_parquet(out / LENGTH_PAIRS)
     pairs = planted_pairs()
     assert list(per_pair["pair_id"]) == [p.id for p in pairs]
     for i in (0, 30, 71):
@@ -161,8 +179,8 @@ def test_audit_tests_response_length_like_a_concept(audited, smol_tokenizer, tmp
     # an audit written before the length tables existed gets the same ones from its latents
     old = tmp_path / "old"
     shutil.copytree(out, old)
-    (old / ROWS_FILE).unlink()
-    (old / PAIRS_FILE).unlink()
+    (old / LENGTH_ROWS).unlink()
+    (old / LENGTH_PAIRS).unlink()
     assert ensure_length_tables(old) and not ensure_length_tables(old)
-    pd.testing.assert_frame_equal(pd.read_parquet(old / ROWS_FILE), pd.read_parquet(out / ROWS_FILE))
-    pd.testing.assert_frame_equal(pd.read_parquet(old / PAIRS_FILE), per_pair)
+    pd.testing.assert_frame_equal(pd.read_parquet(old / LENGTH_ROWS), pd.read_parquet(out / LENGTH_ROWS))
+    pd.testing.assert_frame_equal(pd.read_parquet(old / LENGTH_PAIRS), per_pair)

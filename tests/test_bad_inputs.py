@@ -266,7 +266,7 @@ CASES = [
     ("mtp-analyze-bad-head", "mtp analyze {head_badjson} --model {tiny}", ["head_badjson: unreadable an MTP head folder"], None),
     # audit folders given to `anatomist report`
     ("report-missing-folder", "report {root}/noaudit", ["noaudit: no such audit folder"], None),
-    ("report-missing-files", "report {out:empty_dir}", ["empty_dir: missing audit.json, rows.parquet"], "unchanged"),
+    ("report-missing-files", "report {out:empty_dir}", ["empty_dir is not a finished audit folder: missing audit.json, rows.parquet"], "unchanged"),
     ("report-bad-json", "report {out:rep_json}", ["rep_json/audit.json: unreadable (JSONDecodeError"], "unchanged"),
     ("report-bad-parquet", "report {out:rep_pq}", ["rep_pq/rows.parquet: unreadable (ArrowInvalid"], "unchanged"),
     ("report-missing-column", "report {out:rep_col}", ["rep_col/clusters.parquet: missing column(s) label"], "unchanged"),
@@ -349,7 +349,7 @@ DPO_CASES = [
     ("dpo-token-filter-not-a-number", f"{DPO} --audit {{audit}} --token-filter 0:x", ["--token-filter '0:x': expected CONCEPT:NUMBER"]),
     ("dpo-token-filter-sides", f"{DPO} --audit {{audit}} --token-filter 0:1 --token-filter-sides left", ["sides must be one of", "got 'left'"]),
     ("dpo-drop-extreme", f"{DPO} --audit {{audit}} --drop-extreme 2", ["drop_extreme must be a fraction in (0, 1), got 2.0"]),
-    ("dpo-audit-missing", f"{DPO} --audit {{root}}/no-audit --lam 0=1", ["no-audit is not a finished audit folder"]),
+    ("dpo-audit-missing", f"{DPO} --audit {{root}}/no-audit --lam 0=1", ["no-audit: no such audit folder"]),
     ("dpo-beta-zero", f"{DPO} --beta 0", ["beta, lr and epochs must be > 0"]),
     ("dpo-loss", f"{DPO} --loss foo", ["loss_type must be one of sigmoid, ipo, got 'foo'"]),
     ("dpo-schedule", f"{DPO} --schedule foo", ["schedule must be one of", "got 'foo'"]),

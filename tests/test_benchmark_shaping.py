@@ -56,8 +56,8 @@ def test_build_variants_makes_one_recipe_per_variant(tmp_path):
     from test_shape_audit import make_audit
     from test_shape_audit import pairs as audited_pairs
 
+    from anatomist.audit.folder import AuditFolder
     from anatomist.sae import SAE, SAEConfig
-    from anatomist.shape import Audit
     from anatomist.shape.steer import audit_direction, steering_alpha
 
     sae = SAE(SAEConfig(d_in=16, d_sae=16, architecture="topk", k=4, layer=1)).init_weights(
@@ -75,7 +75,7 @@ def test_build_variants_makes_one_recipe_per_variant(tmp_path):
     assert out["filtered"][0].pairs[0].chosen_token_mask == (0, 0, 0)      # c₁ = 2 ≥ 0 on token 2 as well
     assert [len(p.prompt) for p in out["inoculated"][0].pairs] == [2, 2, 1, 2]
     steered, extra = out["steered"]
-    alpha = 2.0 * steering_alpha(Audit(folder), 0, sae, ["p0", "p1", "p2", "p3"])
+    alpha = 2.0 * steering_alpha(AuditFolder(folder), 0, sae, ["p0", "p1", "p2", "p3"])
     assert extra == {"alpha": alpha, "layer": 1, "cluster": 0} and steered.steer.layer == 1
-    assert torch.equal(steered.steer.vector, alpha * audit_direction(Audit(folder), 0, sae).cpu())
+    assert torch.equal(steered.steer.vector, alpha * audit_direction(AuditFolder(folder), 0, sae).cpu())
     assert steered.infer_steer is None and [p.offset for p in steered.pairs] == [0.0] * 4

@@ -82,7 +82,7 @@ def test_concept_scores_follow_the_audits_pooling(audited, tmp_path, smol_tokeni
 
 
 def test_scorer_needs_an_audit_folder(tmp_path):
-    with pytest.raises(AnatomistError, match="not an audit folder"):
+    with pytest.raises(AnatomistError, match="not a finished audit folder: missing audit.json, concepts.json"):
         Scorer.from_audit(tmp_path)
 
 

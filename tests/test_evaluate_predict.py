@@ -14,7 +14,6 @@ from anatomist.errors import AnatomistError
 from anatomist.evaluate.predict import (
     PredictConfig,
     apply_calibration,
-    load_audit_tables,
     pair_weights,
     predict_rows,
     weighted_means,
@@ -34,8 +33,9 @@ def write_audit(folder, c_chosen: np.ndarray, c_rejected: np.ndarray, topics: np
     pd.DataFrame({"pair_id": np.repeat([f"p{i}" for i in range(P)], C), "topic_id": np.repeat(topics, C),
                   "cluster": np.tile(np.arange(C), P), "c_chosen": c_chosen.ravel(),
                   "c_rejected": c_rejected.ravel(), "delta": delta.ravel()}).to_parquet(folder / "pairs.parquet")
-    pd.DataFrame({"cluster": np.arange(C), "label": labels or [f"concept {k}" for k in range(C)]}).to_parquet(
-        folder / "clusters.parquet")
+    pd.DataFrame({"cluster": np.arange(C), "label": labels or [f"concept {k}" for k in range(C)], "label_status": "ok",
+                  "detection_acc": 0.9, "n_features": 1, "features": [[k] for k in range(C)],
+                  "mean_delta": delta.mean(0), "q": 0.5, "direction": "none"}).to_parquet(folder / "clusters.parquet")
     (folder / "audit.json").write_text(json.dumps({"topics": {"names": names}}))
     return folder
 
@@ -156,19 +156,17 @@ def test_write_predictions_and_calibration(hand_audit):
 
 def test_missing_audit_files(tmp_path):
     with pytest.raises(AnatomistError, match="no such audit folder"):
-        load_audit_tables(tmp_path / "nope")
+        predict_rows(tmp_path / "nope")
     (tmp_path / "a").mkdir()
-    with pytest.raises(AnatomistError, match="audit.json"):
-        load_audit_tables(tmp_path / "a")
+    with pytest.raises(AnatomistError, match="a is not a finished audit folder: missing audit.json"):
+        predict_rows(tmp_path / "a")
 
 
 def test_subset_pairs(hand_audit):
-    from anatomist.evaluate.predict import load_audit_tables
     folder = hand_audit[0]
-    t = load_audit_tables(folder).subset(["p0", "p3"])
-    pred = predict_rows(t, PredictConfig(min_pairs=1)).set_index(["topic", "cluster"])
+    pred = predict_rows(folder, PredictConfig(min_pairs=1), pair_ids=["p0", "p3"]).set_index(["topic", "cluster"])
     # pairs p0 (topic a, Δc = 2, 0) and p3 (topic b, Δc = 1, 2)
     assert pred.loc[("a", 0), "dbar"] == pytest.approx(2.0) and pred.loc[("a", 0), "share"] == pytest.approx(0.5)
     assert pred.loc[("b", 1), "dbar_all"] == pytest.approx(1.0)
-    with pytest.raises(AnatomistError, match="none of the given pair ids"):
-        load_audit_tables(folder).subset(["zz"])
+    with pytest.raises(AnatomistError, match="pair 'zz' is not in the audit"):
+        predict_rows(folder, pair_ids=["p0", "zz"])

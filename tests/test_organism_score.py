@@ -104,10 +104,12 @@ def fake_audit(tmp_path_factory):
     table = [("coding", 0, "amplify", 9.0), ("physics", 1, "amplify", 8.0), ("cooking", 0, "suppress", 7.0),
              ("coding", 2, "amplify", 6.0), ("coding", 3, "suppress", 5.0), ("physics", 0, "none", 4.0),
              ("health", 1, "none", 3.0), ("all", 0, "amplify", 20.0)]
-    pd.DataFrame({"topic": [t[0] for t in table], "cluster": [t[1] for t in table],
-                  "direction": [t[2] for t in table], "rank_score": [t[3] for t in table],
-                  "mean": [0.5] * len(table), "z": [3.0] * len(table),
-                  "q": [0.01] * len(table)}).to_parquet(audit / "rows.parquet")
+    topic_ids = {t: k for k, t in enumerate(dict.fromkeys(t[0] for t in table if t[0] != "all"))}
+    pd.DataFrame({"topic": [t[0] for t in table], "topic_id": [topic_ids.get(t[0], -1) for t in table],
+                  "cluster": [t[1] for t in table], "direction": [t[2] for t in table],
+                  "rank_score": [t[3] for t in table], "mean": [0.5] * len(table), "z": [3.0] * len(table),
+                  "q": [0.01] * len(table), "n": 10, "d": 1.0, "ci_low": 0.1, "ci_high": 0.9, "split_half": True,
+                  "excess": 0.0, "tested": True}).to_parquet(audit / "rows.parquet")   # rows.parquet's columns
     (audit / "audit.json").write_text(json.dumps({"data": {"n_pairs": P_, "hash": dataset_hash(pairs)}}))
     return root, audit
 
@@ -145,7 +147,7 @@ def test_score_rejects_other_data_and_missing_truth(fake_audit, tmp_path):
     rows[0]["chosen"], rows[0]["rejected"] = rows[0]["rejected"], rows[0]["chosen"]
     other = tmp_path / "train.jsonl"
     other.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(AnatomistError, match="not the audited data"):
+    with pytest.raises(AnatomistError, match="is not the data audited in"):
         score_audit(audit, root / "data" / "truth.json", data_path=other, write=False)
     with pytest.raises(AnatomistError, match="does not record the data file"):
         score_audit(audit)

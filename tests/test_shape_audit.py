@@ -1,4 +1,4 @@
-"""Reading an audit for shaping: offsets, token masks, pair dropping, inoculation — on a hand-made audit folder."""
+"""Shaping from an audit: offsets, token masks, pair dropping, inoculation — on a hand-made audit folder."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from anatomist.audit.concepts import Concepts
+from anatomist.audit.folder import AuditFolder
 from anatomist.audit.pool import FORMAT, Latents
 from anatomist.capture.store import ShardWriter
-from anatomist.data import PreferencePair
+from anatomist.data import PreferencePair, dataset_hash, text_hash
 from anatomist.errors import AnatomistError, DataError
-from anatomist.shape import Audit, Inoculation, TokenFilter, shape_pairs
-from anatomist.shape.masks import fit_mask, response_mask, threshold_mask
+from anatomist.shape import Inoculation, TokenFilter, shape_pairs
+from anatomist.shape.masks import fit_mask, response_mask, threshold_mask, token_scores
 
 D_SAE = 16
 # Two clusters: features 5, 7 (weights 1, 2) form cluster 0 (mean 1, sd 2); feature 9 (weight 0.5) cluster 1.
@@ -31,17 +32,27 @@ ENTRIES = {0: [(0, 5, 2.0), (1, 7, 1.0), (2, 9, 4.0), (2, 3, 9.0)], 1: [(0, 5, 6
 
 
 def make_audit(folder, ids=IDS, c_chosen=C_CHOSEN, c_rejected=C_REJECTED, *, concepts=CONCEPTS, labels=LABELS,
-               tokens=TOKENS, entries=ENTRIES, sae="", layer=1):
-    """An audit folder as run_audit writes it (only the parts shaping reads), from explicit numbers."""
+               tokens=TOKENS, entries=ENTRIES, sae="", layer=1, data=None, hashes=True):
+    """An audit folder as run_audit writes it (only the parts shaping reads), from explicit numbers.
+    data: the audited pairs (default `pairs(ids)`), whose hashes the audit records; hashes=False
+    writes an audit from before per-pair text hashes."""
     folder.mkdir(parents=True, exist_ok=True)
+    data = pairs(ids) if data is None else data
     P, C = c_chosen.shape
-    (folder / "audit.json").write_text(json.dumps({"model": "tiny", "sae": sae, "layer": layer}))
+    (folder / "audit.json").write_text(json.dumps({"model": "tiny", "sae": sae, "layer": layer,
+                                                   "data": {"n_pairs": P, "hash": dataset_hash(data)}}))
     (folder / "concepts.json").write_text(json.dumps(concepts.to_dict()))
-    pd.DataFrame({"cluster": np.arange(C), "label": labels, "features": [concepts.members(k).tolist() for k in range(C)]}
+    pd.DataFrame({"cluster": np.arange(C), "label": labels, "label_status": "ok", "detection_acc": 0.9,
+                  "n_features": [len(concepts.members(k)) for k in range(C)],
+                  "features": [concepts.members(k).tolist() for k in range(C)],
+                  "mean_delta": (c_chosen - c_rejected).mean(0), "q": 0.5, "direction": "none"}
                  ).to_parquet(folder / "clusters.parquet")
-    pd.DataFrame({"pair_id": np.repeat(ids, C), "cluster": np.tile(np.arange(C), P), "c_chosen": c_chosen.ravel(),
-                  "c_rejected": c_rejected.ravel(), "delta": (c_chosen - c_rejected).ravel()}
-                 ).to_parquet(folder / "pairs.parquet")
+    table = pd.DataFrame({"pair_id": np.repeat(ids, C), "topic_id": 0, "cluster": np.tile(np.arange(C), P),
+                          "c_chosen": c_chosen.ravel(), "c_rejected": c_rejected.ravel(),
+                          "delta": (c_chosen - c_rejected).ravel()})
+    if hashes:
+        table["text_hash"] = np.repeat([text_hash(p) for p in data], C)
+    table.to_parquet(folder / "pairs.parquet")
     if tokens is not None:
         w = ShardWriter(folder / "latents", {"d_sae": D_SAE, "layer": layer}, format=FORMAT)
         for s, toks in enumerate(tokens):
@@ -60,7 +71,7 @@ def pairs(ids=IDS):
 
 @pytest.fixture
 def audit(tmp_path):
-    return Audit(make_audit(tmp_path / "audit"))
+    return AuditFolder(make_audit(tmp_path / "audit"))
 
 
 def test_offsets_by_hand(audit):
@@ -93,15 +104,15 @@ def test_drop_extreme_quantile(audit):
 
 def test_token_scores_by_hand_and_mean_equals_response_score(audit):
     # seq 0: raw₀ = 1·2, 2·1, 0 → c₀ = (raw − 1)/2; raw₁ = 0, 0, 0.5·4 → c₁ = raw/1. Feature 3 is in no cluster.
-    assert audit.token_scores("p0", "chosen", 0).tolist() == [0.5, 0.5, -0.5]
-    assert audit.token_scores("p0", "chosen", 1).tolist() == [0.0, 0.0, 2.0]
+    assert token_scores(audit, "p0", "chosen", 0).tolist() == [0.5, 0.5, -0.5]
+    assert token_scores(audit, "p0", "chosen", 1).tolist() == [0.0, 0.0, 2.0]
     # The per-token scores average to the audit's mean-pooled concept score of the response.
-    lat = Latents(audit.folder / "latents")
+    lat = Latents(audit.path / "latents")
     c = CONCEPTS.scores(lat.pooled().mean)                                                 # [S, C]
     for s, pid in enumerate(np.repeat(IDS, 2)):
         side = ("chosen", "rejected")[s % 2]
         for k in (0, 1):
-            assert audit.token_scores(pid, side, k).mean() == pytest.approx(c[s, k])
+            assert token_scores(audit, pid, side, k).mean() == pytest.approx(c[s, k])
 
 
 def test_token_masks(audit):
@@ -124,7 +135,7 @@ def test_token_masks(audit):
         TokenFilter(clusters=(0,), tau=0.0, sides="neither")
 
 
-def test_inoculation_prompt_placement(audit):
+def test_inoculation_prompt_placement(audit, tmp_path):
     shaped = shape_pairs(pairs(), audit, inoculate=Inoculation(cluster=0))
     text = "In your reply, lean into this: bold / emoji."
     # Δc₀ > 0 for p0, p1, p3 (they teach cluster 0); p2's prompt is untouched.
@@ -136,7 +147,8 @@ def test_inoculation_prompt_placement(audit):
     # An existing system message gets the instruction in front (one system message).
     with_sys = [PreferencePair("p0", ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "q"}),
                                "a", "b")]
-    (p,) = shape_pairs(with_sys, audit, inoculate=Inoculation(cluster=0, text="Use emoji."))
+    sys_audit = AuditFolder(make_audit(tmp_path / "sys", data=[*with_sys, *pairs()[1:]], tokens=None))
+    (p,) = shape_pairs(with_sys, sys_audit, inoculate=Inoculation(cluster=0, text="Use emoji."))
     assert p.prompt == ({"role": "system", "content": "Use emoji.\n\nBe brief."}, {"role": "user", "content": "q"})
     assert with_sys[0].prompt[0]["content"] == "Be brief."                                   # input untouched
 
@@ -148,15 +160,15 @@ def test_resolve_concept_and_bad_folders(audit, tmp_path):
         audit.resolve_concept("zebra")
     with pytest.raises(AnatomistError, match="2 cluster labels contain ' / '"):
         audit.resolve_concept(" / ")
-    with pytest.raises(AnatomistError, match="not a finished audit folder: audit.json is missing"):
-        Audit(tmp_path / "nothing")
-    no_latents = Audit(make_audit(tmp_path / "bare", tokens=None))
+    with pytest.raises(AnatomistError, match="nothing: no such audit folder"):
+        AuditFolder(tmp_path / "nothing")
+    no_latents = AuditFolder(make_audit(tmp_path / "bare", tokens=None))
     with pytest.raises(AnatomistError, match="token filtering needs the audit's per-token latents"):
-        no_latents.token_scores("p0", "chosen", 0)
+        token_scores(no_latents, "p0", "chosen", 0)
 
 
 def test_unlabelled_cluster_needs_inoculation_text(tmp_path):
-    audit = Audit(make_audit(tmp_path / "audit", labels=[None, "sorry / cannot"], tokens=None))
+    audit = AuditFolder(make_audit(tmp_path / "audit", labels=[None, "sorry / cannot"], tokens=None))
     assert audit.label(0) == "" and audit.resolve_concept("sorry") == 1
     with pytest.raises(AnatomistError, match="cluster 0 has no label in the audit: give the inoculation text"):
         shape_pairs(pairs(), audit, inoculate=Inoculation(cluster=0))
@@ -166,26 +178,27 @@ def test_unlabelled_cluster_needs_inoculation_text(tmp_path):
 def test_topics_come_from_the_audit_when_pairs_have_none(tmp_path):
     folder = make_audit(tmp_path / "audit", tokens=None)
     table = pd.read_parquet(folder / "pairs.parquet")
-    table.insert(1, "topic_id", table.pair_id.map({"p0": 0, "p1": 1, "p2": 1, "p3": 0}))
+    table["topic_id"] = table.pair_id.map({"p0": 0, "p1": 1, "p2": 1, "p3": 0})
     table.to_parquet(folder / "pairs.parquet")
     (folder / "audit.json").write_text(json.dumps({"sae": "", "layer": 1, "topics": {"names": ["food", "code"]}}))
-    own = [PreferencePair("p3", ({"role": "user", "content": "q"},), "a", "b", {"topic": "mine"})]
-    assert [p.topic for p in shape_pairs(pairs(), Audit(folder))] == ["food", "code", "code", "food"]
-    assert shape_pairs(own, Audit(folder))[0].topic == "mine"
-    assert shape_pairs(pairs(), Audit(make_audit(tmp_path / "bare", tokens=None)))[0].topic is None
+    p3 = pairs()[3]
+    own = [PreferencePair(p3.id, p3.prompt, p3.chosen, p3.rejected, {"topic": "mine"})]    # extra columns: not texts
+    assert [p.topic for p in shape_pairs(pairs(), AuditFolder(folder))] == ["food", "code", "code", "food"]
+    assert shape_pairs(own, AuditFolder(folder))[0].topic == "mine"
+    assert shape_pairs(pairs(), AuditFolder(make_audit(tmp_path / "bare", tokens=None)))[0].topic is None
 
 
 def test_response_length_is_a_shaping_concept_with_hand_computed_scores(tmp_path, monkeypatch):
     """length_pairs.parquet (tokens per response) makes LENGTH = −1 ("length") shapeable by λ:
     c_len = (log n − mean) / sd over all 8 responses, Δc_len = Δ log n / sd."""
-    from anatomist.audit.length import LENGTH, PAIRS_FILE
+    from anatomist.audit.folder import LENGTH, LENGTH_PAIRS
     from anatomist.shape.steer import audit_direction
 
     folder = make_audit(tmp_path / "audit")
     n = np.array([[8, 2], [4, 4], [2, 8], [16, 1]])                              # [P, 2] chosen, rejected
     pd.DataFrame({"pair_id": IDS, "topic_id": 0, "n_chosen": n[:, 0], "n_rejected": n[:, 1]}).to_parquet(
-        folder / PAIRS_FILE)
-    audit = Audit(folder)
+        folder / LENGTH_PAIRS)
+    audit = AuditFolder(folder)
     logn = np.log(n.astype(float))
     z = (logn - logn.mean()) / logn.std()
     pos, neg = audit.scores(["p3", "p0"], [1, LENGTH])
@@ -201,6 +214,34 @@ def test_response_length_is_a_shaping_concept_with_hand_computed_scores(tmp_path
     with pytest.raises(AnatomistError, match="no decoder direction"):
         audit_direction(audit, LENGTH, sae=object())
     # an audit from before length tables: a one-line pointer to re-running the audit
-    old = Audit(make_audit(tmp_path / "old"))
+    old = AuditFolder(make_audit(tmp_path / "old"))
     with pytest.raises(AnatomistError, match="no response-length tables"):
         old.resolve_concept("length")
+
+
+# --- the audit must have scored these very texts (pairs join it by id; ids outlive their texts) ---
+
+def swapped(ps):
+    return [PreferencePair(p.id, p.prompt, p.rejected, p.chosen, p.extra) for p in ps]
+
+
+def test_shape_pairs_refuses_texts_the_audit_did_not_score(audit):
+    """A relabelled file keeps its ids: with the sides swapped every λ would act with the wrong sign."""
+    with pytest.raises(AnatomistError, match="pair 'p0' has chosen and rejected swapped relative to the audit"):
+        shape_pairs(swapped(pairs()), audit, lam={0: -1.0})
+    edited = pairs()
+    edited[2] = PreferencePair("p2", edited[2].prompt, "yes p2, edited", edited[2].rejected)
+    with pytest.raises(AnatomistError, match="the given pairs: pair 'p2' holds other texts than the audit"):
+        shape_pairs(edited, audit, lam={0: -1.0})
+    # any subset of the audited pairs, in any order, is checked pair by pair and passes
+    assert [p.offset for p in shape_pairs(pairs(["p3", "p1"]), audit, lam={0: 1.0})] == [4.0, 1.5]
+
+
+def test_an_audit_without_text_hashes_takes_only_its_complete_data(tmp_path):
+    old = AuditFolder(make_audit(tmp_path / "old", tokens=None, hashes=False))
+    assert old.text_hashes is None
+    assert [p.offset for p in shape_pairs(pairs(), old, lam={0: 1.0})] == [1.0, 1.5, -1.0, 4.0]
+    with pytest.raises(AnatomistError, match="is not the data audited in .*predates per-pair text hashes"):
+        shape_pairs(swapped(pairs()), old, lam={0: 1.0})
+    with pytest.raises(AnatomistError, match="predates per-pair text hashes"):
+        shape_pairs(pairs(["p0"]), old, lam={0: 1.0})

@@ -66,3 +66,29 @@ def test_steer_cli(setup):
     assert "concept 0 (bold / emoji), layer 1" in r.output and "[α=0] Hi." in r.output and "[α=40] Hi." in r.output
     outs = r.output.split("[α=")[1:]
     assert outs[0].split("\n", 1)[1] != outs[1].split("\n", 1)[1]                          # steering moved the text
+
+
+def test_shaping_clis_refuse_data_the_audit_did_not_score(setup, tmp_path):
+    """`shape export` and `dpo --lam` match pairs to the audit by id: a file with the same ids and one
+    pair's sides swapped would shift that pair's reference (and its λ) the wrong way. Refused in one line."""
+    model_dir, audit, data = setup
+    rows = [json.loads(x) for x in data.read_text().splitlines()]
+    rows[1]["chosen"], rows[1]["rejected"] = rows[1]["rejected"], rows[1]["chosen"]
+    relabelled = tmp_path / "relabelled.jsonl"
+    relabelled.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "ds.parquet"
+    r = CliRunner().invoke(app, ["shape", "export", "--audit", str(audit), "--data", str(relabelled), "--model",
+                                 str(model_dir), "--concept", "0", "--lam", "-2", "--out", str(out)])
+    assert isinstance(r.exception, AnatomistError), r.output
+    assert "pair 'p1' has chosen and rejected swapped relative to the audit" in str(r.exception)
+    assert not out.exists()
+    r = CliRunner().invoke(app, ["dpo", "--data", str(relabelled), "--model", str(model_dir), "--audit", str(audit),
+                                 "--lam", "0=-2", "--steps", "1", "--train-layers", "1", "--out", str(tmp_path / "run"),
+                                 "--cache-dir", str(tmp_path / "cache")])
+    assert isinstance(r.exception, AnatomistError), r.output
+    assert "pair 'p1' has chosen and rejected swapped relative to the audit" in str(r.exception)
+    assert not (tmp_path / "run").exists()
+    # the audited file itself, and a subset of it (--limit), pass the check
+    r = CliRunner().invoke(app, ["shape", "export", "--audit", str(audit), "--data", str(data), "--model",
+                                 str(model_dir), "--concept", "0", "--lam", "-2", "--limit", "2", "--out", str(out)])
+    assert r.exit_code == 0, r.output

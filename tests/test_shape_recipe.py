@@ -7,10 +7,10 @@ import pytest
 import torch
 from test_shape_audit import make_audit, pairs
 
-from anatomist.audit.length import LENGTH
+from anatomist.audit.folder import LENGTH, AuditFolder
 from anatomist.errors import AnatomistError
 from anatomist.sae import SAE, SAEConfig, save_sae
-from anatomist.shape import Audit, Inoculation, Recipe, Shaped, Steer, Steering, TokenFilter, apply, shape_pairs
+from anatomist.shape import Inoculation, Recipe, Shaped, Steer, Steering, TokenFilter, apply, shape_pairs
 from anatomist.shape.recipe import split_spec
 from anatomist.shape.steer import audit_direction
 
@@ -22,7 +22,7 @@ def audit(tmp_path):
     sae = SAE(SAEConfig(d_in=16, d_sae=16, architecture="topk", k=4, layer=1)).init_weights(
         torch.Generator().manual_seed(0))
     save_sae(sae, tmp_path / "sae")
-    return Audit(make_audit(tmp_path / "audit", sae=str(tmp_path / "sae"), layer=1))
+    return AuditFolder(make_audit(tmp_path / "audit", sae=str(tmp_path / "sae"), layer=1))
 
 
 def test_from_cli_reads_the_flags_strings():

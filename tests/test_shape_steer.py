@@ -7,9 +7,9 @@ import torch
 from conftest import tiny_llama
 from test_shape_audit import CONCEPTS, make_audit
 
+from anatomist.audit.folder import AuditFolder
 from anatomist.errors import AnatomistError
 from anatomist.sae import SAE, SAEConfig
-from anatomist.shape import Audit
 from anatomist.shape.steer import (
     add_to_residual,
     audit_direction,
@@ -65,7 +65,7 @@ def test_concept_direction_by_hand():
 def test_audit_direction_and_steered_generation(tmp_path, smol_tokenizer, one_thread):
     sae = SAE(SAEConfig(d_in=16, d_sae=16, architecture="topk", k=4, layer=1)).init_weights(
         torch.Generator().manual_seed(0))
-    audit = Audit(make_audit(tmp_path / "audit", tokens=None))
+    audit = AuditFolder(make_audit(tmp_path / "audit", tokens=None))
     d = audit_direction(audit, 0, sae)
     rows = sae.decoder_directions()
     expected = rows[5] * 1.0 + rows[7] * 2.0                          # members 5, 7 with weights 1, 2
@@ -91,7 +91,7 @@ def test_steering_alpha_by_hand(tmp_path):
     ENTRIES): chosen tokens a₅ = 2, a₇ = 1, then none; rejected a₅ = 6, then none."""
     sae = SAE(SAEConfig(d_in=16, d_sae=16, architecture="topk", k=4, layer=1, norm_scale=2.0)).init_weights(
         torch.Generator().manual_seed(0))
-    audit = Audit(make_audit(tmp_path / "audit"))
+    audit = AuditFolder(make_audit(tmp_path / "audit"))
     d = audit_direction(audit, 0, sae)
     a5, a7 = (float(sae.W_dec.detach()[f].double() @ d.double()) / 2.0 for f in (5, 7))
     p0 = (2 * a5 + a7) / 3 - (6 * a5) / 2

@@ -8,9 +8,9 @@ import torch
 from conftest import tiny_llama
 from test_shape_audit import make_audit
 
+from anatomist.audit.folder import AuditFolder
 from anatomist.data import PreferencePair
 from anatomist.errors import AnatomistError
-from anatomist.shape import Audit
 from anatomist.shape.export import _batch, export_trl, load_export, sidecar, trl_tokens
 from anatomist.shape.losses import concept_offset, dpo_loss, sequence_logps
 from anatomist.shape.recipe import Recipe
@@ -38,7 +38,7 @@ def _args(tmp_path, max_length=None, **kw):
 
 @pytest.fixture
 def exported(tmp_path, smol_tokenizer):
-    audit = Audit(make_audit(tmp_path / "audit", IDS, C_CHOSEN, C_REJECTED, tokens=None))
+    audit = AuditFolder(make_audit(tmp_path / "audit", IDS, C_CHOSEN, C_REJECTED, tokens=None, data=_pairs()))
     ref = tiny_llama(vocab_size=49152, hidden_size=16, layers=2, seed=0)
     out = export_trl(ref, smol_tokenizer, _pairs(), audit, tmp_path / "shaped.jsonl", recipe=Recipe(lam=LAM),
                      beta=BETA, max_length=None, progress=False)
@@ -95,7 +95,7 @@ def test_trl_step_equals_shaped_loss(exported, smol_tokenizer, tmp_path, one_thr
 def test_exported_reference_equals_trls_own(tmp_path, smol_tokenizer, one_thread, cut):
     """Unshaped (λ = 0), the exported reference log-probs are what TRL computes itself — also when
     max_length cuts completions (keep-start) and drops the pair whose prompt fills it."""
-    audit = Audit(make_audit(tmp_path / "audit", IDS, C_CHOSEN, C_REJECTED, tokens=None))
+    audit = AuditFolder(make_audit(tmp_path / "audit", IDS, C_CHOSEN, C_REJECTED, tokens=None, data=_pairs()))
     ref = tiny_llama(vocab_size=49152, hidden_size=16, layers=2, seed=0)
     prompt_lens = [len(trl_tokens(smol_tokenizer, p.prompt, p.chosen, p.rejected)[0]) for p in _pairs()]
     max_length = max(prompt_lens) if cut else None

@@ -9,4 +9,5 @@ concepts.py  Leiden concept clusters of SAE features and their standardised scor
 rows.py      the (topic, cluster) table with predicted directions
 labels.py    offline and LLM concept labels, scored by held-out detection
 run.py       the pipeline, writing the audit folder; report.py renders report.html from it
+folder.py    the audit folder's file names and columns, and its one reader (AuditFolder, check_data)
 """

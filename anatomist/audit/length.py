@@ -10,7 +10,7 @@ are nearly blind to how many tokens there are, so the audit tests length on its 
 with the same statistics as a concept (`rows.topic_cluster_rows`: Δ̄, d, z, split-half, bootstrap
 CI), per topic and dataset-wide, and its own Benjamini–Hochberg family (one test per topic, so
 it neither dilutes nor is diluted by the concept rows). exp(Δ̄) is the typical chosen/rejected
-length ratio. Files in the audit folder:
+length ratio. Files in the audit folder (names and columns in `anatomist.audit.folder`):
 
     length.parquet         the rows (rows.parquet's columns; cluster = LENGTH)
     length_pairs.parquet   pair_id, topic_id, n_chosen, n_rejected
@@ -23,12 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from anatomist.audit.folder import LATENTS, LENGTH, LENGTH_PAIRS, LENGTH_ROWS, PAIRS, AuditFolder, write_table
 from anatomist.audit.rows import topic_cluster_rows
-from anatomist.fileio import atomic_write_parquet
-
-LENGTH = -1                # the cluster id that stands for response length wherever rows are mixed
-ROWS_FILE = "length.parquet"
-PAIRS_FILE = "length_pairs.parquet"
+from anatomist.errors import AnatomistError
 
 
 def length_rows(n_tokens: np.ndarray, topics: np.ndarray, topic_names: list[str], **kw) -> pd.DataFrame:
@@ -43,31 +40,23 @@ def length_rows(n_tokens: np.ndarray, topics: np.ndarray, topic_names: list[str]
 def write_length_tables(out: Path, pair_ids: list[str], n_tokens: np.ndarray, topics: np.ndarray,
                         topic_names: list[str], **kw) -> pd.DataFrame:
     rows = length_rows(n_tokens, topics, topic_names, **kw)
-    atomic_write_parquet(rows, Path(out) / ROWS_FILE)
-    atomic_write_parquet(pd.DataFrame({"pair_id": pair_ids, "topic_id": np.asarray(topics),
-                                       "n_chosen": np.asarray(n_tokens)[0::2],
-                                       "n_rejected": np.asarray(n_tokens)[1::2]}),
-                         Path(out) / PAIRS_FILE)
+    write_table(out, LENGTH_ROWS, rows)
+    write_table(out, LENGTH_PAIRS, pd.DataFrame({"pair_id": pair_ids, "topic_id": np.asarray(topics),
+                                                 "n_chosen": np.asarray(n_tokens)[0::2],
+                                                 "n_rejected": np.asarray(n_tokens)[1::2]}))
     return rows
 
 
 def ensure_length_tables(audit_dir: str | Path) -> bool:
     """Add the length tables to an audit written before they existed, from its latent store and
     tables (no forward pass). Returns True if they were written now."""
-    import json
-
-    from anatomist.audit.pool import Latents
-
-    audit_dir = Path(audit_dir)
-    if (audit_dir / ROWS_FILE).is_file() and (audit_dir / PAIRS_FILE).is_file():
+    audit = AuditFolder(audit_dir)
+    if audit.has(LENGTH_ROWS) and audit.has(LENGTH_PAIRS):
         return False
-    meta = json.loads((audit_dir / "audit.json").read_text())
-    cfg = meta["config"]
-    latents = Latents(audit_dir / "latents")
-    table = pd.read_parquet(audit_dir / "pairs.parquet", columns=["pair_id", "topic_id", "cluster"])
-    first = table[table["cluster"] == 0]
-    assert list(first["pair_id"]) == latents.ids[0::2], "latents hold the audited pairs, chosen then rejected"
-    write_length_tables(audit_dir, list(first["pair_id"]), latents.n_tokens, first["topic_id"].to_numpy(),
-                        meta["topics"]["names"], min_pairs=cfg["min_pairs"], alpha=cfg["alpha"],
-                        n_boot=cfg["n_boot"], seed=cfg["seed"])
+    audit.require(LATENTS)
+    cfg, latents = audit.config, audit.latents
+    if list(audit.pair_ids) != latents.ids[0::2]:
+        raise AnatomistError(f"{audit.path / LATENTS}: does not hold the pairs of {PAIRS}, in order")
+    write_length_tables(audit.path, audit.pair_ids, latents.n_tokens, audit.topic_ids, audit.topic_names,
+                        min_pairs=cfg["min_pairs"], alpha=cfg["alpha"], n_boot=cfg["n_boot"], seed=cfg["seed"])
     return True

@@ -1,122 +1,56 @@
-"""The audit's HTML report: one self-contained file built only from the audit folder (see run.py).
+"""The audit's HTML report: one self-contained file built only from the audit folder (audit/folder.py).
 
 `render_report(DIR)` reads audit.json, rows.parquet, clusters.parquet, pairs.parquet and
-examples.json (nothing else) and writes DIR/report.html atomically. The page is built with the
-toolkit of anatomist/html.py (inlined plotly.js, a CSP that allows only the page's own scripts,
-no network); everything that comes from the dataset (prompts, responses, tokens, labels, ids,
-topic names) is escaped with its `esc`, in the page and in plotly's hover and axis text.
+examples.json (+ length.parquet, score.json where present) and writes DIR/report.html atomically.
+The page is built with the toolkit of anatomist/html.py (inlined plotly.js, a CSP that allows
+only the page's own scripts, no network); everything that comes from the dataset (prompts,
+responses, tokens, labels, ids, topic names) is escaped with its `esc`, in the page and in
+plotly's hover and axis text.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from anatomist.errors import AnatomistError
+from anatomist.audit.folder import CLUSTERS, EXAMPLES, META, PAIRS, REPORT, ROWS, AuditFolder
 from anatomist.fileio import atomic_write_text
 from anatomist.html import badge, esc, finite, long_text, num, page, plot, section, short, table, tag
 
 SECTIONS = ("Audit", "What DPO will push", "Effect sizes", "Topics × concepts", "Concept graph",
             "Concepts", "Topics")
 TRUTH = "Planted confounds found"          # only when the audit was scored against truth (score.json)
-SCORE_KEYS = ("recall", "precision", "sign_accuracy", "n_found", "n_planted_cells", "n_flagged", "rho_min", "truth",
-              "cells")
 COLOURS = {"amplify": "#c0392b", "suppress": "#2a6fb0", "none": "#9a9a9a"}
 DIVERGING = [[0.0, "#2a6fb0"], [0.5, "#f4f4f4"], [1.0, "#c0392b"]]
 TOP_ROWS, MAX_CARDS, MAX_HEATMAP_CLUSTERS, MAX_GRAPH_NODES = 30, 24, 40, 60
 SNIPPETS, PAIRS_EACH_WAY, WINDOW = 5, 2, 12
-FILES = ("audit.json", "rows.parquet", "clusters.parquet", "pairs.parquet", "examples.json")
-
-
-@dataclass
-class Audit:
-    dir: Path
-    meta: dict
-    rows: pd.DataFrame
-    clusters: pd.DataFrame
-    pairs: pd.DataFrame
-    examples: dict
-    labels: dict[int, str] = field(default_factory=dict)
-    length: pd.DataFrame | None = None     # response-length rows (audit/length.py); None in older audits
-    score: dict | None = None              # score.json: the audit scored against planted truth (organism)
-
-    def __post_init__(self):
-        for k, text in zip(self.clusters["cluster"], self.clusters["label"]):
-            unlabelled = text is None or text != text or not str(text).strip()
-            self.labels[int(k)] = "(unlabelled)" if unlabelled else str(text)
-
-    def label(self, k: int) -> str:
-        return self.labels[int(k)]
-
-
-def load_audit(audit_dir: Path) -> Audit:
-    audit_dir = Path(audit_dir)
-    if not audit_dir.is_dir():
-        raise AnatomistError(f"{audit_dir}: no such audit folder")
-    missing = [f for f in FILES if not (audit_dir / f).is_file()]
-    if missing:
-        raise AnatomistError(f"{audit_dir}: missing {', '.join(missing)}; "
-                             f"run `anatomist audit --out {audit_dir}` first")
-    read_json = lambda name: _read(audit_dir / name, lambda p: json.loads(p.read_text()), dict)  # noqa: E731
-    read_pq = lambda name: _read(audit_dir / name, pd.read_parquet, pd.DataFrame)  # noqa: E731
-    rows, clusters, pairs = read_pq("rows.parquet"), read_pq("clusters.parquet"), read_pq("pairs.parquet")
-    _require(audit_dir / "rows.parquet", rows, ("topic", "topic_id", "cluster", "n", "mean", "d", "ci_low",
-                                                "ci_high", "split_half", "q", "direction", "tested", "excess"))
-    _require(audit_dir / "clusters.parquet", clusters, ("cluster", "label", "label_status", "detection_acc",
-                                                        "n_features", "mean_delta", "direction"))
-    _require(audit_dir / "pairs.parquet", pairs, ("pair_id", "cluster", "delta"))
-    from anatomist.audit.length import ROWS_FILE
-
-    length = read_pq(ROWS_FILE) if (audit_dir / ROWS_FILE).is_file() else None
-    if length is not None:
-        _require(audit_dir / ROWS_FILE, length, ("topic", "n", "mean", "ci_low", "ci_high", "split_half", "q",
-                                                 "direction", "tested"))
-    score = read_json("score.json") if (audit_dir / "score.json").is_file() else None
-    missing = [k for k in SCORE_KEYS if k not in (score or dict.fromkeys(SCORE_KEYS))]
-    if missing:
-        raise AnatomistError(f"{audit_dir / 'score.json'}: missing {', '.join(missing)}; rewrite it with "
-                             f"`anatomist organism score {audit_dir}` or delete it")
-    return Audit(audit_dir, read_json("audit.json"), rows, clusters, pairs, read_json("examples.json"),
-                 length=length, score=score)
-
-
-def _read(path: Path, reader, kind: type):
-    """`reader(path)`, or a one-line error naming the file (damaged, or not what an audit writes)."""
-    try:
-        value = reader(path)
-    except Exception as e:  # json / pyarrow raise many types; all mean the same to the user
-        raise AnatomistError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
-    if not isinstance(value, kind):
-        raise AnatomistError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _require(path: Path, frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise AnatomistError(f"{path}: missing column(s) {', '.join(missing)}")
+FILES = (META, ROWS, CLUSTERS, PAIRS, EXAMPLES)
 
 
 def render_report(audit_dir: Path) -> Path:
     """Write DIR/report.html from the files of an audit folder; returns its path."""
-    audit = load_audit(audit_dir)
-    out = audit.dir / "report.html"
+    audit = AuditFolder(audit_dir)
+    audit.require(*FILES)                  # every missing file named at once; each is checked as it is read
+    out = audit.path / REPORT
     atomic_write_text(out, build_html(audit))
     return out
 
 
+def label_of(audit: AuditFolder, k: int) -> str:
+    return audit.label(k) or "(unlabelled)"
+
+
 # -- plots (plotly figures as plain dicts, drawn by the inlined plotly.js) -----------------------
 
-def volcano(audit: Audit) -> str:
+def volcano(audit: AuditFolder) -> str:
     rows = audit.rows[audit.rows["tested"] & audit.rows["q"].notna()]
     data = []
     for direction, group in rows.groupby("direction", sort=True):
-        hover = [f"{esc(short(audit.label(c)))} · {esc(t)}<br>d={num(d)}  q={num(q, 3)}  n={n}"
+        hover = [f"{esc(short(label_of(audit, c)))} · {esc(t)}<br>d={num(d)}  q={num(q, 3)}  n={n}"
                  for c, t, d, q, n in zip(group["cluster"], group["topic"], group["d"], group["q"], group["n"])]
         data.append({"type": "scatter", "mode": "markers", "name": esc(direction), "x": finite(group["d"]),
                      "y": finite(-np.log10(group["q"].clip(lower=1e-300))), "hovertext": hover,
@@ -130,7 +64,7 @@ def volcano(audit: Audit) -> str:
     return plot("volcano", data, layout)
 
 
-def ranked_clusters(audit: Audit, limit: int) -> list[int]:
+def ranked_clusters(audit: AuditFolder, limit: int) -> list[int]:
     """Clusters in order of their first appearance in the ranked rows (topic rows first)."""
     order = list(dict.fromkeys(int(c) for c in audit.rows.loc[audit.rows["tested"], "cluster"]))
     seen = set(order)
@@ -138,18 +72,18 @@ def ranked_clusters(audit: Audit, limit: int) -> list[int]:
     return (order + rest)[:limit]
 
 
-def heatmap(audit: Audit) -> str:
+def heatmap(audit: AuditFolder) -> str:
     topic_rows = audit.rows[audit.rows["topic"] != "all"]
     names = dict(zip(topic_rows["topic_id"], topic_rows["topic"]))
     clusters = ranked_clusters(audit, MAX_HEATMAP_CLUSTERS)
     means, n = (topic_rows.pivot_table(index="topic_id", columns="cluster", values=col, sort=True)
                 .reindex(columns=clusters) for col in ("mean", "n"))
     topics, cells, n = list(means.index), means.to_numpy(), n.reindex(index=means.index).to_numpy()
-    hover = [[f"{esc(names[t])} × C{c}: {esc(short(audit.label(c)))}<br>Δ̄={num(v, 3)}  n={num(m, 0)}"
+    hover = [[f"{esc(names[t])} × C{c}: {esc(short(label_of(audit, c)))}<br>Δ̄={num(v, 3)}  n={num(m, 0)}"
               for c, v, m in zip(clusters, cells[i], n[i])] for i, t in enumerate(topics)]
     bound = float(np.nanmax(np.abs(cells))) if np.isfinite(cells).any() else 1.0
     data = [{"type": "heatmap", "z": [finite(r) for r in cells],
-             "x": [f"C{c} {esc(short(audit.label(c), 16))}" for c in clusters],
+             "x": [f"C{c} {esc(short(label_of(audit, c), 16))}" for c in clusters],
              "y": [f"T{t} {esc(short(names[t], 30))}" for t in topics], "hovertext": hover, "hoverinfo": "text",
              "colorscale": DIVERGING, "zmid": 0, "zmin": -bound, "zmax": bound,
              "colorbar": {"title": {"text": "Δ̄"}}}]
@@ -158,7 +92,7 @@ def heatmap(audit: Audit) -> str:
     return plot("heatmap", data, layout, height=max(300, 60 + 28 * len(topics)))
 
 
-def similarity(audit: Audit, clusters: list[int]) -> np.ndarray:
+def similarity(audit: AuditFolder, clusters: list[int]) -> np.ndarray:
     """[C, C] correlation of the clusters' Δc across pairs (concepts DPO would move together)."""
     pairs = audit.pairs[audit.pairs["cluster"].isin(clusters)]
     wide = pairs.pivot_table(index="pair_id", columns="cluster", values="delta", sort=True)
@@ -179,7 +113,7 @@ def mds_layout(sim: np.ndarray) -> np.ndarray:
     return xy * np.where(xy[np.abs(xy).argmax(0), [0, 1]] < 0, -1, 1)
 
 
-def concept_graph(audit: Audit, threshold: float = 0.3, per_node: int = 3) -> str:
+def concept_graph(audit: AuditFolder, threshold: float = 0.3, per_node: int = 3) -> str:
     clusters = ranked_clusters(audit, MAX_GRAPH_NODES)
     sim = similarity(audit, clusters)
     xy = mds_layout(sim) if len(clusters) > 2 else np.array([[i, 0.0] for i in range(len(clusters))])
@@ -189,7 +123,7 @@ def concept_graph(audit: Audit, threshold: float = 0.3, per_node: int = 3) -> st
     ey = [v for i, j in edges for v in (xy[i, 1], xy[j, 1], None)]
     info = audit.clusters.set_index("cluster").loc[clusters]
     size = 8 + 22 * np.sqrt(info["n_features"].to_numpy() / max(1, info["n_features"].max()))
-    hover = [f"C{c}: {esc(short(audit.label(c), 60))}<br>{n} features · Δ̄={num(m, 3)} · {esc(d)}"
+    hover = [f"C{c}: {esc(short(label_of(audit, c), 60))}<br>{n} features · Δ̄={num(m, 3)} · {esc(d)}"
              for c, n, m, d in zip(clusters, info["n_features"], info["mean_delta"], info["direction"])]
     data = [{"type": "scatter", "mode": "lines", "x": finite(ex), "y": finite(ey), "hoverinfo": "skip",
              "line": {"color": "#ccc", "width": 1}, "showlegend": False},
@@ -204,7 +138,7 @@ def concept_graph(audit: Audit, threshold: float = 0.3, per_node: int = 3) -> st
 
 # -- sections ---------------------------------------------------------------------------------------
 
-def header(audit: Audit) -> str:
+def header(audit: AuditFolder) -> str:
     m = audit.meta
     facts = [("model", m.get("model", "")), ("SAE", m.get("sae", "")), ("layer", m.get("layer", "")),
              ("pairs", m.get("data", {}).get("n_pairs", "")), ("data hash", m.get("data", {}).get("hash", "")),
@@ -224,16 +158,16 @@ def header(audit: Audit) -> str:
     return section(SECTIONS[0], body, level=1, title="anatomist audit")
 
 
-def row_cells(audit: Audit, r, linked: set[int]) -> list[str]:
+def row_cells(audit: AuditFolder, r, linked: set[int]) -> list[str]:
     c = int(r.cluster)
-    name = esc(short(audit.label(c), 50))
+    name = esc(short(label_of(audit, c), 50))
     label = tag("a", name, href=f"#cluster-{c}") if c in linked else name
     return [f"C{c} " + label, esc(r.topic), str(int(r.n)), num(r.mean, 3), num(r.excess, 3), num(r.d),
             f"[{num(r.ci_low, 3)}, {num(r.ci_high, 3)}]", "✓" if r.split_half else "✗", num(r.q, 3),
             badge(str(r.direction))]
 
 
-def push_table(audit: Audit) -> str:
+def push_table(audit: AuditFolder) -> str:
     tested = audit.rows[audit.rows["tested"]]
     topic_rows, overall = tested[tested["topic"] != "all"], tested[tested["topic"] == "all"]
     linked = set(ranked_clusters(audit, MAX_CARDS))
@@ -274,11 +208,11 @@ def truth_section(score: dict) -> str:
                                                                                          class_="truth")
 
 
-def length_table(audit: Audit) -> str:
+def length_table(audit: AuditFolder) -> str:
     """Response length, tested like a concept (audit/length.py): DPO's reward sums over tokens."""
-    if audit.length is None:
+    if audit.length_rows is None:
         return ""
-    rows = audit.length[audit.length["tested"]]
+    rows = audit.length_rows[audit.length_rows["tested"]]
     body = [[esc(r.topic), str(int(r.n)), num(r.mean, 3), f"×{num(np.exp(r.mean))}",
              f"[{num(r.ci_low, 3)}, {num(r.ci_high, 3)}]", "✓" if r.split_half else "✗", num(r.q, 3),
              badge(str(r.direction))] for r in rows.itertuples()]
@@ -306,7 +240,7 @@ def pair_view(p: dict) -> str:
                                           side("rejected", p.get("rejected", "")), class_="sides"), class_="pair")
 
 
-def card(audit: Audit, k: int) -> str:
+def card(audit: AuditFolder, k: int) -> str:
     info = audit.clusters.set_index("cluster").loc[k]
     ex = audit.examples.get(str(k), {})
     lab = ex.get("label", {})
@@ -327,18 +261,18 @@ def card(audit: Audit, k: int) -> str:
             + (tag("details", tag("summary", "label evidence") + tag("pre", esc(json.dumps(evidence, indent=1,
                                                                                          sort_keys=True))))
                if evidence else ""))
-    title = tag("h3", f"C{k} · {esc(audit.label(k))}")
+    title = tag("h3", f"C{k} · {esc(label_of(audit, k))}")
     return tag("article", title + body, class_=f"card border-{info['direction']}", id=f"cluster-{k}")
 
 
-def cards(audit: Audit) -> str:
+def cards(audit: AuditFolder) -> str:
     shown = ranked_clusters(audit, MAX_CARDS)
     note = tag("p", f"{len(shown)} of {len(audit.clusters)} concepts, in ranked order; all are in clusters.parquet.",
                class_="muted")
     return note + "".join(card(audit, k) for k in shown)
 
 
-def topics_section(audit: Audit) -> str:
+def topics_section(audit: AuditFolder) -> str:
     t = audit.meta.get("topics", {})
     names, sizes, examples = t.get("names", []), t.get("sizes", []), t.get("examples", [])
     body = [[str(i), esc(name), esc(sizes[i] if i < len(sizes) else "—"),
@@ -349,7 +283,7 @@ def topics_section(audit: Audit) -> str:
     return summary + table(["id", "topic", "pairs", "example prompts"], body, class_="topics")
 
 
-def build_html(audit: Audit) -> str:
+def build_html(audit: AuditFolder) -> str:
     plots = [volcano(audit), heatmap(audit), concept_graph(audit)]
     sections = [header(audit), *([section(TRUTH, truth_section(audit.score))] if audit.score else []),
                 section(SECTIONS[1], push_table(audit)),

@@ -1,22 +1,11 @@
 """`run_audit`: pairs → pooled SAE latents → topics × concept clusters → tables, labels, report.
 
-Output folder (every file is rewritten atomically; `latents/` resumes after a kill):
-    latents/           per-token sparse SAE latents of every response + prompt embeddings (shard store)
-    audit.json         every parameter, model, SAE and data hashes, topics, timings
-    rows.parquet       one row per (topic, cluster) + dataset-wide rows (see rows.py)
-    features.parquet   per-feature pair statistics (dataset-wide), for features with enough support
-    clusters.parquet   one row per concept cluster: members, label, detection accuracy, Δc summary
-    pairs.parquet      per-pair attribution: pair id, topic, cluster, c(y⁺), c(y⁻), Δc
-    length.parquet     response length (log tokens, chosen − rejected) per topic, tested like a concept;
-                       length_pairs.parquet: tokens per response (see length.py)
-    concepts.json      the concept-score transform (members, weights, standardisation) for shaping
-    examples.json      per cluster: top-activating snippets (token, activation) and example pairs
-    report.html        the self-contained report (re-render with `anatomist report DIR`)
+It writes the audit folder (every file atomically; `latents/` resumes after a kill); the file
+names and columns are in `anatomist.audit.folder`, which is also the one reader of the folder.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,14 +16,26 @@ import pandas as pd
 
 from anatomist.audit.concepts import concept_clusters
 from anatomist.audit.embed import EMBEDDERS, minilm_embed
+from anatomist.audit.folder import (
+    CLUSTERS,
+    CONCEPTS,
+    EXAMPLES,
+    FEATURES,
+    LATENTS,
+    META,
+    PAIRS,
+    ROWS,
+    TEXT_HASH,
+    write_json,
+    write_table,
+)
 from anatomist.audit.graph import LEIDEN_BACKENDS
 from anatomist.audit.pool import POOLINGS, pool_features
 from anatomist.audit.rows import topic_cluster_rows
 from anatomist.audit.topics import column_topics, prompt_topics
 from anatomist.capture.run import items_from_pairs
-from anatomist.data import dataset_hash
+from anatomist.data import dataset_hash, text_hash
 from anatomist.errors import AnatomistError
-from anatomist.fileio import atomic_write_parquet, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
     # leaves no folder behind.
     timings, t = {}, time.perf_counter()
     items = items_from_pairs(pairs)
-    latents = pool_features(model, tokenizer, sae, items, out / "latents", max_length=cfg.max_length,
+    latents = pool_features(model, tokenizer, sae, items, out / LATENTS, max_length=cfg.max_length,
                             batch_size=cfg.batch_size, progress=progress)
     pooled = latents.pooled(topk=cfg.topk if cfg.pooling == "topk" else None)
     timings["pool_s"] = time.perf_counter() - t
@@ -184,7 +185,7 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
     pair_table = pd.DataFrame({
         "pair_id": np.repeat([p.id for p in pairs], C), "topic_id": np.repeat(topics.labels, C),
         "cluster": np.tile(np.arange(C), P), "c_chosen": c[0::2].ravel(), "c_rejected": c[1::2].ravel(),
-        "delta": delta_c.ravel(),
+        "delta": delta_c.ravel(), TEXT_HASH: np.repeat([text_hash(p) for p in pairs], C),
     })
     examples = {str(k): {
         "label": asdict(labels[k]),
@@ -201,23 +202,14 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
     }
     write_length_tables(out, [p.id for p in pairs], pooled.n_tokens, topics.labels, topics.names,
                         min_pairs=cfg.min_pairs, alpha=cfg.alpha, n_boot=cfg.n_boot, seed=cfg.seed)
-    atomic_write_parquet(rows, out / "rows.parquet")
-    atomic_write_parquet(features, out / "features.parquet")
-    atomic_write_parquet(clusters, out / "clusters.parquet")
-    atomic_write_parquet(pair_table, out / "pairs.parquet")
-    atomic_write_text(out / "concepts.json", json.dumps(concepts.to_dict()))
-    atomic_write_text(out / "examples.json", json.dumps(examples))
-    atomic_write_text(out / "audit.json", json.dumps(meta, indent=2, default=float))
+    write_table(out, ROWS, rows)
+    write_table(out, FEATURES, features)
+    write_table(out, CLUSTERS, clusters)
+    write_table(out, PAIRS, pair_table)
+    write_json(out, CONCEPTS, concepts.to_dict())
+    write_json(out, EXAMPLES, examples)
+    write_json(out, META, meta, indent=2, default=float)    # last: marks the audit finished
     return out
-
-
-def is_audit_of(folder: str | Path, pairs) -> bool:
-    """Whether `folder` holds a finished audit (audit.json is written last) of exactly these pairs.
-
-    Pair ids hash the prompt, so a rebuilt dataset keeps the old ids; only the data hash tells an
-    audit of other texts apart, and stages that look pairs up by id must check it."""
-    meta = Path(folder) / "audit.json"
-    return meta.is_file() and json.loads(meta.read_text())["data"]["hash"] == dataset_hash(pairs)
 
 
 def feature_table(acts, concepts, cfg: AuditConfig) -> pd.DataFrame:

@@ -128,6 +128,17 @@ def dataset_hash(pairs: PairSet | Iterable[PreferencePair]) -> str:
     return h.hexdigest()
 
 
+def text_hash(pair) -> str:
+    """sha256 (hex) of one pair's texts: prompt, chosen, rejected in that order (id and extra left out).
+
+    The audit records it per pair (pairs.parquet), so a stage that joins pairs to an audit by id
+    can check that each pair, on any subset of the data, still holds the texts the audit scored:
+    ids hash the prompt (organism) or name file:row (HH), so edited or side-swapped data keeps them."""
+    record = {"prompt": [dict(m) for m in pair.prompt], "chosen": pair.chosen, "rejected": pair.rejected}
+    return hashlib.sha256(json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                                     default=str).encode("utf-8")).hexdigest()
+
+
 def reason_category(e: DataError) -> str:
     """Group key of a row error: its reason's category plus the field's top-level column."""
     category = e.reason.split(":")[0]

@@ -122,26 +122,23 @@ class Scorer:
     def from_audit(cls, audit_dir: str | Path, *, loaded=None, sae=None) -> Scorer:
         """Read audit.json + concepts.json; load the audit's model (unless `loaded` = (model,
         tokenizer, …) is given) and SAE (unless `sae` is given)."""
-        from anatomist.audit.concepts import Concepts
+        from anatomist.audit.folder import CONCEPTS, META, AuditFolder
 
-        audit_dir = Path(audit_dir)
-        for name in ("audit.json", "concepts.json"):
-            if not (audit_dir / name).is_file():
-                raise AnatomistError(f"{audit_dir}: not an audit folder ({name} is missing)")
-        meta = json.loads((audit_dir / "audit.json").read_text())
-        concepts = Concepts.from_dict(json.loads((audit_dir / "concepts.json").read_text()))
+        audit = AuditFolder(audit_dir)
+        audit.require(META, CONCEPTS)
+        concepts, layer = audit.concepts, audit.layer
         if loaded is None:
-            if not meta.get("model"):
-                raise AnatomistError(f"{audit_dir / 'audit.json'}: no model recorded; pass the audit's model")
+            if not audit.model_name:
+                raise AnatomistError(f"{audit.path / META}: no model recorded; pass the audit's model")
             from anatomist.models import load
-            loaded = load(meta["model"])
+            loaded = load(audit.model_name)
         if sae is None:
-            if not meta.get("sae"):
-                raise AnatomistError(f"{audit_dir / 'audit.json'}: no SAE path recorded; pass sae=")
+            if not audit.sae_path:
+                raise AnatomistError(f"{audit.path / META}: no SAE path recorded; pass sae=")
             from anatomist.sae import load_sae
-            sae = load_sae(meta["sae"])
-        cfg = meta.get("config", {})
-        return cls(loaded[0], loaded[1], sae, concepts, int(meta["layer"]), cfg.get("pooling", "mean"),
+            sae = load_sae(audit.sae_path)
+        cfg = audit.config
+        return cls(loaded[0], loaded[1], sae, concepts, layer, cfg.get("pooling", "mean"),
                    int(cfg.get("max_length", 256)), int(cfg.get("batch_size", 8)), int(cfg.get("topk", 16)))
 
     def key(self, items) -> str:

@@ -39,11 +39,12 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from anatomist.audit.folder import META, AuditFolder
 from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_write_parquet, atomic_write_text
 
@@ -122,57 +123,15 @@ def features(dbar: np.ndarray, dbar_all: np.ndarray, share: np.ndarray, spread: 
 
 # -- reading the audit -----------------------------------------------------------------------------
 
-@dataclass
-class AuditTables:
-    dir: Path
-    topic_names: list[str]
-    delta: np.ndarray       # [P, C] Δc per pair
-    c_chosen: np.ndarray    # [P, C]
-    c_rejected: np.ndarray  # [P, C]
-    topic: np.ndarray       # [P] topic index
-    labels: dict[int, str]
-    rows: pd.DataFrame      # rows.parquet
-    pair_ids: np.ndarray    # [P]
-
-    def subset(self, pair_ids) -> "AuditTables":
-        """Only these pairs (e.g. the ones a run trained on); the audit's rows stay as context."""
-        keep = np.isin(self.pair_ids, np.asarray(list(pair_ids), dtype=object))
-        if not keep.any():
-            raise AnatomistError(f"{self.dir}: none of the given pair ids is in pairs.parquet")
-        return AuditTables(self.dir, self.topic_names, self.delta[keep], self.c_chosen[keep], self.c_rejected[keep],
-                           self.topic[keep], self.labels, self.rows, self.pair_ids[keep])
-
-
-def _read(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    if not path.is_file():
-        raise AnatomistError(f"{path}: missing; run `anatomist audit --out {path.parent}` first")
-    frame = pd.read_parquet(path)
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise AnatomistError(f"{path}: missing column(s) {', '.join(missing)}")
-    return frame
-
-
-def load_audit_tables(audit_dir: str | Path) -> AuditTables:
-    audit_dir = Path(audit_dir)
-    if not audit_dir.is_dir():
-        raise AnatomistError(f"{audit_dir}: no such audit folder")
-    meta_path = audit_dir / "audit.json"
-    if not meta_path.is_file():
-        raise AnatomistError(f"{meta_path}: missing; run `anatomist audit --out {audit_dir}` first")
-    names = list(json.loads(meta_path.read_text())["topics"]["names"])
-    rows = _read(audit_dir / "rows.parquet", ("topic", "topic_id", "cluster", "n", "mean", "direction", "tested"))
-    pairs = _read(audit_dir / "pairs.parquet", ("pair_id", "topic_id", "cluster", "c_chosen", "c_rejected", "delta"))
-    clusters = _read(audit_dir / "clusters.parquet", ("cluster", "label"))
-    C = int(pairs["cluster"].max()) + 1
-    # pairs.parquet is pair-major with every cluster per pair (run.py); rebuild the [P, C] matrices
-    if len(pairs) % C or not (pairs["cluster"].to_numpy().reshape(-1, C) == np.arange(C)).all():
-        raise AnatomistError(f"{audit_dir / 'pairs.parquet'}: expected every cluster 0..{C - 1} once per pair")
-    mat = lambda col: pairs[col].to_numpy(np.float64).reshape(-1, C)  # noqa: E731
-    labels = {int(k): ("" if v is None or v != v else str(v)) for k, v in zip(clusters["cluster"], clusters["label"])}
-    return AuditTables(audit_dir, names, mat("delta"), mat("c_chosen"), mat("c_rejected"),
-                       pairs["topic_id"].to_numpy()[::C].astype(int), labels, rows,
-                       pairs["pair_id"].astype(str).to_numpy(dtype=object)[::C])
+def audit_pairs(audit: AuditFolder, pair_ids: Sequence[str] | None = None) -> np.ndarray:
+    """Indices [P'] into the audit's pairs, in audit order: all of them, or only `pair_ids` (e.g.
+    the pairs a run trained on; the audit's rows stay as context). An unknown id is an error."""
+    if pair_ids is None:
+        return np.arange(len(audit.pair_ids))
+    idx = sorted({audit.pair_index(str(p)) for p in pair_ids})
+    if not idx:
+        raise AnatomistError(f"{audit.path}: no pair ids given to predict from")
+    return np.asarray(idx)
 
 
 def base_spread(scores: pd.DataFrame, topic_names: list[str], n_clusters: int):
@@ -192,25 +151,32 @@ def base_spread(scores: pd.DataFrame, topic_names: list[str], n_clusters: int):
 
 # -- the predictions table -------------------------------------------------------------------------
 
-def predict_rows(audit: AuditTables | str | Path, cfg: PredictConfig = PredictConfig(), *,
-                 base_scores: pd.DataFrame | None = None, lam: Mapping[int, float] | None = None) -> pd.DataFrame:
+def predict_rows(audit: AuditFolder | str | Path, cfg: PredictConfig = PredictConfig(), *,
+                 base_scores: pd.DataFrame | None = None, lam: Mapping[int, float] | None = None,
+                 pair_ids: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per (topic, cluster) with the predictors' inputs (x_*) and the audit's context.
 
     base_scores: the base model's eval table (needed for spread="base"; only pre-training data).
-    lam: {cluster: λ} to predict a shaped run (Δ̄ → Δ̄^λ); None or {} for plain DPO."""
-    tables = audit if isinstance(audit, AuditTables) else load_audit_tables(audit)
-    K, (P, C) = len(tables.topic_names), tables.delta.shape
+    lam: {cluster: λ} to predict a shaped run (Δ̄ → Δ̄^λ); None or {} for plain DPO.
+    pair_ids: predict from these audited pairs only (`audit_pairs`); None: all of them."""
+    audit = audit if isinstance(audit, AuditFolder) else AuditFolder(audit)
+    names = audit.topic_names
+    if not names:
+        raise AnatomistError(f"{audit.path / META}: records no topic names (topics.names)")
+    sel = audit_pairs(audit, pair_ids)                                                 # [P]
+    delta, topic = audit.delta[sel], audit.topic_ids[sel]                              # [P, C], [P]
+    K, (P, C) = len(names), delta.shape
     bad = [c for c in (lam or {}) if not 0 <= int(c) < C]
     if bad:
         raise AnatomistError(f"λ names cluster {bad[0]}, but the audit has clusters 0..{C - 1}")
-    weights = pair_weights(tables.delta, lam)                                          # [P]
-    dbar, dbar_all = weighted_means(tables.delta, tables.topic, weights, K)            # [K, C], [C]
-    counts = np.bincount(tables.topic, minlength=K)                                    # [K]
-    var, expr = spread_from_pairs(tables.c_chosen, tables.c_rejected, tables.topic, K)
+    weights = pair_weights(delta, lam)                                                 # [P]
+    dbar, dbar_all = weighted_means(delta, topic, weights, K)                          # [K, C], [C]
+    counts = np.bincount(topic, minlength=K)                                           # [K]
+    var, expr = spread_from_pairs(audit.c_chosen[sel], audit.c_rejected[sel], topic, K)
     if cfg.spread == "base":
         if base_scores is None:
             raise AnatomistError("spread='base' needs the base model's eval scores (base_scores)")
-        var, _ = base_spread(base_scores, tables.topic_names, C)
+        var, _ = base_spread(base_scores, names, C)
     elif cfg.spread == "none":
         var = np.ones((K, C))
 
@@ -218,11 +184,11 @@ def predict_rows(audit: AuditTables | str | Path, cfg: PredictConfig = PredictCo
     kk, cc = kk.ravel(), cc.ravel()
     share = counts[kk] / P
     x = features(dbar[kk, cc], dbar_all[cc], share, np.nan_to_num(var[kk, cc]), np.nan_to_num(expr[kk, cc]))
-    audit_rows = tables.rows[tables.rows["topic"] != ALL].set_index(["topic_id", "cluster"])
+    audit_rows = audit.rows[audit.rows["topic"] != ALL].set_index(["topic_id", "cluster"])
     key = pd.MultiIndex.from_arrays([kk, cc])
     out = pd.DataFrame({
-        "topic": [tables.topic_names[k] for k in kk], "topic_id": kk, "cluster": cc,
-        "label": [tables.labels.get(int(c), "") for c in cc], "n": counts[kk], "share": share,
+        "topic": [names[k] for k in kk], "topic_id": kk, "cluster": cc,
+        "label": [audit.labels.get(int(c), "") for c in cc], "n": counts[kk], "share": share,
         "dbar": dbar[kk, cc], "dbar_all": dbar_all[cc], "spread": var[kk, cc], "expression": expr[kk, cc],
         "direction": audit_rows["direction"].reindex(key).fillna("none").to_numpy(),
         "q": audit_rows["q"].reindex(key).to_numpy() if "q" in audit_rows else np.nan,

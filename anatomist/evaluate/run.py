@@ -22,14 +22,6 @@ from anatomist.fileio import atomic_write_parquet, atomic_write_text
 log = logging.getLogger(__name__)
 
 
-def _cluster_labels(audit_dir: Path | None) -> dict[int, str]:
-    path = None if audit_dir is None else Path(audit_dir) / "clusters.parquet"
-    if path is None or not path.is_file():
-        return {}
-    clusters = pd.read_parquet(path, columns=["cluster", "label"])
-    return {int(k): ("" if pd.isna(v) else str(v)) for k, v in zip(clusters.cluster, clusters.label)}
-
-
 def _json_safe(obj):
     """NaN / inf (an undefined precision, an empty group) become null: summary.json stays strict JSON."""
     if isinstance(obj, float):
@@ -75,12 +67,15 @@ def run_eval(model: str, prompts: str | Path, out: str | Path, *, audit: str | P
     names = {"post": model}
     if base is not None:
         loaded["pre"], names["pre"] = load(base), base
-    scorer = None
+    scorer, labels = None, {}
     if audit is not None:
-        meta = json.loads((Path(audit) / "audit.json").read_text()) if (Path(audit) / "audit.json").is_file() else {}
+        from anatomist.audit.folder import CLUSTERS, AuditFolder
+
+        folder = AuditFolder(audit)
         # The audit's model is the instrument; reuse it when it is already loaded.
-        same = next((loaded[r] for r in ("pre", "post") if r in loaded and names[r] == meta.get("model")), None)
+        same = next((loaded[r] for r in ("pre", "post") if r in loaded and names[r] == folder.model_name), None)
         scorer = Scorer.from_audit(audit, loaded=same)
+        labels = folder.labels if folder.has(CLUSTERS) else {}
     frames = {}
     for role in ("pre", "post"):
         if role in loaded:
@@ -91,7 +86,6 @@ def run_eval(model: str, prompts: str | Path, out: str | Path, *, audit: str | P
                 model_name=names[role], progress=progress).assign(role=role)
     atomic_write_parquet(pd.concat(list(frames.values()), ignore_index=True), out / "scores.parquet")
     rows = summarize(frames["post"], frames.get("pre"), n_boot=n_boot, seed=seed)
-    labels = _cluster_labels(audit)
     rows.insert(3, "label", [labels.get(int(m[2:]), "") if m.startswith("c_") else m.split("_", 1)[-1]
                              for m in rows.metric])
     summary = {"model": model, "base": base, "audit": str(audit) if audit else None, "prompts": str(prompts),

@@ -36,12 +36,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from anatomist.audit.folder import AuditFolder
 from anatomist.errors import AnatomistError
 from anatomist.evaluate.predict import (
     PREDICTORS,
-    AuditTables,
     PredictConfig,
-    load_audit_tables,
     predict_rows,
 )
 from anatomist.fileio import atomic_write_parquet, atomic_write_text
@@ -228,11 +227,12 @@ class VerifyResult:
     sweep: pd.DataFrame | None
 
 
-def verify(audit: str | Path | AuditTables, pre: pd.DataFrame, post: pd.DataFrame, *,
+def verify(audit: str | Path | AuditFolder, pre: pd.DataFrame, post: pd.DataFrame, *,
            cfg: PredictConfig = PredictConfig(), coefs: Mapping[str, Sequence[float]] | None = None,
-           n_boot: int = 1000, seed: int = 0, tested_only: bool = True) -> VerifyResult:
-    tables = audit if isinstance(audit, AuditTables) else load_audit_tables(audit)
-    pred = predict_rows(tables, cfg, base_scores=pre if cfg.spread == "base" else None)
+           n_boot: int = 1000, seed: int = 0, tested_only: bool = True,
+           pair_ids: Sequence[str] | None = None) -> VerifyResult:
+    """pair_ids: the audited pairs the run trained on (None: all); the predictors use only them."""
+    pred = predict_rows(audit, cfg, base_scores=pre if cfg.spread == "base" else None, pair_ids=pair_ids)
     actual = actual_shifts(pre, post, sorted(pred["cluster"].unique()), n_boot=n_boot, seed=seed)
     rows = join_rows(pred, actual, tested_only=tested_only)
     summary, scored = score(rows, coefs=coefs, n_boot=n_boot, seed=seed)
@@ -256,18 +256,18 @@ class SweepRun:
     heldout_acc: float | None = None   # held-out preference accuracy of that run
 
 
-def sweep_table(audit: str | Path | AuditTables, pre: pd.DataFrame, runs: Sequence[SweepRun], cluster: int,
+def sweep_table(audit: str | Path | AuditFolder, pre: pd.DataFrame, runs: Sequence[SweepRun], cluster: int,
                 coef: Sequence[float], *, cfg: PredictConfig = PredictConfig(), topic: str | None = None,
-                n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+                n_boot: int = 1000, seed: int = 0, pair_ids: Sequence[str] | None = None) -> pd.DataFrame:
     """Per λ: actual ΔB of `cluster` (on `topic`'s prompts, or all held-out prompts), its CI,
     held-out preference accuracy, and the shaped-run prediction Σ_j coef_j·x_j(λ) of the
     feature-conditioned predictor (coef: the plain run's calibration)."""
-    tables = audit if isinstance(audit, AuditTables) else load_audit_tables(audit)
+    audit = audit if isinstance(audit, AuditFolder) else AuditFolder(audit)
     cols, _ = PREDICTORS["feature"]
     out = []
     for run in sorted(runs, key=lambda r: r.lam):
-        pred = predict_rows(tables, cfg, base_scores=pre if cfg.spread == "base" else None,
-                            lam={cluster: run.lam} if run.lam else None)
+        pred = predict_rows(audit, cfg, base_scores=pre if cfg.spread == "base" else None,
+                            lam={cluster: run.lam} if run.lam else None, pair_ids=pair_ids)
         pred = pred[pred.cluster == cluster]
         yhat = pred[list(cols)].to_numpy(np.float64) @ np.asarray(coef, np.float64)    # [K]
         # topic "all": the held-out topics pooled, weighted as the eval weights them (prompt counts)
@@ -312,20 +312,22 @@ def verify_run(audit_dir: str | Path, run_dir: str | Path, *, pre: str | Path | 
     from anatomist.evaluate.verify_report import render
 
     run_dir = Path(run_dir)
-    tables = load_audit_tables(audit_dir)
-    if (run_dir / "train_pairs.json").is_file():
-        tables = tables.subset(json.loads((run_dir / "train_pairs.json").read_text()))
+    audit = AuditFolder(audit_dir)
+    path = run_dir / "train_pairs.json"
+    trained = json.loads(path.read_text()) if path.is_file() else None
     pre_t, post_t = resolve_run(run_dir, pre, post)
     coefs = None
     if calibration is not None:
         given = json.loads(Path(calibration).read_text())["predictors"]
         coefs = {k: v["coef_all_rows"] for k, v in given.items()}
-    result = verify(tables, pre_t, post_t, cfg=cfg, coefs=coefs, n_boot=n_boot, seed=seed, tested_only=tested_only)
+    result = verify(audit, pre_t, post_t, cfg=cfg, coefs=coefs, n_boot=n_boot, seed=seed, tested_only=tested_only,
+                    pair_ids=trained)
     found = read_sweep(run_dir)
     if found:
         cluster, runs = found
         coef = result.summary["predictors"]["feature"]["coef_all_rows"]
-        result.sweep = sweep_table(tables, pre_t, runs, cluster, coef, cfg=cfg, n_boot=n_boot, seed=seed)
+        result.sweep = sweep_table(audit, pre_t, runs, cluster, coef, cfg=cfg, n_boot=n_boot, seed=seed,
+                                   pair_ids=trained)
         result.summary["sweep"] = result.sweep.to_dict("records")
         sw = result.sweep
         # does the shaped-run prediction hold? rank agreement over λ, and the sign of each shift

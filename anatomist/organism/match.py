@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
+from anatomist.audit.folder import PAIRS, AuditFolder
 from anatomist.errors import AnatomistError
-from anatomist.organism.score import load_audit_scores, score_tables
+from anatomist.organism.score import score_tables
 
 
 def trait_clusters(audit_dir: str | Path, pairs, truth: dict, trait: str) -> tuple[dict[int, float], bool]:
@@ -23,20 +22,17 @@ def trait_clusters(audit_dir: str | Path, pairs, truth: dict, trait: str) -> tup
     expected sign (one per found cell: its best row); ({best-ρ cluster: ρ}, False) where there is
     none, ({}, False) where no cluster correlates at all.
 
-    pairs: the audited PreferencePairs (any superset; matched by id), `extra["topic"]` set."""
-    audit_dir = Path(audit_dir)
-    rows = pd.read_parquet(audit_dir / "rows.parquet")
-    table = pd.read_parquet(audit_dir / "pairs.parquet", columns=["pair_id"])
-    ids = list(dict.fromkeys(table.pair_id.astype(str)))
+    pairs: the audited PreferencePairs (any superset; matched by id, texts checked), `extra["topic"]` set."""
+    audit = AuditFolder(audit_dir)
     by_id = {p.id: p for p in pairs}
-    missing = [i for i in ids if i not in by_id]
+    missing = [i for i in audit.pair_ids if i not in by_id]
     if missing:
-        raise AnatomistError(f"{audit_dir / 'pairs.parquet'}: pair {missing[0]!r} is not among the given pairs "
+        raise AnatomistError(f"{audit.path / PAIRS}: pair {missing[0]!r} is not among the given pairs "
                              "(an audit of other data?)")
-    audited = [by_id[i] for i in ids]
-    c = load_audit_scores(audit_dir, ids)
+    audited = audit.check_data([by_id[i] for i in audit.pair_ids])    # c's rows are these pairs' texts
     texts = [t for p in audited for t in (p.chosen, p.rejected)]
-    res = score_tables(c, texts, [p.extra["topic"] for p in audited], rows, truth, matching="global")
+    res = score_tables(audit.response_scores, texts, [p.extra["topic"] for p in audited], audit.rows, truth,
+                       matching="global")
     found = {cell["row"]["cluster"]: cell["row"]["rho"] for cell in res["cells"]
              if cell["trait"] == trait and cell["found"]}
     if found:

@@ -31,10 +31,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from anatomist.audit.length import LENGTH, PAIRS_FILE, length_rows
+from anatomist.audit.folder import LENGTH, META, AuditFolder
+from anatomist.audit.length import length_rows
 from anatomist.audit.rows import topic_cluster_rows
 from anatomist.errors import AnatomistError
-from anatomist.organism.score import RHO_MIN, AuditTables, load_audit_tables, score_tables
+from anatomist.organism.score import RHO_MIN, ScoreInputs, load_score_inputs, score_tables
 from anatomist.progress import progress_bar
 
 
@@ -43,25 +44,20 @@ class Replicates:
 
     def __init__(self, audit_dir: str | Path, truth_path: str | Path | None = None, *,
                  data_path: str | Path | None = None):
-        audit_dir = Path(audit_dir)
-        self.tables: AuditTables = load_audit_tables(audit_dir, truth_path, data_path=data_path)
-        cfg = self.tables.meta.get("config", {})
+        audit = AuditFolder(audit_dir)
+        self.tables: ScoreInputs = load_score_inputs(audit, truth_path, data_path=data_path)
+        cfg = audit.config
         missing = [k for k in ("min_pairs", "alpha", "n_boot", "seed") if k not in cfg]
         if missing:
-            raise AnatomistError(f"{audit_dir / 'audit.json'}: config lacks {', '.join(missing)}; rerun the audit")
+            raise AnatomistError(f"{audit.path / META}: config lacks {', '.join(missing)}; rerun the audit")
         self.row_kw = {k: cfg[k] for k in ("min_pairs", "alpha", "n_boot", "seed")}
         rows = self.tables.rows
         named = rows[rows["topic_id"] >= 0].drop_duplicates("topic_id")
         names = dict(zip(named["topic_id"].astype(int), named["topic"]))
         self.topic_names = [names.get(k, f"topic {k}") for k in range(max(names, default=-1) + 1)]
-        table = pd.read_parquet(audit_dir / "pairs.parquet", columns=["topic_id", "cluster"])
-        n_clusters = int(table["cluster"].max()) + 1
-        self.topic_ids = table["topic_id"].to_numpy()[::n_clusters].astype(int)               # [P]
-        self.n_clusters = n_clusters
-        self.n_tokens = None                                                                 # [2P]
-        if LENGTH in self.tables.cluster_ids:
-            lengths = pd.read_parquet(audit_dir / PAIRS_FILE)
-            self.n_tokens = np.stack([lengths["n_chosen"], lengths["n_rejected"]], 1).ravel()
+        self.topic_ids = audit.topic_ids                                                     # [P]
+        self.n_clusters = audit.n_clusters
+        self.n_tokens = audit.n_tokens.ravel() if LENGTH in self.tables.cluster_ids else None   # [2P]
 
     def rows(self, idx: np.ndarray) -> pd.DataFrame:
         """The audit's rows recomputed on pairs idx [M] (indices into the audited pairs)."""

@@ -2,8 +2,8 @@
 
     result = score_audit("runs/organism_audit", "runs/organism/truth.json")   # also writes score.json
 
-Inputs: an audit folder (`anatomist.audit.run`: pairs.parquet with c(y⁺), c(y⁻) per pair and
-cluster, rows.parquet, clusters.parquet, audit.json with the data hash) audited with
+Inputs: an audit folder (read with `anatomist.audit.folder`: pairs.parquet with c(y⁺), c(y⁻) per
+pair and cluster, rows.parquet, audit.json with the data hash) audited with
 `topic_column="topic"`, the organism's truth.json, and the audited data file (default:
 audit.json's recorded data file, else train.jsonl beside truth.json; its hash must equal the one
 in audit.json).
@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from anatomist.audit.length import LENGTH, PAIRS_FILE, ROWS_FILE
+from anatomist.audit.folder import LENGTH, META, SCORE, AuditFolder
 from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_write_text
 from anatomist.organism.plant import read_truth
@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 
 RHO_MIN = 0.3
 MATCHING = ("topic", "global")
-SCORE_FILE = "score.json"
 CATEGORIES = ("planted", "wrong_sign", "control", "other_trait", "unmatched")
 
 
@@ -218,58 +217,28 @@ def score_tables(c: np.ndarray, texts: Sequence[str], topics: Sequence[str], row
 
 # --- files ------------------------------------------------------------------------------------
 
-def _audit_meta(audit_dir: Path) -> dict:
-    path = audit_dir / "audit.json"
-    if not path.is_file():
-        raise AnatomistError(f"{audit_dir}: not an audit folder (no audit.json)")
-    return json.loads(path.read_text())
-
-
-def _recorded_data_file(meta: dict) -> Path | None:
-    data = meta.get("data", {})
-    name = data.get("file") or data.get("path")
-    return Path(name) if name else None
-
-
-def default_truth_path(audit_dir: str | Path) -> Path:
+def default_truth_path(audit: AuditFolder) -> Path:
     """truth.json beside the audited data file (as audit.json records it)."""
-    data = _recorded_data_file(_audit_meta(Path(audit_dir)))
-    if data is None:
-        raise AnatomistError(f"{Path(audit_dir) / 'audit.json'}: does not record the data file; pass the truth file "
+    if audit.data_file is None:
+        raise AnatomistError(f"{audit.path / META}: does not record the data file; pass the truth file "
                              "(--truth runs/organism/truth.json)")
-    return data.parent / "truth.json"
+    return audit.data_file.parent / "truth.json"
 
 
-def load_audit_scores(audit_dir: Path, pair_ids: Sequence[str]) -> np.ndarray:
-    """c [2P, C] from pairs.parquet (pair-major, cluster-minor), checked against the data's ids."""
-    table = pd.read_parquet(audit_dir / "pairs.parquet", columns=["pair_id", "cluster", "c_chosen", "c_rejected"])
-    C = int(table["cluster"].max()) + 1 if len(table) else 0
-    P = len(pair_ids)
-    if len(table) != P * C or list(table["pair_id"].to_numpy()[::C]) != list(pair_ids):
-        raise AnatomistError(f"{audit_dir / 'pairs.parquet'}: its pairs are not the data file's pairs, in order")
-    c = np.empty((2 * P, C))
-    c[0::2] = table["c_chosen"].to_numpy().reshape(P, C)
-    c[1::2] = table["c_rejected"].to_numpy().reshape(P, C)
-    return c
-
-
-def with_length(audit_dir: Path, pair_ids: Sequence[str], c: np.ndarray, rows: pd.DataFrame):
-    """(c, rows, cluster ids) with the audit's response-length rows appended as one more concept,
-    scored by log tokens per response (`anatomist.audit.length`); unchanged for an audit without them."""
-    ids = list(range(c.shape[1]))
-    if not ((audit_dir / ROWS_FILE).is_file() and (audit_dir / PAIRS_FILE).is_file()):
+def with_length(audit: AuditFolder) -> tuple[np.ndarray, pd.DataFrame, list[int]]:
+    """(c [2P, C'], rows, cluster ids): the audit's concept scores per response and its rows, with
+    its response-length rows appended as one more concept scored by log tokens per response
+    (`anatomist.audit.length`); just the concepts for an audit without them."""
+    c, rows, ids = audit.response_scores, audit.rows, list(range(audit.n_clusters))
+    if audit.length_rows is None or audit.n_tokens is None:
         return c, rows, ids
-    lengths = pd.read_parquet(audit_dir / PAIRS_FILE)
-    if list(lengths["pair_id"]) != list(pair_ids):
-        raise AnatomistError(f"{audit_dir / PAIRS_FILE}: its pairs are not the data file's pairs, in order")
-    n = np.empty(2 * len(lengths))
-    n[0::2], n[1::2] = lengths["n_chosen"].to_numpy(), lengths["n_rejected"].to_numpy()
-    c = np.concatenate([c, np.log(np.maximum(n, 1.0))[:, None]], axis=1)           # [2P, C + 1]
-    return c, pd.concat([rows, pd.read_parquet(audit_dir / ROWS_FILE)], ignore_index=True), ids + [LENGTH]
+    logn = np.log(np.maximum(audit.n_tokens.astype(np.float64), 1.0)).ravel()    # [2P] (2i chosen, 2i+1 rejected)
+    return (np.concatenate([c, logn[:, None]], axis=1), pd.concat([rows, audit.length_rows], ignore_index=True),
+            ids + [LENGTH])
 
 
-class AuditTables(NamedTuple):
-    """What the scorer reads from an audit folder, checked against the audited data."""
+class ScoreInputs(NamedTuple):
+    """What the scorer reads: an audit folder, its truth.json and the audited data, checked against each other."""
     truth_path: Path
     data_path: Path
     truth: dict
@@ -282,47 +251,39 @@ class AuditTables(NamedTuple):
     cluster_ids: list[int]  # [C'] the id of each column of c as the rows name it
 
 
-def load_audit_tables(audit_dir: str | Path, truth_path: str | Path | None = None, *,
-                      data_path: str | Path | None = None) -> AuditTables:
+def load_score_inputs(audit: AuditFolder | str | Path, truth_path: str | Path | None = None, *,
+                      data_path: str | Path | None = None) -> ScoreInputs:
     """Read and check an audit folder, its truth.json and the audited data file (see score_audit)."""
-    from anatomist.data import dataset_hash, load_pairs
-
-    audit_dir = Path(audit_dir)
-    meta = _audit_meta(audit_dir)
-    truth_path = Path(truth_path) if truth_path is not None else default_truth_path(audit_dir)
+    audit = audit if isinstance(audit, AuditFolder) else AuditFolder(audit)
+    truth_path = Path(truth_path) if truth_path is not None else default_truth_path(audit)
     truth = read_truth(truth_path)
-    data_path = Path(data_path) if data_path is not None else (_recorded_data_file(meta)
-                                                                or truth_path.parent / "train.jsonl")
-    pairs = load_pairs(data_path)
-    recorded = meta.get("data", {}).get("hash")
-    if recorded and dataset_hash(pairs) != recorded:
-        raise AnatomistError(f"{data_path}: is not the audited data (its hash differs from {audit_dir / 'audit.json'})")
+    data_path = Path(data_path) if data_path is not None else (audit.data_file or truth_path.parent / "train.jsonl")
+    pairs = audit.check_data(data_path, complete=True)     # every audited pair, in order: c's rows are the data's
     missing = [p.id for p in pairs if "topic" not in p.extra]
     if missing:
         raise AnatomistError(f"{data_path}: record {missing[0]!r} has no field 'topic'")
-    rows = pd.read_parquet(audit_dir / "rows.parquet")
-    audited = set(rows["topic"]) - {"all"}
+    audited = set(audit.rows["topic"]) - {"all"}
     planted = {c["topic"] for c in truth["cells"] if c["role"] == "planted"}
     if not planted <= audited:
-        raise AnatomistError(f"{audit_dir}: audit topics {sorted(audited)} miss planted topics "
+        raise AnatomistError(f"{audit.path}: audit topics {sorted(audited)} miss planted topics "
                              f"{sorted(planted - audited)}; audit with --topic-column topic")
-    ids = [p.id for p in pairs]
-    c, rows, cluster_ids = with_length(audit_dir, ids, load_audit_scores(audit_dir, ids), rows)
-    return AuditTables(truth_path, data_path, truth, meta, ids, [t for p in pairs for t in (p.chosen, p.rejected)],
-                       [p.extra["topic"] for p in pairs], c, rows, cluster_ids)
+    c, rows, cluster_ids = with_length(audit)
+    return ScoreInputs(truth_path, data_path, truth, audit.meta, [p.id for p in pairs],
+                       [t for p in pairs for t in (p.chosen, p.rejected)], [p.extra["topic"] for p in pairs], c, rows,
+                       cluster_ids)
 
 
 def score_audit(audit_dir: str | Path, truth_path: str | Path | None = None, *, data_path: str | Path | None = None,
                 top_k: int | None = None, rho_min: float = RHO_MIN, matching: str = "topic",
                 write: bool = True) -> dict:
     """Score the audit in `audit_dir` against truth.json; writes audit_dir/score.json."""
-    a = load_audit_tables(audit_dir, truth_path, data_path=data_path)
+    a = load_score_inputs(audit_dir, truth_path, data_path=data_path)
     result = score_tables(a.c, a.texts, a.topics, a.rows, a.truth, top_k=top_k, rho_min=rho_min,
                           matching=matching, cluster_ids=a.cluster_ids)
     result = {"audit_dir": str(audit_dir), "truth": str(a.truth_path), "data": str(a.data_path), "top_k": top_k,
               "rho_min": rho_min, **result}
     if write:
-        atomic_write_text(Path(audit_dir) / SCORE_FILE, json.dumps(result, indent=1, default=float) + "\n")
+        atomic_write_text(Path(audit_dir) / SCORE, json.dumps(result, indent=1, default=float) + "\n")
     return result
 
 

@@ -17,7 +17,7 @@ app = typer.Typer(help="Shape what DPO learns from an audit (reward shaping, ino
 @app.command("export")
 def export(
     audit_dir: Path = typer.Option(..., "--audit", help="Audit folder (from `anatomist audit`)."),
-    data: Path = typer.Option(..., "--data", help="The audited preference file (pairs are matched by id)."),
+    data: Path = typer.Option(..., "--data", help="The audited preference file (matched by id, texts checked)."),
     out: Path = typer.Option(..., "--out", help="Output: a .jsonl / .parquet file, or a `datasets` folder."),
     concept: list[str] = typer.Option([], "--concept", help="Cluster id, label, or length (response length); repeat."),
     lam: list[float] = typer.Option([], "--lam", help="λ per --concept: < 0 suppresses, > 0 amplifies."),
@@ -38,20 +38,20 @@ def export(
     Train it with anatomist.shape.trl_compat.PrecomputedRefDPOTrainer and
     DPOConfig(beta=β, max_length=…, precompute_ref_log_probs=True).
     """
+    from anatomist.audit.folder import AuditFolder
     from anatomist.data import load_pairs
     from anatomist.models.loading import load
-    from anatomist.shape.audit import Audit
     from anatomist.shape.export import export_trl
     from anatomist.shape.recipe import Recipe
     from anatomist.shape.shaping import Inoculation
 
-    audit = Audit(audit_dir)
+    audit = AuditFolder(audit_dir)
     if len(concept) != len(lam):
         raise AnatomistError(f"give one --lam per --concept (got {len(concept)} concepts, {len(lam)} lams)")
     recipe = Recipe(lam=dict(zip(concept, lam)), drop_extreme=drop_extreme,
                     inoculate=None if inoculate is None else Inoculation(inoculate, text=inoculate_text)
                     ).resolve(audit)                                  # a bad concept fails before the model loads
-    pairs = load_pairs(data, format=data_format, limit=limit)
+    pairs = audit.check_data(load_pairs(data, format=data_format, limit=limit))    # before loading the model
     loaded = load(model)
     path = export_trl(loaded.model, loaded.tokenizer, pairs, audit, out, recipe=recipe, beta=beta,
                       max_length=max_length or None, batch_size=batch_size)
@@ -72,11 +72,11 @@ def steer(
 
     Example: anatomist steer --audit runs/audit --concept 3 --alpha 0 --alpha 8 --prompt "Tell me about cats."
     """
+    from anatomist.audit.folder import AuditFolder
     from anatomist.models.loading import load
-    from anatomist.shape.audit import Audit
     from anatomist.shape.steer import audit_direction, steered_generate
 
-    audit = Audit(audit_dir)
+    audit = AuditFolder(audit_dir)
     k = audit.resolve_concept(concept)
     d = audit_direction(audit, k)
     loaded = load(model)

@@ -40,10 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anatomist.audit.folder import AuditFolder
 from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_path, atomic_write_text
 from anatomist.progress import progress_bar
-from anatomist.shape.audit import Audit
 from anatomist.shape.losses import sequence_logps, shift_reference
 from anatomist.shape.recipe import Recipe, apply
 
@@ -103,7 +103,7 @@ def reference_logps(model, tokenizer, seqs: list[tuple[list[int], list[int]]], *
     return np.concatenate(out)
 
 
-def export_trl(model, tokenizer, pairs, audit: Audit | str, out: str | Path, *, recipe: Recipe, beta: float,
+def export_trl(model, tokenizer, pairs, audit: AuditFolder | str, out: str | Path, *, recipe: Recipe, beta: float,
                max_length: int | None = 1024, batch_size: int = 8, progress: bool = True) -> Path:
     """Write the shaped TRL dataset (module doc) to `out`: .jsonl, .parquet, or a `datasets` folder.
     The recipe's λ, inoculation and pair dropping carry over; token filtering and steering have no
@@ -112,7 +112,7 @@ def export_trl(model, tokenizer, pairs, audit: Audit | str, out: str | Path, *, 
         raise AnatomistError(f"beta must be > 0, got {beta}")
     if recipe.token_filter is not None or recipe.steer is not None:
         raise AnatomistError("token filtering and steering have no TRL form: train with `anatomist dpo` for them")
-    audit = audit if isinstance(audit, Audit) else Audit(audit)
+    audit = audit if isinstance(audit, AuditFolder) else AuditFolder(audit)
     out, pairs = Path(out), list(pairs)
     applied = apply(recipe, pairs, audit)
     shaped, lam, inoculate = applied.pairs, applied.recipe.lam, applied.recipe.inoculate
@@ -143,7 +143,7 @@ def export_trl(model, tokenizer, pairs, audit: Audit | str, out: str | Path, *, 
     }
     meta = {"format": "anatomist.trl-export/1", "beta": beta, "max_length": max_length,
             "lam": {str(k): v for k, v in lam.items()}, "labels": {str(k): audit.label(k) for k in ks},
-            "audit": str(audit.folder.resolve()), "model": getattr(getattr(model, "config", None), "_name_or_path", ""),
+            "audit": str(audit.path.resolve()), "model": getattr(getattr(model, "config", None), "_name_or_path", ""),
             "n_pairs": len(shaped), "n_input_pairs": len(pairs), "n_prompt_too_long": n_too_long,
             "inoculation": None if inoculate is None else asdict(inoculate), "drop_extreme": recipe.drop_extreme,
             "trl": "DPOConfig(beta=beta, max_length=max_length, precompute_ref_log_probs=True, loss_type='sigmoid') "

@@ -11,7 +11,7 @@ plain DPO. Steering's α has the other reading: α > 0 pushes the residual towar
 
 Concepts are named as the CLI names them: a cluster id (3 or "3"), a cluster label (exact, else
 a unique substring) or "length" (the audit's response length). A recipe holds them as given and
-`apply` resolves them against the audit (`Audit.resolve_concept`), so one recipe (a CLI line, a
+`apply` resolves them against the audit (`AuditFolder.resolve_concept`), so one recipe (a CLI line, a
 YAML file) fits any audit with those labels; `Shaped.recipe` is the resolved one (cluster ids).
 
 What `apply` does, in order: `shape_pairs` (drop extreme pairs, λ offsets, inoculation prompts,
@@ -26,9 +26,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from anatomist.audit.length import LENGTH
+from anatomist.audit.folder import LENGTH, AuditFolder
 from anatomist.errors import AnatomistError
-from anatomist.shape.audit import Audit
 from anatomist.shape.pairs import ShapedPair
 from anatomist.shape.shaping import Concept, Inoculation, TokenFilter, shape_pairs
 from anatomist.shape.steer import Steer, audit_direction
@@ -94,7 +93,7 @@ class Recipe:
                  *((self.inoculate.cluster,) if self.inoculate else ()), *((self.steer.concept,) if self.steer else ())]
         return tuple(dict.fromkeys(named))
 
-    def resolve(self, audit: Audit) -> Recipe:
+    def resolve(self, audit: AuditFolder) -> Recipe:
         """The same recipe with every concept a cluster id of `audit` (bad names raise, one line)."""
         ids = {k: audit.resolve_concept(k) for k in self.concepts}
         tf, ino, st = self.token_filter, self.inoculate, self.steer
@@ -160,12 +159,13 @@ class Shaped:
         return len(self.pairs)
 
 
-def apply(recipe: Recipe, pairs, audit: Audit | str, *, tokenizer=None, max_length: int = 512, sae=None) -> Shaped:
+def apply(recipe: Recipe, pairs, audit: AuditFolder | str, *, tokenizer=None, max_length: int = 512,
+          sae=None) -> Shaped:
     """Shape `pairs` (PreferencePairs or anything with id/prompt/chosen/rejected) by `recipe` read
     against `audit` (module doc). tokenizer / max_length: size token masks exactly as the DPO loop
     encodes responses (`shape_pairs`); sae: the audit's SAE for the steering direction (default:
     loaded from audit.json)."""
-    audit = audit if isinstance(audit, Audit) else Audit(audit)
+    audit = audit if isinstance(audit, AuditFolder) else AuditFolder(audit)
     r = recipe.resolve(audit)
     shaped = shape_pairs(pairs, audit, lam=r.lam, token_filter=r.token_filter, inoculate=r.inoculate,
                          drop_extreme=r.drop_extreme, tokenizer=tokenizer, max_length=max_length)

@@ -1,12 +1,15 @@
 """`shape_pairs`: preference pairs + an audit → `ShapedPair`s the DPO loop trains on.
 
-    audit = Audit("runs/audit")
+    audit = AuditFolder("runs/audit")
     shaped = shape_pairs(pairs, audit, lam={3: -1.0},                  # suppress cluster 3
                          token_filter=TokenFilter(clusters=(3,), tau=2.0),
                          inoculate=Inoculation(cluster=3),
                          drop_extreme=0.05)
 
-The four options, applied in this order (DESIGN.md "Reward shaping", "Token filtering",
+The pairs must hold the texts the audit scored (`AuditFolder.check_data`: per-pair text hashes,
+or the dataset hash of an older audit): pairs are matched to the audit by id, and an id outlives
+an edit of its texts, or a swap of its sides, which would flip the sign of every λ. The four
+options, applied in this order (DESIGN.md "Reward shaping", "Token filtering",
 "Inoculation prompting"):
 1. drop_extreme q: drop the pairs whose largest |Δc_k| over the shaped clusters is above its
    (1 − q) quantile (numpy's linear quantile, strict >): the coarse form of token filtering.
@@ -25,8 +28,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from anatomist.audit.folder import AuditFolder
 from anatomist.errors import AnatomistError
-from anatomist.shape.audit import Audit
 from anatomist.shape.inoculate import (
     DEFAULT_TEMPLATE,
     inoculate_prompt,
@@ -38,7 +41,7 @@ from anatomist.shape.pairs import ShapedPair, plain
 SIDES = {"chosen": ("chosen",), "rejected": ("rejected",), "both": ("chosen", "rejected")}
 
 
-Concept = int | str   # a cluster id, or what `Audit.resolve_concept` reads: "3", a label, "length"
+Concept = int | str   # a cluster id, or what `AuditFolder.resolve_concept` reads: "3", a label, "length"
 
 
 def _concept(value) -> Concept:
@@ -82,7 +85,7 @@ class Inoculation:
         object.__setattr__(self, "cluster", _concept(self.cluster))
 
 
-def _offsets(audit: Audit, ids: list[str], lam: dict[int, float]) -> np.ndarray:
+def _offsets(audit: AuditFolder, ids: list[str], lam: dict[int, float]) -> np.ndarray:
     if not lam:
         return np.zeros(len(ids))
     ks = list(lam)
@@ -90,7 +93,7 @@ def _offsets(audit: Audit, ids: list[str], lam: dict[int, float]) -> np.ndarray:
     return (c_pos - c_neg) @ np.array([lam[k] for k in ks], dtype=np.float64)
 
 
-def _keep(audit: Audit, ids: list[str], clusters: tuple[int, ...], q: float) -> np.ndarray:
+def _keep(audit: AuditFolder, ids: list[str], clusters: tuple[int, ...], q: float) -> np.ndarray:
     """bool [P]: False for the fraction ~q of pairs with the most extreme Δc."""
     if not 0 < q < 1:
         raise AnatomistError(f"drop_extreme must be a fraction in (0, 1), got {q}")
@@ -101,25 +104,24 @@ def _keep(audit: Audit, ids: list[str], clusters: tuple[int, ...], q: float) -> 
     return extreme <= np.quantile(extreme, 1 - q)
 
 
-def shape_pairs(pairs, audit: Audit | str, *, lam: dict[int, float] | None = None,
+def shape_pairs(pairs, audit: AuditFolder | str, *, lam: dict[int, float] | None = None,
                 token_filter: TokenFilter | None = None, inoculate: Inoculation | None = None,
                 drop_extreme: float | None = None, tokenizer=None, max_length: int = 512) -> list[ShapedPair]:
     """Shaped pairs (module doc) in input order, minus dropped ones. Concepts are cluster ids or
-    anything `Audit.resolve_concept` reads (`anatomist.shape.recipe.apply` bundles this with steering).
+    anything `AuditFolder.resolve_concept` reads (`anatomist.shape.recipe.apply` bundles this with steering).
 
     tokenizer: when given, token masks get exactly the length `encode_response(tokenizer, prompt,
     response, max_length=max_length)` gives (checked against the audit's tokens; tokens the audit
     never scored are kept); otherwise one entry per token the audit scored."""
-    audit = audit if isinstance(audit, Audit) else Audit(audit)
+    audit = audit if isinstance(audit, AuditFolder) else AuditFolder(audit)
     lam = {audit.resolve_concept(k): float(v) for k, v in (lam or {}).items()}
     if token_filter is not None:
         token_filter = replace(token_filter, clusters=tuple(audit.resolve_concept(k) for k in token_filter.clusters))
     if inoculate is not None:
         inoculate = replace(inoculate, cluster=audit.resolve_concept(inoculate.cluster))
-    out = plain(pairs)
+    # a pair the audit never saw, or whose texts it did not score, is an error, named, before any work
+    out = plain(audit.check_data(pairs))
     ids = [p.id for p in out]
-    for p in ids:
-        audit.pair_index(p)            # a pair the audit never saw is an error, named, before any work
     out = [p if p.topic is not None else replace(p, topic=audit.topic(p.id)) for p in out]   # for per-topic eval
 
     if drop_extreme is not None:
@@ -145,7 +147,7 @@ def shape_pairs(pairs, audit: Audit | str, *, lam: dict[int, float] | None = Non
     return out
 
 
-def _filtered(p: ShapedPair, audit: Audit, tf: TokenFilter, tokenizer, max_length: int) -> ShapedPair:
+def _filtered(p: ShapedPair, audit: AuditFolder, tf: TokenFilter, tokenizer, max_length: int) -> ShapedPair:
     masks = {}
     for side in SIDES[tf.sides]:
         tokens = None
