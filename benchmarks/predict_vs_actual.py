@@ -176,7 +176,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    from anatomist.data import load_pairs
+    from anatomist.data import load_pairs, text_hash
     from anatomist.evaluate.behaviour import Scorer, evaluate_behaviour, first_per_topic, read_prompts
     from anatomist.evaluate.verify import verify_run
     from anatomist.models import load
@@ -207,7 +207,8 @@ def main(argv=None) -> None:
 
     run = args.work / "plain"
     run.mkdir(parents=True, exist_ok=True)
-    (run / "train_pairs.json").write_text(json.dumps([p.id for p in trained]))
+    # with each pair's text hash, so `verify` refuses an audit that scored other texts under these ids
+    (run / "train_pairs.json").write_text(json.dumps([{"id": p.id, "text_hash": text_hash(p)} for p in trained]))
     scorer = Scorer.from_audit(audit, loaded=(base_model, tok), sae=sae)
     log("base eval", t0)
     evaluate_behaviour(base_model, tok, prompts, out_dir=run / "pre", scorer=scorer, samples_per_prompt=args.samples,

@@ -249,3 +249,21 @@ def test_report_escapes_dataset_text(tmp_path):
     verify_run(audit, run, n_boot=20)
     page = (run / "verify.html").read_text()
     assert "<script>alert" not in page and "<b>x</b>" not in page
+
+
+def test_train_pairs_are_checked_against_the_audit(tmp_path):
+    """RUN_DIR/train_pairs.json joins the run's pairs to the audit by id; with text hashes a pair the
+    audit scored under other texts is refused, as everywhere an id is looked up in an audit."""
+    audit, run, _, _ = synthetic_run(tmp_path)
+    table = pd.read_parquet(audit / "pairs.parquet")
+    table["text_hash"] = "h-" + table["pair_id"]
+    table.to_parquet(audit / "pairs.parquet")
+    ids = list(dict.fromkeys(table["pair_id"]))
+    (run / "train_pairs.json").write_text(json.dumps([{"id": i, "text_hash": f"h-{i}"} for i in ids[:-3]]))
+    assert verify_run(audit, run, n_boot=20).summary["n_rows"] > 0
+    (run / "train_pairs.json").write_text(json.dumps([{"id": i, "text_hash": "other"} for i in ids[:-3]]))
+    with pytest.raises(AnatomistError, match=f"train_pairs.json: pair '{ids[0]}' holds other texts than the audit"):
+        verify_run(audit, run, n_boot=20)
+    (run / "train_pairs.json").write_text(json.dumps([*ids[:2], "zz"]))       # bare ids (older runs)
+    with pytest.raises(AnatomistError, match="pair 'zz' is not in the audit"):
+        verify_run(audit, run, n_boot=20)

@@ -301,20 +301,39 @@ def read_sweep(run_dir: Path) -> tuple[int, list[SweepRun]] | None:
         raise AnatomistError(f"{path}: missing field {e.args[0]!r}") from None
 
 
+def read_train_pairs(run_dir: Path, audit: AuditFolder) -> list[str] | None:
+    """The pair ids in RUN_DIR/train_pairs.json (None when absent), checked against the audit.
+
+    Entries are {"id", "text_hash"} (`anatomist.data.text_hash` of the pair trained on): a pair
+    whose texts the audit did not score is refused, as everywhere pairs join an audit by id. Bare
+    ids (runs written before the hashes) can only be checked to be in the audit."""
+    path = run_dir / "train_pairs.json"
+    if not path.is_file():
+        return None
+    entries = json.loads(path.read_text())
+    if not isinstance(entries, list) or not all(isinstance(e, str) or (isinstance(e, dict) and "id" in e)
+                                                for e in entries):
+        raise AnatomistError(f"{path}: expected a list of pair ids or of {{\"id\", \"text_hash\"}} objects")
+    ids = [e if isinstance(e, str) else str(e["id"]) for e in entries]
+    hashed = [(e["id"], e["text_hash"]) for e in entries if isinstance(e, dict) and "text_hash" in e]
+    if hashed:
+        audit.check_text_hashes([i for i, _ in hashed], [h for _, h in hashed], src=str(path))
+    return ids
+
+
 def verify_run(audit_dir: str | Path, run_dir: str | Path, *, pre: str | Path | None = None,
                post: str | Path | None = None, cfg: PredictConfig = PredictConfig(),
                calibration: str | Path | None = None, n_boot: int = 1000, seed: int = 0,
                tested_only: bool = True) -> VerifyResult:
     """Score AUDIT_DIR's predictions on RUN_DIR; write verify.json, verify_rows.parquet and
     verify.html into RUN_DIR. calibration: a verify.json whose all-row coefficients are applied
-    as given (calibrate on one dataset, test on another). RUN_DIR/train_pairs.json (a list of
-    pair ids), when present, restricts the predictors to the pairs the run trained on."""
+    as given (calibrate on one dataset, test on another). RUN_DIR/train_pairs.json, when present,
+    restricts the predictors to the pairs the run trained on (`read_train_pairs`)."""
     from anatomist.evaluate.verify_report import render
 
     run_dir = Path(run_dir)
     audit = AuditFolder(audit_dir)
-    path = run_dir / "train_pairs.json"
-    trained = json.loads(path.read_text()) if path.is_file() else None
+    trained = read_train_pairs(run_dir, audit)
     pre_t, post_t = resolve_run(run_dir, pre, post)
     coefs = None
     if calibration is not None:
