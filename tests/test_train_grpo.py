@@ -21,7 +21,7 @@ from anatomist.train.grpo import (
     train_grpo,
 )
 from anatomist.tasks.arithmetic import KINDS, extract_answer, make_problems, score
-from tests.conftest import tiny_llama
+from tests.conftest import REPO, tiny_llama
 
 
 class CharTokenizer:
@@ -304,8 +304,13 @@ def test_head_data_is_the_tasks_problems_cached_apart_from_chat(tmp_path, monkey
 def test_default_grpo_head_is_one_cached_e2e_tv_head_of_the_task_data(tmp_path, monkeypatch, one_thread, capsys):
     """`e2e_tv_head` (what `anatomist grpo` drafts with) trains once on the prompt set's self-samples
     and then loads; the benchmarks' `benchmark_heads` finds the same cached head for the same recipe."""
-    from anatomist.spec_decode.pipeline import benchmark_heads, cached_samples, e2e_tv_head
+    import sys
+
+    from anatomist.spec_decode.pipeline import cached_samples, e2e_tv_head
     from anatomist.spec_decode.train import head_alphas
+
+    sys.path.insert(0, str(REPO / "benchmarks"))  # benchmarks are scripts; their helpers sit beside them
+    from spec_heads import benchmark_heads
 
     monkeypatch.setenv("ANATOMIST_CACHE", str(tmp_path))
 

@@ -22,8 +22,7 @@ from anatomist.spec_decode.train import Samples, TrainConfig, self_samples, targ
 
 log = logging.getLogger(__name__)
 
-__all__ = ["spec_cache", "cached_samples", "cached_states", "cached_head", "cached_heads", "e2e_tv_head",
-           "benchmark_heads", "add_head_args", "heads_from_args"]
+__all__ = ["spec_cache", "cached_samples", "cached_states", "cached_head", "cached_heads", "e2e_tv_head"]
 
 
 def spec_cache() -> Path:
@@ -131,30 +130,3 @@ def cached_heads(lm, losses, *, model_name: str, steps: int = 200, batch_size: i
               f"train α1..3 = {alphas}")
         heads[loss] = head, folder
     return heads
-
-
-def benchmark_heads(lm, losses, **kw) -> dict[str, MTPHead]:
-    """One cached head per loss, all trained on the same self-samples (what the benchmarks
-    compare); kw as `cached_heads`."""
-    return {loss: head for loss, (head, _) in cached_heads(lm, losses, **kw).items()}
-
-
-def add_head_args(ap) -> None:
-    """The head recipe flags the spec benchmarks share. Defaults: every chat training prompt × 2
-    self-samples (64K response tokens), 1000 steps × 8 — about 70 min once with one torch thread
-    on a 2-core CPU (measured; three heads), then cached. The earlier 192 × 1, 200-step recipe
-    reached train α1 0.26–0.28; this one 0.35–0.44."""
-    ap.add_argument("--model", default="smollm2-135m-instruct", help="model name, folder or .gguf")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda")
-    ap.add_argument("--steps", type=int, default=1000, help="training steps of each head (cached)")
-    ap.add_argument("--train-batch", type=int, default=8, help="sequences per head training step")
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--draft-vocab", type=int, default=8192, help="draft vocabulary size (0 = full)")
-    ap.add_argument("--data-prompts", type=int, default=383, help="training prompts for self-samples (383 = all)")
-    ap.add_argument("--samples-per-prompt", type=int, default=2, help="independent self-samples per prompt")
-
-
-def heads_from_args(lm, args, losses) -> dict[str, MTPHead]:
-    return benchmark_heads(lm, losses, model_name=args.model, steps=args.steps, batch_size=args.train_batch,
-                           lr=args.lr, draft_vocab=args.draft_vocab, n_prompts=args.data_prompts,
-                           samples_per_prompt=args.samples_per_prompt, gen_batch=128 if args.device != "cpu" else 32)
