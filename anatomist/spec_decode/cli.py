@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from anatomist.errors import AnatomistError
+from anatomist.models.loading import DEFAULT_MODEL
 
 app = typer.Typer(help="MTP draft heads: train on the model's own samples, analyse acceptance vs entropy.",
                   no_args_is_help=True)
@@ -24,7 +25,7 @@ def _load(model: str):
 @app.command("train")
 def train(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the head (safetensors + config.json) and checkpoints."),
-    model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     loss: str = typer.Option("e2e_tv", help="ce | kl | tv | e2e_tv (Bebop Eq. 10 / 13)."),
     gamma: int = typer.Option(3, help="Draft depth γ (tokens drafted per round)."),
     steps: int = typer.Option(300, help="Optimizer steps."),
@@ -58,7 +59,7 @@ def train(
 @app.command("analyze")
 def analyze(
     heads: list[Path] = typer.Argument(..., help="Head folders to compare (e.g. a CE head and a TV head)."),
-    model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     temperatures: str = typer.Option("0.3,0.6,0.9,1.2,1.5", help="Comma-separated sampling temperatures."),
     modes: str = typer.Option("rs,greedy", help="Drafting modes: rs (rejection sampling), greedy (one-hot q)."),
     prompts: int = typer.Option(16, help="Held-out prompts (eval split)."),
@@ -100,7 +101,7 @@ def analyze(
 def export(
     head: Path = typer.Argument(..., help="Head folder from `anatomist mtp train`."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for config.json + model.safetensors + README.md."),
-    model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     verifier: str = typer.Option("", help="Verifier id/path the engine will load (default: --model)."),
     dtype: str = typer.Option("", help="Cast weights: bfloat16 | float16 | float32 (default: as trained)."),
 ) -> None:
@@ -124,7 +125,7 @@ def export(
 
 def generate(
     prompt: list[str] = typer.Option(..., "--prompt", "-p", help="User message (repeat for a batch)."),
-    model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     spec: str = typer.Option("none", help="Drafter: none (plain sampling), mtp (needs --head), ngram."),
     head: Path = typer.Option(None, help="MTP head folder (from `anatomist mtp train`)."),
     gamma: int = typer.Option(3, help="Draft tokens per round."),

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from anatomist.errors import AnatomistError
+from anatomist.models.loading import DEFAULT_MODEL
 
 GRPO_HEAD_PROMPTS = 512  # task problems the default draft head is trained on (self-sampled once, cached)
 MODEL_HELP = "HF id, local folder, .gguf file or alias (default: the offline SmolLM2-135M-Instruct)."
@@ -15,7 +16,7 @@ MODEL_HELP = "HF id, local folder, .gguf file or alias (default: the offline Smo
 
 def grpo(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoint, metrics.jsonl, plot.html."),
-    model: str = typer.Option("smollm2-135m-instruct", help=MODEL_HELP),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     spec: str = typer.Option("mtp", help="Rollout drafter: mtp (needs --head) or none (plain sampling)."),
     head: Path = typer.Option(None, help="MTP head folder (`anatomist mtp train --loss e2e_tv --prompt-set grpo`); "
                               "default: the cached e2e-TV head trained on the model's own answers to this task's "
