@@ -10,7 +10,7 @@ from anatomist.spec_decode.drafters import MTPDrafter, NGramDrafter, make_drafte
 from anatomist.spec_decode.generate import generate
 from anatomist.spec_decode.head import MTPConfig, MTPHead
 from anatomist.spec_decode.stats import chisquare_gof
-from anatomist.spec_decode.verify import rejection_sample, sampling_probs
+from anatomist.spec_decode.verify import rejection_sample, sampling_logits, sampling_probs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,18 +61,20 @@ def test_temperature_zero_equals_greedy(kind, mode):
     assert plain.tokens == ref and plain.stats.mean_accept_len == 1.0
 
 
-def test_batch_rows_accept_differently_and_logprobs_match_full_forward():
+@pytest.mark.parametrize("seed,sampling", [(3, dict(temperature=1.0)), (0, dict(temperature=0.7, top_k=6, top_p=0.9))])
+def test_batch_rows_accept_differently_and_logprobs_match_full_forward(seed, sampling):
     """KV rewind (crop at the tail, holes in the middle at batch 2) leaves exactly plain context:
-    the returned target log-probs equal a fresh full forward over each final sequence."""
+    the returned log-probs equal a fresh full forward over each final sequence, taken under the
+    distribution each token was sampled from (temperature, top-k, top-p applied)."""
     m = tiny(vocab=16, scale=20.0)
-    out = generate(m, PROMPTS, drafter=make_drafter("ngram"), gamma=3, temperature=1.0, max_new_tokens=30,
-                   generator=torch.Generator().manual_seed(3))
+    out = generate(m, PROMPTS, drafter=make_drafter("ngram"), gamma=3, max_new_tokens=30,
+                   generator=torch.Generator().manual_seed(seed), **sampling)
     acc = out.stats.per_row_accepted
     assert acc[0] != acc[1] and sum(acc) > 0
     for b, p in enumerate(PROMPTS):
         seq = torch.tensor([p + out.tokens[b]])
         with torch.no_grad():
-            lp = torch.log_softmax(m(seq).logits[0, len(p) - 1:-1], -1)
+            lp = torch.log_softmax(sampling_logits(m(seq).logits[0, len(p) - 1:-1], **sampling), -1)
         ref = lp.gather(-1, seq[0, len(p):, None])[:, 0]
         assert torch.allclose(out.logprobs[b], ref, atol=1e-4), b
 

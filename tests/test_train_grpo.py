@@ -112,6 +112,47 @@ def test_rollout_logprobs_equal_plain_forward(one_thread, use_drafter):
     assert (ent[mask] > 0).all()
 
 
+@pytest.mark.parametrize("use_drafter", [False, True])
+def test_rollout_logprobs_are_the_tempered_distribution_and_the_first_ratio_is_one(tmp_path, one_thread, monkeypatch,
+                                                                                     use_drafter):
+    """At T = 0.7 rollouts sample softmax(z/T), so that is the policy the gradient and the PPO ratio
+    are about: the recorded log-prob of every sampled token is log_softmax(z/T) of a plain full
+    forward, and the update's first epoch scores the same distribution (ratio 1 up to float
+    summation order). The second epoch, after a step, sees ratios ≠ 1: the spy is not vacuous."""
+    import sys
+
+    grpo_mod = sys.modules["anatomist.train.grpo"]
+    T = 0.7
+    model, tok = tiny_llama(seed=2), CharTokenizer()
+    drafter = MTPDrafter(MTPHead(model, MTPConfig(gamma=3)).eval()) if use_drafter else None
+    checked, ratios = [], []
+
+    def on_rollout(step, problems, prompts, texts, out, rewards):
+        for p, toks, lp in zip(prompts, out.tokens, out.logprobs):  # weights as sampled: before the update
+            seq = torch.tensor([p + toks])
+            with torch.no_grad():
+                z = model(seq).logits[0, len(p) - 1:-1]  # [R, V] the logits each token was sampled from
+            ref = torch.log_softmax(z / T, -1).gather(-1, seq[0, len(p):, None])[:, 0]
+            assert torch.allclose(lp, ref, atol=2e-5), (lp - ref).abs().max()
+            checked.append(len(toks))
+
+    real_loss = grpo_mod.grpo_loss
+
+    def spy(logp, old_logp, adv, mask, *a, **k):
+        ratios.append(torch.exp(logp.detach() - old_logp)[mask])
+        return real_loss(logp, old_logp, adv, mask, *a, **k)
+
+    monkeypatch.setattr(grpo_mod, "grpo_loss", spy)
+    cfg = _cfg(steps=1, epochs=2, temperature=T, gamma=3)
+    train_grpo(model, tok, cfg, tmp_path, drafter=drafter, reward_fn=vowel_reward, on_rollout=on_rollout,
+               progress=False)
+    assert len(checked) == cfg.prompts_per_step * cfg.group_size and sum(checked) > 0
+    per_epoch = len(ratios) // cfg.epochs
+    first, second = torch.cat(ratios[:per_epoch]), torch.cat(ratios[per_epoch:])
+    assert torch.allclose(first, torch.ones_like(first), atol=1e-4), (first - 1).abs().max()
+    assert (second - 1).abs().max() > 1e-3
+
+
 # -- the loop ----------------------------------------------------------------------------------
 
 def _cfg(**kw):
