@@ -342,6 +342,36 @@ def test_head_data_is_the_tasks_problems_cached_apart_from_chat(tmp_path, monkey
         cached_samples(model, tok, prompt_set="math", **kw)
 
 
+def test_spec_caches_are_keyed_by_the_weights_not_the_name(tmp_path, monkeypatch, one_thread):
+    """A changed model under the same name (say a checkpoint saved over the base's folder) must
+    not reuse the base's self-samples, trunk states or heads: each cache misses on its own."""
+    from anatomist.spec_decode.pipeline import cached_head, cached_samples, cached_states, spec_cache
+    from anatomist.spec_decode.train import TrainConfig
+
+    monkeypatch.setenv("ANATOMIST_CACHE", str(tmp_path))
+    tok, model = CharTokenizer(), tiny_llama(vocab_size=128, seed=5)
+    kw = dict(model_name="tiny", n_prompts=3, max_new_tokens=8, prompt_set="grpo")
+    cfg = TrainConfig(loss="e2e_tv", gamma=2, steps=2, batch_size=2, draft_vocab=0)
+
+    def entries():
+        return [len(list((spec_cache() / d).iterdir())) for d in ("samples", "states", "heads")]
+
+    def fill(m, samples):
+        cached_samples(m, tok, **kw)
+        cached_states(m, samples, model_name="tiny")
+        cached_head(m, samples, cfg, model_name="tiny", eos_token_id=None)
+
+    samples = cached_samples(model, tok, **kw)
+    fill(model, samples)
+    fill(model, samples)
+    assert entries() == [1, 1, 1]                       # same weights: every step is read back
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1e-3 * torch.randn_like(p))
+    fill(model, samples)   # the same samples, so states and heads miss because of the weights alone
+    assert entries() == [2, 2, 2]
+
+
 def test_default_grpo_head_is_one_cached_e2e_tv_head_of_the_task_data(tmp_path, monkeypatch, one_thread, capsys):
     """`e2e_tv_head` (what `anatomist grpo` drafts with) trains once on the prompt set's self-samples
     and then loads; the benchmarks' `benchmark_heads` finds the same cached head for the same recipe."""

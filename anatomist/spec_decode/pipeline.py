@@ -1,7 +1,9 @@
 """Cached steps shared by the CLI and the benchmarks: self-samples → trunk states → trained heads.
 
 Everything lands under `$ANATOMIST_CACHE/spec/` (default `~/.cache/anatomist/spec/`), keyed by
-the settings that produced it, so re-running a benchmark never regenerates or retrains.
+the settings that produced it and by the model's weights (`model_fingerprint`; the name alone
+would hand a changed model at the same path the old model's samples and heads), so re-running a
+benchmark never regenerates or retrains.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_path
+from anatomist.models.fingerprint import model_fingerprint
 from anatomist.models.loading import cache_root
 from anatomist.spec_decode.head import CONFIG_NAME, MTPHead, load_head
 from anatomist.spec_decode.prompts import PROMPT_SETS
@@ -49,7 +52,8 @@ def cached_samples(model, tokenizer, *, model_name: str, n_prompts: int = 192, t
         raise AnatomistError(f"prompt set must be one of {', '.join(PROMPT_SETS)}, got {prompt_set!r}")
     extra = {} if samples_per_prompt == 1 else {"spp": samples_per_prompt}  # old cache keys stay valid
     extra |= {} if prompt_set == "chat" else {"prompts": prompt_set}
-    key = _key(model=model_name, n=n_prompts, t=temperature, new=max_new_tokens, seed=seed, **extra)
+    key = _key(model=model_name, weights=model_fingerprint(model), n=n_prompts, t=temperature, new=max_new_tokens,
+               seed=seed, **extra)
     path = spec_cache() / "samples" / f"{key}.pt"
     if path.is_file():
         d = torch.load(path, weights_only=True)
@@ -68,7 +72,8 @@ def cached_samples(model, tokenizer, *, model_name: str, n_prompts: int = 192, t
 
 def cached_states(model, samples: Samples, *, model_name: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Trunk hidden states and (lse, entropy) target statistics per sequence, cached."""
-    key = _key(model=model_name, seqs=hashlib.sha256(json.dumps(samples.sequences).encode()).hexdigest(), v=2)
+    key = _key(model=model_name, weights=model_fingerprint(model),
+               seqs=hashlib.sha256(json.dumps(samples.sequences).encode()).hexdigest(), v=2)
     path = spec_cache() / "states" / f"{key}.pt"
     if path.is_file():
         d = torch.load(path, weights_only=True)
@@ -84,8 +89,8 @@ def cached_head(model, samples: Samples, cfg: TrainConfig, *, model_name: str, e
     """Train a head once per (model, data, config); later calls load it from the cache."""
     from dataclasses import asdict
 
-    key = _key(model=model_name, data=hashlib.sha256(json.dumps(samples.sequences).encode()).hexdigest(),
-               cfg=asdict(cfg))
+    key = _key(model=model_name, weights=model_fingerprint(model),
+               data=hashlib.sha256(json.dumps(samples.sequences).encode()).hexdigest(), cfg=asdict(cfg))
     folder = spec_cache() / "heads" / f"{cfg.loss}-{key}"
     if (folder / CONFIG_NAME).is_file():
         return load_head(folder, model), folder
