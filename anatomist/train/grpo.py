@@ -367,7 +367,7 @@ def render_plot(history: list[dict]) -> str:
     steps = [h["step"] for h in history]
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=("draft acceptance (per position α_i, mean accept length / (γ+1))",
-                                        "entropy of the sampled policy H(π_T) on response tokens (nats)", "reward"))
+                                        "policy entropy H(π) on response tokens (nats)", "reward"))
     alphas = sorted({k for h in history for k in h if k.startswith("spec/alpha_")})
     for k in alphas:
         fig.add_trace(go.Scatter(x=steps, y=[h.get(k) for h in history], name=k.split("/")[1], mode="lines+markers"),
