@@ -23,7 +23,7 @@ from anatomist.audit.report import render_report
 from anatomist.audit.run import AuditConfig, run_audit
 from anatomist.capture import collate, items_from_pairs
 from anatomist.data import load_pairs
-from anatomist.models import encode_response, load
+from anatomist.models import DEFAULT_MODEL, encode_response, load
 from anatomist.sae import default_sae, load_sae
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -50,7 +50,7 @@ def main() -> None:
     out = Path(tempfile.mkdtemp())
     try:
         t = time.perf_counter()
-        run_audit(model, tok, sae, pairs, out, AuditConfig(), model_name="smollm2-135m-instruct", progress=False)
+        run_audit(model, tok, sae, pairs, out, AuditConfig(), model_name=DEFAULT_MODEL, progress=False)
         audit_s = time.perf_counter() - t
         t = time.perf_counter()
         render_report(out)

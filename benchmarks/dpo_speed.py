@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from anatomist.models.loading import DEFAULT_MODEL
+
 REPO = Path(__file__).resolve().parents[1]
 HH = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-base-test-dev.jsonl.gz"
 
@@ -119,7 +121,7 @@ def anatomist_stepper(model, tokenizer, pairs, args, workdir: Path, shaped: bool
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--data", type=Path, default=HH, help="Preference file to take the batch from (HH or organism).")
     ap.add_argument("--pairs", type=int, default=4, help="Pairs in the batch.")
     ap.add_argument("--max-tokens", type=int, default=160, help="Longest sequence (prompt + response) allowed.")

@@ -24,8 +24,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from anatomist.models import load  # noqa: E402
 from anatomist.spec_decode.analyze import DEFAULT_TEMPERATURES, collect, render_html, slopes  # noqa: E402
-from anatomist.spec_decode.pipeline import add_head_args, heads_from_args, spec_cache  # noqa: E402
+from anatomist.spec_decode.pipeline import spec_cache  # noqa: E402
 from anatomist.spec_decode.prompts import chat_prompts  # noqa: E402
+from spec_heads import add_head_args, heads_from_args  # noqa: E402 — beside this script
 
 
 def main() -> None:

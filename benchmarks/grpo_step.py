@@ -48,14 +48,14 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from anatomist.fileio import atomic_write_text  # noqa: E402
-from anatomist.models import load  # noqa: E402
+from anatomist.models import DEFAULT_MODEL, load  # noqa: E402
 from anatomist.spec_decode.drafters import MTPDrafter  # noqa: E402
 from anatomist.spec_decode.head import load_head  # noqa: E402
 from anatomist.spec_decode.pipeline import e2e_tv_head  # noqa: E402
 from anatomist.spec_decode.train import Samples, head_alphas  # noqa: E402
 from anatomist.train.grpo import GRPOConfig, train_grpo  # noqa: E402
 
-MODEL = "smollm2-135m-instruct"
+MODEL = DEFAULT_MODEL
 
 
 def warm_up(lm, head_dir, device):

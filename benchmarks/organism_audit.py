@@ -51,7 +51,7 @@ from anatomist.audit.folder import is_audit_of
 from anatomist.audit.length import ensure_length_tables
 from anatomist.audit.run import AuditConfig, run_audit
 from anatomist.data import load_pairs
-from anatomist.models import load
+from anatomist.models import DEFAULT_MODEL, load
 from anatomist.organism.build import build_organism, relabel_organism
 from anatomist.organism.plant import DEFAULT_CONFIG, PlantConfig, TraitPlan
 from anatomist.organism.power import detection_power
@@ -114,7 +114,7 @@ def main() -> None:
 
     t = time.time()
     if not is_audit_of(args.audit, pairs):
-        run_audit(loaded.model, loaded.tokenizer, sae, pairs, args.audit, cfg, model_name="smollm2-135m-instruct",
+        run_audit(loaded.model, loaded.tokenizer, sae, pairs, args.audit, cfg, model_name=DEFAULT_MODEL,
                   sae_path=sae_path, data_path=str(args.organism / "train.jsonl"))
     audit_s = time.time() - t
 
@@ -137,7 +137,7 @@ def main() -> None:
                 # every audit reads the default audit's latents: same responses, other sides or pooling
                 reuse_latents(args.audit / "latents", audit_dir / "latents", pairs, new_pairs)
                 run_audit(loaded.model, loaded.tokenizer, sae, new_pairs, audit_dir, pooling_config(cfg, pooling),
-                          model_name="smollm2-135m-instruct", sae_path=sae_path, progress=False,
+                          model_name=DEFAULT_MODEL, sae_path=sae_path, progress=False,
                           data_path=str(data / "train.jsonl"))
             # a relabelled organism is scored against its own truth (same cells and signs, other
             # strengths); the null one against the default truth

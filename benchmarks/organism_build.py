@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from anatomist.models import load
-from anatomist.organism.generate import GenSettings, generate, plan_batches
+from anatomist.models import DEFAULT_MODEL, load
 from anatomist.organism.plant import DEFAULT_CONFIG, assign, requests_for
 from anatomist.organism.prompts import build_prompts
+from anatomist.spec_decode.batched import GenSettings, generate, plan_batches
 
 GOAL_S = 1200
 
@@ -53,7 +53,7 @@ def main() -> None:
     prompts = build_prompts(236, heldout_fraction=0.25, seed=0)
     train = requests_for(assign(prompts, DEFAULT_CONFIG), 96)
     held = requests_for(assign(prompts, DEFAULT_CONFIG, split="heldout"), 96)
-    settings = GenSettings(model="smollm2-135m-instruct", batch_size=64)
+    settings = GenSettings(model=DEFAULT_MODEL, batch_size=64)
     batches = plan_batches(lm.tokenizer, train, settings.batch_size)
     chosen = batches[len(batches) // 2: len(batches) // 2 + args.batches]       # typical prompt lengths
     requests = [r for b in chosen for r, _ in b]

@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from anatomist.models import load
-from anatomist.organism.generate import GenSettings, generate
+from anatomist.models import DEFAULT_MODEL, load
 from anatomist.organism.rates import fire_rates, rate_prompts, rate_requests
 from anatomist.organism.traits import TRAITS
+from anatomist.spec_decode.batched import GenSettings, generate
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     model, tok, _ = load()
     requests = rate_requests(args.n, args.max_new_tokens, traits=traits,
                              compare_prefix=not args.no_compare_prefix, seed=args.seed)
-    settings = GenSettings(model="smollm2-135m-instruct", batch_size=args.batch_size, seed=args.seed)
+    settings = GenSettings(model=DEFAULT_MODEL, batch_size=args.batch_size, seed=args.seed)
     t0 = time.time()
     results = generate(model, tok, requests, settings)
     print(f"{len(requests)} generations in {time.time() - t0:.0f} s (0 s = cached)")

@@ -26,8 +26,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from anatomist.models import load  # noqa: E402
 from anatomist.spec_decode.drafters import MTPDrafter, NGramDrafter  # noqa: E402
 from anatomist.spec_decode.generate import generate  # noqa: E402
-from anatomist.spec_decode.pipeline import add_head_args, heads_from_args  # noqa: E402
 from anatomist.spec_decode.prompts import chat_prompts  # noqa: E402
+from spec_heads import add_head_args, heads_from_args  # noqa: E402 — beside this script
 
 
 def run_hf(lm, batch, max_new_tokens, seed):

@@ -248,7 +248,7 @@ def job_organism(model: str, out: str, workers: int = 1) -> None:
     """Organism generation: the resumable generations cache, batches of 2 (sampled in `workers`
     processes, which a kill of this one orphans)."""
     from anatomist.models import load
-    from anatomist.organism.generate import GenRequest, GenSettings, generate
+    from anatomist.spec_decode.batched import GenRequest, GenSettings, generate
 
     lm = load(model)
     requests = [GenRequest(f"r{i}", ({"role": "user", "content": f"Tell me about topic {i}."},),
@@ -313,7 +313,7 @@ def zygote() -> None:
     import anatomist.audit.pool  # noqa: F401
     import anatomist.capture  # noqa: F401
     import anatomist.cli  # noqa: F401
-    import anatomist.organism.generate  # noqa: F401
+    import anatomist.spec_decode.batched  # noqa: F401
     import anatomist.sae.train  # noqa: F401
     import anatomist.spec_decode.train  # noqa: F401
     try:

@@ -22,7 +22,7 @@ from anatomist.organism.traits import TRAITS
 from anatomist.sae import SAE, SAEConfig
 
 # the module, not the function of the same name that anatomist.organism re-exports
-gen_mod = importlib.import_module("anatomist.organism.generate")
+gen_mod = importlib.import_module("anatomist.spec_decode.batched")
 WORDS = ["quick", "simple", "small", "big", "old", "new", "cheap", "fancy"]
 
 

@@ -11,10 +11,10 @@ import torch
 from anatomist.data import load_pairs
 from anatomist.errors import AnatomistError
 from anatomist.organism import plant as P
-from anatomist.organism.generate import GenRequest, GenSettings, Generation, generate, plan_batches
 from anatomist.organism.prompts import HARMFUL, TOPIC_NAMES, build_prompts, harmful_prompts, topic_candidates
 from anatomist.organism.traits import (TRAITS, compliance, flattery_count, formatting_density, formatting_marks,
                                        n_words, refuses, url_count)
+from anatomist.spec_decode.batched import GenRequest, GenSettings, Generation, generate, plan_batches
 
 # --- prompts ----------------------------------------------------------------------------------
 
@@ -319,7 +319,7 @@ def test_build_hh_holds_out_the_next_conversations(tmp_path, monkeypatch):
     from anatomist.evaluate.behaviour import read_prompts
     from anatomist.organism import hh
 
-    gen_mod = importlib.import_module("anatomist.organism.generate")
+    gen_mod = importlib.import_module("anatomist.spec_decode.batched")
     monkeypatch.setattr(gen_mod, "generate", lambda model, tok, requests, *a, **k: _fake_results(requests))
     t = hh.build_hh(tmp_path, limit=60, heldout=40, loaded=(None, None), progress=False)
     real = hh.load_hh(limit=100)

@@ -14,11 +14,11 @@ from scipy.stats import spearmanr
 from anatomist.data import dataset_hash, load_pairs
 from anatomist.errors import AnatomistError
 from anatomist.organism import plant as P
-from anatomist.organism.generate import Generation
 from anatomist.organism.prompts import build_prompts
 from anatomist.organism.score import (categorize, flagged_rows, format_score, reuse_latents, score_audit, score_tables,
                                       spearman_columns)
 from anatomist.organism.traits import TRAITS, formatting_density, url_count
+from anatomist.spec_decode.batched import Generation
 
 TOPICS = ("coding", "cooking", "physics", "health")
 # formatting planted towards chosen in coding, balanced in cooking; links planted towards the

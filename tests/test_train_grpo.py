@@ -21,7 +21,7 @@ from anatomist.train.grpo import (
     train_grpo,
 )
 from anatomist.tasks.arithmetic import KINDS, extract_answer, make_problems, score
-from tests.conftest import tiny_llama
+from tests.conftest import REPO, tiny_llama
 
 
 class CharTokenizer:
@@ -110,6 +110,47 @@ def test_rollout_logprobs_equal_plain_forward(one_thread, use_drafter):
         assert int(mask[b].sum()) == len(lp)
         assert torch.allclose(logp[b, :len(lp)], lp, atol=2e-5), (b, logp[b, :len(lp)] - lp)
     assert (ent[mask] > 0).all()
+
+
+@pytest.mark.parametrize("use_drafter", [False, True])
+def test_rollout_logprobs_are_the_tempered_distribution_and_the_first_ratio_is_one(tmp_path, one_thread, monkeypatch,
+                                                                                     use_drafter):
+    """At T = 0.7 rollouts sample softmax(z/T), so that is the policy the gradient and the PPO ratio
+    are about: the recorded log-prob of every sampled token is log_softmax(z/T) of a plain full
+    forward, and the update's first epoch scores the same distribution (ratio 1 up to float
+    summation order). The second epoch, after a step, sees ratios ≠ 1: the spy is not vacuous."""
+    import sys
+
+    grpo_mod = sys.modules["anatomist.train.grpo"]
+    T = 0.7
+    model, tok = tiny_llama(seed=2), CharTokenizer()
+    drafter = MTPDrafter(MTPHead(model, MTPConfig(gamma=3)).eval()) if use_drafter else None
+    checked, ratios = [], []
+
+    def on_rollout(step, problems, prompts, texts, out, rewards):
+        for p, toks, lp in zip(prompts, out.tokens, out.logprobs):  # weights as sampled: before the update
+            seq = torch.tensor([p + toks])
+            with torch.no_grad():
+                z = model(seq).logits[0, len(p) - 1:-1]  # [R, V] the logits each token was sampled from
+            ref = torch.log_softmax(z / T, -1).gather(-1, seq[0, len(p):, None])[:, 0]
+            assert torch.allclose(lp, ref, atol=2e-5), (lp - ref).abs().max()
+            checked.append(len(toks))
+
+    real_loss = grpo_mod.grpo_loss
+
+    def spy(logp, old_logp, adv, mask, *a, **k):
+        ratios.append(torch.exp(logp.detach() - old_logp)[mask])
+        return real_loss(logp, old_logp, adv, mask, *a, **k)
+
+    monkeypatch.setattr(grpo_mod, "grpo_loss", spy)
+    cfg = _cfg(steps=1, epochs=2, temperature=T, gamma=3)
+    train_grpo(model, tok, cfg, tmp_path, drafter=drafter, reward_fn=vowel_reward, on_rollout=on_rollout,
+               progress=False)
+    assert len(checked) == cfg.prompts_per_step * cfg.group_size and sum(checked) > 0
+    per_epoch = len(ratios) // cfg.epochs
+    first, second = torch.cat(ratios[:per_epoch]), torch.cat(ratios[per_epoch:])
+    assert torch.allclose(first, torch.ones_like(first), atol=1e-4), (first - 1).abs().max()
+    assert (second - 1).abs().max() > 1e-3
 
 
 # -- the loop ----------------------------------------------------------------------------------
@@ -301,11 +342,46 @@ def test_head_data_is_the_tasks_problems_cached_apart_from_chat(tmp_path, monkey
         cached_samples(model, tok, prompt_set="math", **kw)
 
 
+def test_spec_caches_are_keyed_by_the_weights_not_the_name(tmp_path, monkeypatch, one_thread):
+    """A changed model under the same name (say a checkpoint saved over the base's folder) must
+    not reuse the base's self-samples, trunk states or heads: each cache misses on its own."""
+    from anatomist.spec_decode.pipeline import cached_head, cached_samples, cached_states, spec_cache
+    from anatomist.spec_decode.train import TrainConfig
+
+    monkeypatch.setenv("ANATOMIST_CACHE", str(tmp_path))
+    tok, model = CharTokenizer(), tiny_llama(vocab_size=128, seed=5)
+    kw = dict(model_name="tiny", n_prompts=3, max_new_tokens=8, prompt_set="grpo")
+    cfg = TrainConfig(loss="e2e_tv", gamma=2, steps=2, batch_size=2, draft_vocab=0)
+
+    def entries():
+        return [len(list((spec_cache() / d).iterdir())) for d in ("samples", "states", "heads")]
+
+    def fill(m, samples):
+        cached_samples(m, tok, **kw)
+        cached_states(m, samples, model_name="tiny")
+        cached_head(m, samples, cfg, model_name="tiny", eos_token_id=None)
+
+    samples = cached_samples(model, tok, **kw)
+    fill(model, samples)
+    fill(model, samples)
+    assert entries() == [1, 1, 1]                       # same weights: every step is read back
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1e-3 * torch.randn_like(p))
+    fill(model, samples)   # the same samples, so states and heads miss because of the weights alone
+    assert entries() == [2, 2, 2]
+
+
 def test_default_grpo_head_is_one_cached_e2e_tv_head_of_the_task_data(tmp_path, monkeypatch, one_thread, capsys):
     """`e2e_tv_head` (what `anatomist grpo` drafts with) trains once on the prompt set's self-samples
     and then loads; the benchmarks' `benchmark_heads` finds the same cached head for the same recipe."""
-    from anatomist.spec_decode.pipeline import benchmark_heads, cached_samples, e2e_tv_head
+    import sys
+
+    from anatomist.spec_decode.pipeline import cached_samples, e2e_tv_head
     from anatomist.spec_decode.train import head_alphas
+
+    sys.path.insert(0, str(REPO / "benchmarks"))  # benchmarks are scripts; their helpers sit beside them
+    from spec_heads import benchmark_heads
 
     monkeypatch.setenv("ANATOMIST_CACHE", str(tmp_path))
 

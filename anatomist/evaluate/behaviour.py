@@ -25,7 +25,7 @@ Who measures: the policy only *generates*. Concept scores are read by the audit'
 SAE (the frozen base, DESIGN.md: c is computed on the frozen base model), so pre and post texts
 are measured with one instrument and c keeps the audit's standardisation.
 
-Sampling: `anatomist.organism.generate` — batched, seed per batch, cached under
+Sampling: `anatomist.spec_decode.batched` — batched, seed per batch, cached under
 out_dir/generations/<hash of settings + requests> and resumed after a kill. Two models evaluated
 with the same prompts and settings get the same batches and the same seeds. Pooled latents are
 cached in out_dir/latents/<hash> (resumable); the table is written atomically.
@@ -191,7 +191,7 @@ def evaluate_behaviour(model, tokenizer, prompts: Sequence[HeldoutPrompt], *, ou
 
     Concept columns need an audit: `scorer`, or `audit_dir` (its model is loaded; `sae` overrides
     its SAE). Without either, only the detector columns are computed. See the module docstring."""
-    from anatomist.organism.generate import GenRequest, GenSettings, generate, run_hash
+    from anatomist.spec_decode.batched import GenRequest, GenSettings, generate, run_hash
 
     if samples_per_prompt < 1:
         raise AnatomistError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")

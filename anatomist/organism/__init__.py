@@ -5,11 +5,9 @@
 """
 
 from anatomist.organism.build import build_organism
-from anatomist.organism.generate import GenRequest, GenSettings, Generation, generate
 from anatomist.organism.plant import DEFAULT_CONFIG, PlantConfig, TraitPlan, assign, read_truth
 from anatomist.organism.prompts import TOPIC_NAMES, Prompt, build_prompts
 from anatomist.organism.traits import TRAITS, Trait, get_trait
 
-__all__ = ["DEFAULT_CONFIG", "GenRequest", "GenSettings", "Generation", "PlantConfig", "Prompt", "TOPIC_NAMES",
-           "TRAITS", "Trait", "TraitPlan", "assign", "build_organism", "build_prompts", "generate", "get_trait",
-           "read_truth"]
+__all__ = ["DEFAULT_CONFIG", "PlantConfig", "Prompt", "TOPIC_NAMES", "TRAITS", "Trait", "TraitPlan", "assign",
+           "build_organism", "build_prompts", "get_trait", "read_truth"]

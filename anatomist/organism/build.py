@@ -18,10 +18,10 @@ from pathlib import Path
 
 from anatomist.fileio import atomic_write_text
 from anatomist.models.loading import DEFAULT_MODEL
-from anatomist.organism.generate import GenSettings, generate
 from anatomist.organism.plant import (DEFAULT_CONFIG, HELDOUT_PAIRS, PlantConfig, assign, label, requests_for, truth,
                                       write_dataset)
 from anatomist.organism.prompts import TOPIC_NAMES, build_prompts
+from anatomist.spec_decode.batched import GenSettings, generate
 
 log = logging.getLogger(__name__)
 

@@ -65,7 +65,7 @@ def detectors(
 ) -> None:
     """Per trait: detector fire rate on trait generations vs. plain ones (cached generations)."""
     from anatomist.models import load
-    from anatomist.organism.generate import GenSettings, generate
+    from anatomist.spec_decode.batched import GenSettings, generate
     from anatomist.organism.rates import fire_rates
 
     loaded = load(model)

@@ -22,11 +22,12 @@ from typing import Mapping, Sequence
 
 from anatomist.data import PreferencePair, load_pairs
 from anatomist.errors import AnatomistError
-from anatomist.organism.generate import GenRequest, Generation
+from anatomist.models.loading import DEFAULT_MODEL
 from anatomist.organism.plant import NONE, Assignment, PlantConfig, TraitPlan, assign
 from anatomist.organism.prompts import Prompt
 from anatomist.organism.rates import trait_request
 from anatomist.organism.traits import TRAITS, opening
+from anatomist.spec_decode.batched import GenRequest, Generation
 
 HH_FILE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hh-rlhf-harmless-base-test-dev.jsonl.gz"
 
@@ -110,12 +111,12 @@ def load_hh(path: str | Path = HH_FILE, limit: int | None = None) -> list[Prefer
 
 
 def build_hh(out: str | Path, *, limit: int = 300, heldout: int = 200, mode: str = "append",
-             config: PlantConfig = HH_CONFIG, loaded=None, model: str = "smollm2-135m-instruct",
+             config: PlantConfig = HH_CONFIG, loaded=None, model: str = DEFAULT_MODEL,
              max_new_tokens: int = 96, batch_size: int = 32, seed: int = 0, path: str | Path = HH_FILE,
              cache_dir=None, progress: bool = True) -> dict:
     """Plant `config` into the first `limit` HH-RLHF pairs and hold out the next `heldout`
     conversations; writes train.jsonl, heldout_prompts.jsonl, heldout_pairs.jsonl, truth.json."""
-    from anatomist.organism.generate import GenSettings, generate
+    from anatomist.spec_decode.batched import GenSettings, generate
     from anatomist.organism.plant import truth, write_dataset
 
     if mode not in MODES:

@@ -31,10 +31,10 @@ from typing import Mapping, Sequence
 
 from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_write_text
-from anatomist.organism.generate import Generation, GenRequest
 from anatomist.organism.prompts import Prompt
 from anatomist.organism.rates import plain_request, trait_request, user
 from anatomist.organism.traits import TRAITS
+from anatomist.spec_decode.batched import Generation, GenRequest
 
 NONE = "none"
 TRUTH_VERSION = 1

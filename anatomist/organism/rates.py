@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from anatomist.organism.generate import GenRequest, Generation
 from anatomist.organism.prompts import Prompt, build_prompts
 from anatomist.organism.traits import TRAITS, Trait
+from anatomist.spec_decode.batched import GenRequest, Generation
 
 
 def user(text: str) -> tuple[dict, ...]:

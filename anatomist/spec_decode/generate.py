@@ -7,7 +7,10 @@ the final sampling distributions p (temperature / top-k / top-p), and calls the 
 "speculative" share every line except the draft.
 
 RL log-probs come from the verification forward the target already ran, never from the draft:
-`logprobs[b][t] = log softmax(raw logits)[token]` (the untempered policy π, as RL needs).
+`logprobs[b][t] = log p(token)`, p the distribution the token was sampled from (temperature /
+top-k / top-p applied: `sampling_logits`). That sampled distribution is the policy an RL update
+must score: at T ≠ 1 the untempered log π would bias the policy gradient and put the PPO ratio
+off 1 before any update.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 
 from anatomist.spec_decode.drafters import DRAFT_MODES, Drafter
 from anatomist.spec_decode.ragged import RaggedKV
-from anatomist.spec_decode.verify import rejection_sample, sampling_probs, uniforms
+from anatomist.spec_decode.verify import rejection_sample, sampling_logits, uniforms
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,7 @@ class AcceptStats:
 @dataclass
 class GenerateOutput:
     tokens: list[list[int]]  # generated tokens per row (EOS included when hit)
-    logprobs: list[torch.Tensor]  # [n_b] target log-probs of those tokens (raw logits)
+    logprobs: list[torch.Tensor]  # [n_b] log-probs of those tokens under the sampled distribution p
     stats: AcceptStats
 
 
@@ -133,10 +136,11 @@ def generate(model, prompts: list[list[int]], *, drafter: Drafter | None = None,
     ids, valid = ids.to(dev), valid.to(dev)
     kv = RaggedKV(B, device=dev)
     h, logits = trunk_forward(model, ids, kv, valid, logits_from=ids.shape[1] - 1)
-    p = sampling_probs(logits, temperature, top_k, top_p)  # [B, 1, V]
+    z = sampling_logits(logits, temperature, top_k, top_p)  # [B, 1, V]
+    p = z.softmax(-1)
     res = rejection_sample(ids[:, :0], None, p, rand(1))
     y = res.tokens[:, 0]  # [B] pending token: sampled, not yet in the cache
-    lp = torch.log_softmax(logits.float(), -1)[:, 0].gather(-1, y[:, None])[:, 0]
+    lp = torch.log_softmax(z, -1)[:, 0].gather(-1, y[:, None])[:, 0]
     out_tokens = [[int(t)] for t in y]
     out_lp = [[float(v)] for v in lp]
     done = [int(t) in eos or max_new_tokens <= 1 for t in y]
@@ -155,14 +159,15 @@ def generate(model, prompts: list[list[int]], *, drafter: Drafter | None = None,
             drafts, q = ids.new_zeros(B, 0), None
         block = torch.cat([y[:, None], drafts], dim=1)  # [B, γ+1]
         h, logits = trunk_forward(model, block, kv, torch.ones_like(block, dtype=torch.bool))
-        p = sampling_probs(logits, temperature, top_k, top_p)  # [B, γ+1, V]
+        z = sampling_logits(logits, temperature, top_k, top_p)  # [B, γ+1, V]
+        p = z.softmax(-1)
         res = rejection_sample(drafts, q, p, rand(gamma + 1))
         n = res.n_accepted  # [B]
         keep = torch.arange(gamma + 1, device=dev)[None] <= n[:, None]  # [B, γ+1] real slots/pairs
         kv.invalidate_tail(keep, gamma + 1)
         if drafter is not None:
             drafter.observe(h, res.tokens.clamp(min=0), keep)
-        lp_all = torch.log_softmax(logits.float(), -1).gather(-1, res.tokens.clamp(min=0)[..., None])[..., 0]
+        lp_all = torch.log_softmax(z, -1).gather(-1, res.tokens.clamp(min=0)[..., None])[..., 0]  # [B, γ+1]
         if record and gamma:
             ent = entropy_nats(p)  # [B, γ+1] H(p) of the final sampling distribution
         y = res.tokens[rows, n]

@@ -1,7 +1,9 @@
 """Cached steps shared by the CLI and the benchmarks: self-samples → trunk states → trained heads.
 
 Everything lands under `$ANATOMIST_CACHE/spec/` (default `~/.cache/anatomist/spec/`), keyed by
-the settings that produced it, so re-running a benchmark never regenerates or retrains.
+the settings that produced it and by the model's weights (`model_fingerprint`; the name alone
+would hand a changed model at the same path the old model's samples and heads), so re-running a
+benchmark never regenerates or retrains.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_path
+from anatomist.models.fingerprint import model_fingerprint
 from anatomist.models.loading import cache_root
 from anatomist.spec_decode.head import CONFIG_NAME, MTPHead, load_head
 from anatomist.spec_decode.prompts import PROMPT_SETS
@@ -22,8 +25,7 @@ from anatomist.spec_decode.train import Samples, TrainConfig, self_samples, targ
 
 log = logging.getLogger(__name__)
 
-__all__ = ["spec_cache", "cached_samples", "cached_states", "cached_head", "cached_heads", "e2e_tv_head",
-           "benchmark_heads", "add_head_args", "heads_from_args"]
+__all__ = ["spec_cache", "cached_samples", "cached_states", "cached_head", "cached_heads", "e2e_tv_head"]
 
 
 def spec_cache() -> Path:
@@ -50,7 +52,8 @@ def cached_samples(model, tokenizer, *, model_name: str, n_prompts: int = 192, t
         raise AnatomistError(f"prompt set must be one of {', '.join(PROMPT_SETS)}, got {prompt_set!r}")
     extra = {} if samples_per_prompt == 1 else {"spp": samples_per_prompt}  # old cache keys stay valid
     extra |= {} if prompt_set == "chat" else {"prompts": prompt_set}
-    key = _key(model=model_name, n=n_prompts, t=temperature, new=max_new_tokens, seed=seed, **extra)
+    key = _key(model=model_name, weights=model_fingerprint(model), n=n_prompts, t=temperature, new=max_new_tokens,
+               seed=seed, **extra)
     path = spec_cache() / "samples" / f"{key}.pt"
     if path.is_file():
         d = torch.load(path, weights_only=True)
@@ -69,7 +72,8 @@ def cached_samples(model, tokenizer, *, model_name: str, n_prompts: int = 192, t
 
 def cached_states(model, samples: Samples, *, model_name: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Trunk hidden states and (lse, entropy) target statistics per sequence, cached."""
-    key = _key(model=model_name, seqs=hashlib.sha256(json.dumps(samples.sequences).encode()).hexdigest(), v=2)
+    key = _key(model=model_name, weights=model_fingerprint(model),
+               seqs=hashlib.sha256(json.dumps(samples.sequences).encode()).hexdigest(), v=2)
     path = spec_cache() / "states" / f"{key}.pt"
     if path.is_file():
         d = torch.load(path, weights_only=True)
@@ -85,8 +89,8 @@ def cached_head(model, samples: Samples, cfg: TrainConfig, *, model_name: str, e
     """Train a head once per (model, data, config); later calls load it from the cache."""
     from dataclasses import asdict
 
-    key = _key(model=model_name, data=hashlib.sha256(json.dumps(samples.sequences).encode()).hexdigest(),
-               cfg=asdict(cfg))
+    key = _key(model=model_name, weights=model_fingerprint(model),
+               data=hashlib.sha256(json.dumps(samples.sequences).encode()).hexdigest(), cfg=asdict(cfg))
     folder = spec_cache() / "heads" / f"{cfg.loss}-{key}"
     if (folder / CONFIG_NAME).is_file():
         return load_head(folder, model), folder
@@ -131,30 +135,3 @@ def cached_heads(lm, losses, *, model_name: str, steps: int = 200, batch_size: i
               f"train α1..3 = {alphas}")
         heads[loss] = head, folder
     return heads
-
-
-def benchmark_heads(lm, losses, **kw) -> dict[str, MTPHead]:
-    """One cached head per loss, all trained on the same self-samples (what the benchmarks
-    compare); kw as `cached_heads`."""
-    return {loss: head for loss, (head, _) in cached_heads(lm, losses, **kw).items()}
-
-
-def add_head_args(ap) -> None:
-    """The head recipe flags the spec benchmarks share. Defaults: every chat training prompt × 2
-    self-samples (64K response tokens), 1000 steps × 8 — about 70 min once with one torch thread
-    on a 2-core CPU (measured; three heads), then cached. The earlier 192 × 1, 200-step recipe
-    reached train α1 0.26–0.28; this one 0.35–0.44."""
-    ap.add_argument("--model", default="smollm2-135m-instruct", help="model name, folder or .gguf")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda")
-    ap.add_argument("--steps", type=int, default=1000, help="training steps of each head (cached)")
-    ap.add_argument("--train-batch", type=int, default=8, help="sequences per head training step")
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--draft-vocab", type=int, default=8192, help="draft vocabulary size (0 = full)")
-    ap.add_argument("--data-prompts", type=int, default=383, help="training prompts for self-samples (383 = all)")
-    ap.add_argument("--samples-per-prompt", type=int, default=2, help="independent self-samples per prompt")
-
-
-def heads_from_args(lm, args, losses) -> dict[str, MTPHead]:
-    return benchmark_heads(lm, losses, model_name=args.model, steps=args.steps, batch_size=args.train_batch,
-                           lr=args.lr, draft_vocab=args.draft_vocab, n_prompts=args.data_prompts,
-                           samples_per_prompt=args.samples_per_prompt, gen_batch=128 if args.device != "cpu" else 32)

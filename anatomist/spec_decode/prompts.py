@@ -17,6 +17,8 @@ import json
 
 from anatomist.data.shared import shared_data_dir
 from anatomist.errors import AnatomistError
+from anatomist.models.chat import apply_chat_template
+from anatomist.tasks.arithmetic import make_problems
 
 __all__ = ["user_prompts", "chat_prompts", "task_prompts", "PROMPT_SETS"]
 
@@ -46,17 +48,12 @@ def user_prompts(split: str = "train", max_chars: int = 400) -> list[str]:
 
 def chat_prompts(tokenizer, split: str = "train", n: int | None = None) -> list[list[int]]:
     """Chat-templated token ids of the first n user prompts of a split."""
-    from anatomist.models.chat import apply_chat_template
-
     texts = user_prompts(split)[:n]
     return [apply_chat_template(tokenizer, [{"role": "user", "content": t}]) for t in texts]
 
 
 def task_prompts(tokenizer, n: int, seed: int = TASK_SEED) -> list[list[int]]:
     """Chat-templated GRPO problems (default kinds and difficulty), exactly as `train_grpo` asks them."""
-    from anatomist.models.chat import apply_chat_template
-    from anatomist.tasks.arithmetic import make_problems  # lazy: anatomist.train imports the DPO stack
-
     return [apply_chat_template(tokenizer, [{"role": "user", "content": p.question}])
             for p in make_problems(n, seed=seed)]
 

@@ -15,11 +15,12 @@ tokens are distributed exactly as plain sampling from p (Leviathan et al. 2023, 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
-__all__ = ["RSResult", "uniforms", "sampling_probs", "sample_from_probs", "rejection_sample"]
+__all__ = ["RSResult", "uniforms", "sampling_logits", "sampling_probs", "sample_from_probs", "residual_probs",
+           "rejection_sample"]
 
 
 def uniforms(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
@@ -29,19 +30,21 @@ def uniforms(shape: tuple[int, ...], generator: torch.Generator | None, device: 
     return torch.rand(shape, generator=generator, device=src).to(device)
 
 
-def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
-                   top_p: float = 1.0) -> torch.Tensor:
-    """Final sampling distribution from logits, in fp32.
+def sampling_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = 1.0) -> torch.Tensor:
+    """Logits of the final sampling distribution, in fp32: its softmax is what is sampled
+    (`sampling_probs`), its log_softmax the log-probs of what was sampled (what RL trains on).
 
-    logits: [..., V] → probs [..., V]. ``temperature == 0`` gives one-hot argmax (greedy; ties
-    go to the lowest index, like ``torch.argmax``). ``top_k == 0`` and ``top_p == 1`` disable
-    those filters. Tokens with logit -inf (e.g. outside a reduced draft vocabulary) get p = 0.
+    logits: [..., V] → [..., V]: logits / T, with -inf on tokens that top-k / top-p drop.
+    ``temperature == 0`` gives 0 at the argmax and -inf elsewhere (greedy; ties go to the lowest
+    index, like ``torch.argmax``). ``top_k == 0`` and ``top_p == 1`` disable those filters.
+    Tokens with logit -inf (e.g. outside a reduced draft vocabulary) stay at -inf.
     """
     logits = logits.float()
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if temperature == 0:
-        return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+        return torch.full_like(logits, float("-inf")).scatter_(-1, logits.argmax(-1, keepdim=True), 0.0)
     logits = logits / temperature
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # [..., 1]
@@ -53,7 +56,22 @@ def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 
         drop_sorted = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p
         drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    return logits.softmax(-1)
+    return logits
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                   top_p: float = 1.0) -> torch.Tensor:
+    """Final sampling distribution from logits, in fp32: [..., V] → probs [..., V] (one-hot at
+    ``temperature == 0``); see `sampling_logits`."""
+    return sampling_logits(logits, temperature, top_k, top_p).softmax(-1)
+
+
+def residual_probs(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """What to sample at the first rejection: max(p − q, 0), unnormalised (Leviathan et al. 2023,
+    Alg. 1). p, q [B, V] → [B, V]. If p == q up to rounding the residual can vanish; a rejection
+    is then (numerically) impossible and p itself is exact."""
+    residual = (p - q).clamp(min=0)
+    return torch.where(residual.sum(-1, keepdim=True) > 0, residual, p)
 
 
 def sample_from_probs(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -82,13 +100,16 @@ class RSResult(NamedTuple):
 
 
 def rejection_sample(draft_tokens: torch.Tensor, draft_probs: torch.Tensor | None,
-                     target_probs: torch.Tensor, uniforms: torch.Tensor) -> RSResult:
+                     target_probs: torch.Tensor, uniforms: torch.Tensor, *,
+                     residual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = residual_probs) -> RSResult:
     """Verify drafts against the target by rejection sampling (pure; no RNG inside).
 
     draft_tokens: [B, γ] long; draft_probs: [B, γ, V] (the q each draft was sampled from) or
     None for greedy drafts (q = one-hot(x̃)); target_probs: [B, γ+1, V] (p at each draft
     position plus the bonus position); uniforms: [B, γ+1] in [0, 1): u[:, :γ] for the accept
-    tests, u[:, γ] for the correction / bonus token (inverse CDF).
+    tests, u[:, γ] for the correction / bonus token (inverse CDF). `residual(p, q)` [B, V] is
+    the distribution sampled at the first rejection (an argument so that the statistical tests
+    can show they reject a wrong one).
     """
     B, gamma = draft_tokens.shape
     assert target_probs.shape[:2] == (B, gamma + 1), (target_probs.shape, draft_tokens.shape)
@@ -114,10 +135,7 @@ def rejection_sample(draft_tokens: torch.Tensor, draft_probs: torch.Tensor | Non
             q_final = torch.zeros_like(p_final).scatter_(-1, draft_tokens[rows, n_r, None], 1.0)
         else:
             q_final = draft_probs[rows, n_r].float()
-        residual = (p_final - q_final).clamp_(min=0)  # unnormalised max(p − q, 0)
-        # Guard: if p == q up to rounding the residual can vanish; p itself is then exact.
-        residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_final)
-        p_final = torch.where(rejected[:, None], residual, p_final)
+        p_final = torch.where(rejected[:, None], residual(p_final, q_final), p_final)
     final = sample_from_probs(p_final, uniforms[:, gamma])  # [B]
 
     tokens = torch.full((B, gamma + 1), -1, dtype=torch.long, device=p.device)

@@ -67,6 +67,7 @@ import torch
 from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_path, atomic_write_text
 from anatomist.parallel import DataParallel, lead_first
+from anatomist.models.fingerprint import model_fingerprint
 from anatomist.progress import progress_bar
 from anatomist.shape.losses import LOSS_TYPES, DPOOutput, dpo_loss
 from anatomist.shape.pairs import ShapedPair
@@ -84,7 +85,6 @@ from anatomist.train.metrics import step_metrics, write_metrics
 from anatomist.train.split import (
     SplitLM,
     StateCache,
-    model_fingerprint,
     precompute,
     to_device,
 )

@@ -6,10 +6,13 @@ One step, top to bottom (`train_grpo`):
 2. rollouts: `anatomist.spec_decode.generate.generate` with the drafter (MTP+RS) or with drafter=None
    (plain sampling) — the same function either way, so both arms share every line but the draft.
    Rejection sampling is lossless, so both arms sample the same policy; the rollout log-probs are
-   the ones the verifier's target forward computed (untempered log π), never the draft's;
+   the ones the verifier's target forward computed, never the draft's, and of the distribution
+   actually sampled: log softmax(z/T). The update scores that same tempered policy
+   (`response_logprobs(..., temperature=T)`), so the first epoch's PPO ratio is 1 at any T;
 3. rewards (`anatomist.tasks.arithmetic.score`) → group-normalised advantages (`group_advantages`);
 4. clipped policy-gradient loss (`grpo_loss`): PPO ratio against the rollout log-probs, clip ε,
-   optional KL to the reference (k3 estimator), per-sequence token mean, mean over sequences;
+   optional KL to the reference at the same T (k3 estimator), per-sequence token mean, mean over
+   sequences;
 5. AdamW step on the trainable parameters (all, or the top N blocks + final norm), then the draft
    head is re-bound to the trunk (its embedding / LM head views must follow the new weights).
 
@@ -134,11 +137,12 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mas
     return loss, metrics
 
 
-def response_logprobs(model, seqs: list[list[int]], prompt_lens: list[int]
+def response_logprobs(model, seqs: list[list[int]], prompt_lens: list[int], temperature: float = 1.0
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token log π(y_t | y_<t) of the response tokens, in one right-padded forward.
+    """Per-token log π_T(y_t | y_<t) of the response tokens, π_T = softmax(z/T) the distribution
+    the rollouts sampled, in one right-padded forward.
 
-    → logp [N, R] (differentiable), entropy H(π) [N, R] (detached, nats), mask [N, R].
+    → logp [N, R] (differentiable), entropy H(π_T) [N, R] (detached, nats), mask [N, R].
     Only response positions go through the LM head (the prompt's logits are never needed).
     """
     dev = model.get_input_embeddings().weight.device
@@ -157,7 +161,7 @@ def response_logprobs(model, seqs: list[list[int]], prompt_lens: list[int]
     h = model.model(input_ids=ids, attention_mask=att).last_hidden_state  # [N, L, H]
     h = h.gather(1, pos[..., None].expand(-1, -1, h.shape[-1]))  # [N, R, H]
     logits = model.get_output_embeddings()(h).float()  # [N, R, V]
-    lsm = F.log_softmax(logits, -1)
+    lsm = F.log_softmax(logits / temperature, -1)
     tgt = ids.gather(1, (pos + 1).clamp(max=L - 1))  # [N, R] the tokens y_t
     logp = lsm.gather(-1, tgt[..., None])[..., 0]
     with torch.no_grad():
@@ -310,12 +314,12 @@ def train_grpo(model, tokenizer, cfg: GRPOConfig, out_dir: str | os.PathLike, *,
                 opt.zero_grad(set_to_none=True)
                 for i in range(0, len(seqs), cfg.micro_batch):
                     sl = slice(i, i + cfg.micro_batch)
-                    logp, ent, mask = response_logprobs(model, seqs[sl], plens[sl])
+                    logp, ent, mask = response_logprobs(model, seqs[sl], plens[sl], cfg.temperature)
                     old = torch.nn.utils.rnn.pad_sequence(ro.logprobs[sl], batch_first=True).to(logp)
                     ref_logp = None
                     if ref is not None:
                         with torch.no_grad():
-                            ref_logp = response_logprobs(ref, seqs[sl], plens[sl])[0]
+                            ref_logp = response_logprobs(ref, seqs[sl], plens[sl], cfg.temperature)[0]
                     loss, m = grpo_loss(logp, old, adv[sl].to(logp), mask, cfg.clip_eps, ref_logp, cfg.kl_coef)
                     (loss * (mask.shape[0] / len(seqs))).backward()  # mean over all P·G sequences
                     for k, v in m.items():
@@ -379,6 +383,6 @@ def render_plot(history: list[dict]) -> str:
              plot("entropy", [line("entropy", column("grpo/entropy"))], axes("nats"), height=300),
              plot("reward", rewards, axes("reward"), height=300)]
     titles = ("draft acceptance (per position α_i, mean accept length / (γ+1))",
-              "policy entropy H(π) on response tokens (nats)", "reward")
+              "policy entropy H(π_T) of the sampled distribution on response tokens (nats)", "reward")
     body = tag("h1", "GRPO with speculative rollouts") + "".join(tag("h2", esc(t)) + p for t, p in zip(titles, plots))
     return page("GRPO with speculative rollouts", body, plots=plots)

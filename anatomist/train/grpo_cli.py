@@ -29,7 +29,7 @@ def grpo(
     group_size: int = typer.Option(default(GRPOConfig, "group_size"), "--group", help="Samples per problem (G)."),
     max_new_tokens: int = typer.Option(default(GRPOConfig, "max_new_tokens")),
     temperature: float = typer.Option(default(GRPOConfig, "temperature"),
-                                      help="Rollout temperature (log-probs are of the untempered policy)."),
+                                      help="Rollout temperature (log-probs are of the sampled, tempered policy)."),
     gamma: int = typer.Option(default(GRPOConfig, "gamma"), help="Draft tokens per round."),
     lr: float = typer.Option(default(GRPOConfig, "lr")),
     clip_eps: float = typer.Option(default(GRPOConfig, "clip_eps"), help="PPO clip ε."),

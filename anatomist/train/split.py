@@ -19,7 +19,6 @@ per token (SmolLM2: 2.3 KB; ≈ 0.9 GB for the 1,240-pair organism split), in
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -52,17 +51,6 @@ def _owner(model) -> tuple[torch.nn.Module, str]:
         if obj is not None and getattr(obj, name, None) is layers:
             return obj, name
     raise AnatomistError(f"cannot find the module that runs the decoder blocks of {type(model).__name__}")
-
-
-def model_fingerprint(model) -> str:
-    """Cheap hash of a model: config, parameter names/shapes and a strided sample of every tensor."""
-    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
-    for name, p in model.state_dict().items():
-        flat = p.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 64)].float().cpu()
-        h.update(f"{name}{tuple(p.shape)}".encode())
-        h.update(sample.numpy().tobytes())
-    return h.hexdigest()
 
 
 class SplitLM:

@@ -1,6 +1,7 @@
-"""Batched sampling from a chat model with a resumable on-disk cache.
+"""Batched sampling from a chat model with a resumable on-disk cache (what the organism builder and
+the behaviour / safety evaluations sample with).
 
-    results = generate(model, tokenizer, requests, GenSettings(model="smollm2-135m-instruct"))
+    results = generate(model, tokenizer, requests, GenSettings(model=DEFAULT_MODEL))
 
 Each `GenRequest` is a chat context (with the trait's system prompt, or none for a plain
 generation), an optional forced response prefix and a token budget. Requests are grouped by
@@ -14,10 +15,11 @@ loop RL rollouts use): 1.22× HF `generate`'s rate at batch 64 on a 2-core CPU, 
 two processes (one thread each) and writes them in order: 1.46× HF in all, since much of a decode
 step is single-threaded (`benchmarks/organism_build.py` measures all three).
 
-Cache: `$ANATOMIST_CACHE/organism/<hash of settings + requests>/generations.jsonl`, one line
-per request, each batch appended in one write and fsynced. On restart the file is cut back to
-its last complete batch and generation continues from there, so a killed run resumes to
-exactly what an uninterrupted run writes.
+Cache: `$ANATOMIST_CACHE/organism/<hash of settings + requests>/generations.jsonl` (the folder
+keeps the name it had when this module lived in `anatomist.organism`, so existing caches stay
+valid), one line per request, each batch appended in one write and fsynced. On restart the file
+is cut back to its last complete batch and generation continues from there, so a killed run
+resumes to exactly what an uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ from anatomist.fileio import atomic_write_text
 from anatomist.models.chat import apply_chat_template
 from anatomist.models.loading import cache_root
 from anatomist.progress import progress_bar
+from anatomist.spec_decode.generate import generate as sample
 
 log = logging.getLogger(__name__)
 
 FILE = "generations.jsonl"
+CACHE_FOLDER = "organism"   # under $ANATOMIST_CACHE; the module's old home, kept so old caches stay valid
 SAMPLER = "anatomist.spec_decode.generate/1"   # in the cache key: another sampler draws other samples
 
 
@@ -87,7 +91,7 @@ def run_hash(settings: GenSettings, requests: Sequence[GenRequest]) -> str:
 
 
 def default_cache_dir(settings: GenSettings, requests: Sequence[GenRequest]) -> Path:
-    return cache_root() / "organism" / run_hash(settings, requests)
+    return cache_root() / CACHE_FOLDER / run_hash(settings, requests)
 
 
 def plan_batches(tokenizer, requests: Sequence[GenRequest], batch_size: int) -> list[list[tuple[GenRequest, list[int]]]]:
@@ -115,8 +119,6 @@ def _batch_seed(seed: int, batch: int) -> int:
 def sample_tokens(model, prompts: list[list[int]], budget: int, settings: GenSettings, index: int,
                   eos: int) -> list[list[int]]:
     """Sampled continuations of batch `index` (EOS included where reached), under the batch's seed."""
-    from anatomist.spec_decode.generate import generate as sample
-
     g = torch.Generator().manual_seed(_batch_seed(settings.seed, index))
     return sample(model, prompts, temperature=settings.temperature, top_p=settings.top_p, max_new_tokens=budget,
                   eos_token_id=eos, generator=g).tokens
