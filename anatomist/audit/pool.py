@@ -176,7 +176,7 @@ def pool_features(model, tokenizer, sae, items: Sequence[CaptureItem], out: str 
     encode_batch(tokenizer, items[:1], max_length)  # a tokenizer without chat template fails before any file exists
     settings = dict(layer=int(layer), d_sae=sae.cfg.d_sae, sae_model=sae.cfg.model, max_length=max_length,
                     n_sequences=len(items), items_hash=items_hash(items),
-                    sae_hash=_tensor_hash(sae.W_enc), model=getattr(model.config, "_name_or_path", ""))
+                    sae_hash=tensor_hash(sae.W_enc), model=getattr(model.config, "_name_or_path", ""))
     writer = ShardWriter(out, settings, shard_rows=shard_rows, format=FORMAT)
     start = writer.next_seq
     with progress_bar(f"SAE latents of responses (layer {layer})", total=len(items), completed=start,
@@ -194,7 +194,8 @@ def pool_features(model, tokenizer, sae, items: Sequence[CaptureItem], out: str 
     return Latents(out)
 
 
-def _tensor_hash(t: torch.Tensor) -> str:
+def tensor_hash(t: torch.Tensor) -> str:
+    """A short content hash of a tensor (e.g. the SAE encoder, to key cached latents)."""
     import hashlib
 
     return hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()[:16]

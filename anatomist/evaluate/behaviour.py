@@ -142,10 +142,10 @@ class Scorer:
                    int(cfg.get("max_length", 256)), int(cfg.get("batch_size", 8)), int(cfg.get("topk", 16)))
 
     def key(self, items) -> str:
-        from anatomist.audit.pool import _tensor_hash
+        from anatomist.audit.pool import tensor_hash
         from anatomist.capture.run import items_hash
 
-        parts = [items_hash(items), _tensor_hash(self.sae.W_enc), self.layer, self.max_length,
+        parts = [items_hash(items), tensor_hash(self.sae.W_enc), self.layer, self.max_length,
                  getattr(self.model.config, "_name_or_path", "")]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 

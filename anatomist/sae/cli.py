@@ -34,7 +34,7 @@ def parse_count(text: str) -> int:
         raise AnatomistError(f"expected a count like 2M, 500K or 100000, got {text!r}") from None
 
 
-def _is_store(path: Path) -> bool:
+def is_activation_store(path: Path) -> bool:
     return (path / "capture.json").is_file()
 
 
@@ -91,7 +91,7 @@ def train(
     from anatomist.sae.train import train_sae
 
     lm, held = None, []
-    if len(data) == 1 and _is_store(data[0]):
+    if len(data) == 1 and is_activation_store(data[0]):
         from anatomist.capture import ActivationStore
 
         if ce_sequences:
@@ -101,7 +101,7 @@ def train(
     else:
         from anatomist.models import load
 
-        if any(_is_store(p) for p in data):
+        if any(is_activation_store(p) for p in data):
             raise AnatomistError("pass either one activation store folder or dataset files, not both")
         items = _items(data, max_pairs)
         if ce_sequences:
@@ -143,12 +143,12 @@ def eval_(
     sae = load_sae(sae_path)
     model = model or sae.cfg.model or DEFAULT_MODEL
     lm, items = None, None
-    if ce_sequences or not (len(data) == 1 and _is_store(data[0])):
+    if ce_sequences or not (len(data) == 1 and is_activation_store(data[0])):
         from anatomist.models import load
 
         lm = load(model)
     with tempfile.TemporaryDirectory(prefix="anatomist-sae-eval-") as tmp:
-        if len(data) == 1 and _is_store(data[0]):
+        if len(data) == 1 and is_activation_store(data[0]):
             store = data[0]
         else:
             if sae.cfg.layer is None:

@@ -112,11 +112,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     import typer
 
     from anatomist.errors import AnatomistError
-    from anatomist.sae.cli import _is_store, train
+    from anatomist.sae.cli import is_activation_store, train
 
     def store_only_train(**kwargs):
         # several ranks capturing raw pairs into one folder would race; one process may capture
-        if DataParallel.current() is not None and not (len(kwargs["data"]) == 1 and _is_store(kwargs["data"][0])):
+        if DataParallel.current() is not None and not (len(kwargs["data"]) == 1 and is_activation_store(kwargs["data"][0])):
             raise AnatomistError("--data must be one activation store folder under torchrun (capture first: "
                                  "torchrun ... -m anatomist.capture.distributed)")
         train(**kwargs)

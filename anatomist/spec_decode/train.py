@@ -137,8 +137,8 @@ def draft_vocab_ids(sequences: list[list[int]], size: int, vocab_size: int,
                       size).indices.sort().values
 
 
-def _batch(states, stats, samples: Samples, idx: list[int], gamma: int, chains_per_seq: int,
-           gen: torch.Generator):
+def head_batch(states, stats, samples: Samples, idx: list[int], gamma: int, chains_per_seq: int,
+               gen: torch.Generator):
     """Right-padded hidden [B, T, H], tokens [B, T], lse/entropy [B, T, 2], chain starts [B, C]
     and their validity [B, C]: up to C chains per sequence drawn from those the chain mask allows
     (start in the response, at the last prompt position or later; all γ targets exist)."""
@@ -203,7 +203,7 @@ def head_alphas(heads: Mapping[str, MTPHead], model, samples: Samples, batch_siz
     sums = {name: torch.zeros(g, dtype=torch.float64) for name in heads}
     n = 0
     for start in range(0, len(usable), batch_size):
-        batch = _batch(states, stats, sub, list(range(start, min(start + batch_size, len(usable)))), g, 0,
+        batch = head_batch(states, stats, sub, list(range(start, min(start + batch_size, len(usable)))), g, 0,
                        torch.Generator())  # chains_per_seq 0: every chain, the generator is not drawn from
         k = int(batch[-1].sum())
         for name, head in heads.items():
@@ -274,7 +274,7 @@ def train_head(model, samples: Samples, cfg: TrainConfig, out_dir: str | os.Path
         for step in range(start, end):
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
             pick = torch.randperm(len(usable), generator=g)[:cfg.batch_size].tolist()
-            h, tok, st, chains, valid = _batch(states, stats, samples, [usable[i] for i in pick], cfg.gamma,
+            h, tok, st, chains, valid = head_batch(states, stats, samples, [usable[i] for i in pick], cfg.gamma,
                                                cfg.chains_per_seq, g)
             for group in opt.param_groups:
                 group["lr"] = _lr(step, cfg)

@@ -207,7 +207,7 @@ def _refresh_head(head, model, seqs: list[list[int]], plens: list[int], cfg: GRP
     """Fine-tune the draft head on the current policy's own rollouts (e2e-TV, trunk frozen)."""
     from anatomist.spec_decode.train import (
         Samples,
-        _batch,
+        head_batch,
         head_loss,
         target_stats,
         trunk_states,
@@ -227,7 +227,7 @@ def _refresh_head(head, model, seqs: list[list[int]], plens: list[int], cfg: GRP
     metrics = {}
     for _ in range(cfg.head_refresh_steps):
         pick = torch.randperm(len(usable), generator=g)[:8].tolist()
-        batch = _batch(states, stats, samples, [usable[i] for i in pick], head.config.gamma, 32, g)
+        batch = head_batch(states, stats, samples, [usable[i] for i in pick], head.config.gamma, 32, g)
         loss, metrics = head_loss(head, *batch, "e2e_tv", head.config.gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
