@@ -154,7 +154,8 @@ def demo(
         console.print(f"screenshot: {shot.resolve()}")
     except AnatomistError as e:  # Chromium is optional for the demo; the report itself is complete
         console.print(f"[yellow]no screenshot: {e}")
-    found = {k: score[k] for k in ("recall", "precision", "sign_accuracy", "n_found", "n_planted_cells")} \
+    found = {k: score[k] for k in ("recall", "precision", "precision_planted", "sign_accuracy", "n_found",
+                                   "n_planted_cells")} \
         if score else None
     atomic_write_text(out / "summary.json", json.dumps({"model": facts, "data": {"file": str(data), "stats": stats},
                                                         "sae": str(sae_path), "audit": str(audit_dir),

@@ -92,7 +92,8 @@ def main() -> None:
                     help="audit pooling(s) to compare: mean, max, topN (top-k mean, k = N); the first audit's "
                          "latents serve every other one")
     ap.add_argument("--top-k", type=int, default=None, help="only the first K flagged topic rows count")
-    ap.add_argument("--rho-min", type=float, default=0.3)
+    ap.add_argument("--rho-min", type=float, default=None,
+                    help="tracking threshold (default: the matching rule's own, 0.5 stratified, 0.3 global)")
     ap.add_argument("--fractions", default="0.5,0.75,0.9", help="subset sizes (share of each topic's pairs); '' skips")
     ap.add_argument("--subsets", type=int, default=40, help="random subsets per fraction")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -145,7 +146,7 @@ def main() -> None:
             score = partial(score_audit, audit_dir, truth if s is None else data / "truth.json",
                             data_path=data / "train.jsonl", top_k=args.top_k, rho_min=args.rho_min)
             key = (pooling, name)
-            results[key] = score()                                       # matching "topic"; writes score.json
+            results[key] = score()                                       # matching "stratified"; writes score.json
             strict[key] = score(matching="global", write=False)
             timings[key] = time.time() - t
             print(f"\n== {pooling} pooling, strength {name} ({audit_dir}) ==\n{format_score(results[key])}", flush=True)
@@ -158,15 +159,17 @@ def main() -> None:
           f"(0 = reused); total {time.time() - t0:.0f} s")
     print("null = the same responses with every planted cell relabelled as a balanced control, scored against "
           "the default truth (what the audit 'finds' by chance)")
-    for title, table in (("matching='topic' (the default)", results),
+    for title, table in (("matching='stratified' (the default: tracking within (topic, side) strata); precision "
+                          "against the measured truth, precision_planted the strict planted-only figure", results),
                          ("matching='global' (a cluster must track the trait across all its topics, not only in the "
                           "row's topic)", strict)):
         print(f"\n{title}:")
-        print(f"{'pooling':>7s} {'strength':>8s} {'recall':>7s} {'precision':>9s} {'sign acc':>8s} "
+        print(f"{'pooling':>7s} {'strength':>8s} {'recall':>7s} {'precision':>9s} {'planted':>7s} {'sign acc':>8s} "
               f"{'trait share':>11s} {'flagged':>7s} {'controls fp':>11s} {'recall - null':>13s} {'seconds':>7s}")
         for (pooling, name), r in table.items():
             null = table[(pooling, "null")]
-            print(f"{pooling:>7s} {name:>8s} {r['recall']:7.2f} {r['precision']:9.2f} {r['sign_accuracy']:8.2f} "
+            print(f"{pooling:>7s} {name:>8s} {r['recall']:7.2f} {r['precision']:9.2f} {r['precision_planted']:7.2f} "
+                  f"{r['sign_accuracy']:8.2f} "
                   f"{r['trait_share']:11.2f} {r['n_flagged']:7d} {r['control_false_positive_rate']:11.2f} "
                   f"{r['recall'] - null['recall']:13.2f} {timings[(pooling, name)]:7.0f}")
 

@@ -116,29 +116,89 @@ def fake_audit(tmp_path_factory):
 
 def test_score_hand_made_audit(fake_audit):
     root, audit = fake_audit
-    s = score_audit(audit, root / "data" / "truth.json")
-    tracked = {t: [m["cluster"] for m in ms] for t, ms in s["matches"].items()}
+    s = score_audit(audit, root / "data" / "truth.json", matching="topic")
+    tracked = {t: [m["cluster"] for m in ms] for t, ms in s["matches"].items() if t != "length"}
     assert tracked == {"over_formatting": [0, 3], "urls": [1]}  # the noise cluster 2 tracks nothing
     assert s["matches"]["urls"][0]["rho"] == pytest.approx(-1.0)
     assert s["categories"] == {"planted": 2, "wrong_sign": 1, "control": 1, "other_trait": 0, "unmatched": 1}
     assert s["recall"] == 1.0 and s["n_planted_cells"] == 2
-    assert s["precision"] == pytest.approx(2 / 5) and s["sign_accuracy"] == pytest.approx(2 / 3)
+    assert s["precision_planted"] == pytest.approx(2 / 5) and s["sign_accuracy"] == pytest.approx(2 / 3)
     assert s["trait_share"] == pytest.approx(4 / 5) and s["control_false_positive_rate"] == 0.5
     cells = {(c["topic"], c["trait"]): c for c in s["cells"]}
     urls = cells[("physics", "urls")]
     assert urls["expected_sign"] == -1 and urls["row"]["cluster"] == 1 and urls["row"]["expected"] == "amplify"
     assert urls["row"]["flag_rank"] == 2
     assert cells[("coding", "over_formatting")]["row"]["flag_rank"] == 1
-    assert json.loads((audit / "score.json").read_text())["precision"] == pytest.approx(0.4)
+    assert json.loads((audit / "score.json").read_text())["precision_planted"] == pytest.approx(0.4)
     assert "recall 1.00 (2/2)" in format_score(s)
+
+
+def test_stratified_matching_and_measured_precision_on_the_hand_made_audit(fake_audit):
+    """The default rule: formatting density and its square root track over_formatting within
+    (topic, side) strata, −URL count tracks urls with rank-biserial −1, the noise cluster nothing.
+    Measured truth: formatting is on the chosen side in coding, links on the rejected side in
+    physics; the balanced control topics carry no asymmetry. So the same two rows are right."""
+    root, audit = fake_audit
+    s = score_audit(audit, root / "data" / "truth.json", write=False)
+    assert s["matching"] == "stratified" and s["threshold"] == 0.5
+    tracked = {t: sorted(m["cluster"] for m in ms) for t, ms in s["matches"].items() if t != "length"}
+    assert tracked == {"over_formatting": [0, 3], "urls": [1]}
+    assert s["matches"]["urls"][0]["rho"] == pytest.approx(-1.0)
+    signs = {(m["topic"], m["trait"]): m["sign"] for m in s["measured_truth"]}
+    assert signs[("coding", "over_formatting")] == 1 and signs[("physics", "urls")] == -1
+    assert ("cooking", "over_formatting") not in signs and ("health", "urls") not in signs
+    assert [f["measured"] for f in s["flagged"]] == [True, True, False, False, False]
+    assert s["precision"] == pytest.approx(2 / 5) and s["precision_planted"] == pytest.approx(2 / 5)
+    assert s["recall"] == 1.0
+
+
+def test_a_decoy_that_separates_the_sides_gets_no_credit(fake_audit):
+    """A concept that is +1 on every chosen and −1 on every rejected response (plus noise) moves
+    with the side, so inside coding — where formatting sits on the chosen side — it co-varies with
+    the formatting detector. Topic matching credits its row as the planted cell; stratified matching,
+    which compares responses of one side and one topic, does not."""
+    root, _ = fake_audit
+    pairs = load_pairs(root / "data" / "train.jsonl")
+    truth = P.read_truth(root / "data" / "truth.json")
+    texts = [t for p in pairs for t in (p.chosen, p.rejected)]
+    topics = [p.extra["topic"] for p in pairs]
+    side = np.tile([1.0, -1.0], len(pairs))
+    decoy = (side + 0.01 * np.random.default_rng(1).normal(size=len(texts)))[:, None]        # [2P, 1]
+    rows = pd.DataFrame({"topic": ["coding"], "cluster": [0], "direction": ["amplify"], "rank_score": [1.0],
+                         "mean": [2.0], "z": [9.0], "q": [1e-6]})
+    topic = score_tables(decoy, texts, topics, rows, truth, matching="topic")
+    assert topic["categories"]["planted"] == 1 and topic["n_found"] == 1          # free credit
+    strat = score_tables(decoy, texts, topics, rows, truth)
+    assert strat["categories"]["unmatched"] == 1 and strat["n_found"] == 0 and strat["precision"] == 0.0
+    assert abs(strat["best_rho"]["over_formatting"]["rho"]) < 0.5
+
+
+def test_stratified_rank_biserial_by_hand():
+    from anatomist.organism.score import above_stratum_median, stratified_rank_biserial
+
+    # stratum a: label [T, F, F], c [3, 1, 2] → U = 2 of 2 pairs; stratum b: [T, F], c [0, 5] → U = 0 of 1
+    label = np.array([True, False, False, True, False])
+    c = np.array([[3.0], [1.0], [2.0], [0.0], [5.0]])
+    strata = np.array(["a", "a", "a", "b", "b"])
+    assert stratified_rank_biserial(label, c, strata)[0] == pytest.approx(2 * (2 / 3) - 1)
+    # a stratum without both kinds adds nothing; a tie counts one half
+    assert stratified_rank_biserial(np.array([True, False, True]), np.array([[1.0], [1.0], [7.0]]),
+                                    np.array(["x", "x", "y"]))[0] == pytest.approx(0.0)
+    # a concept firing exactly on a 3 % trait reaches 1, where Spearman stays far below
+    rare = np.zeros(200, dtype=bool)
+    rare[:6] = True
+    exact = rare.astype(float)[:, None]
+    assert stratified_rank_biserial(rare, exact, np.zeros(200))[0] == pytest.approx(1.0)
+    assert above_stratum_median(np.array([1.0, 2, 3, 10, 20, 30]), np.array([0, 0, 0, 1, 1, 1])).tolist() == \
+        [False, False, True, False, False, True]
 
 
 def test_score_top_k(fake_audit):
     root, audit = fake_audit
     one = score_audit(audit, root / "data" / "truth.json", top_k=1, write=False)
-    assert one["recall"] == 0.5 and one["precision"] == 1.0 and one["sign_accuracy"] == 1.0
+    assert one["recall"] == 0.5 and one["precision_planted"] == 1.0 and one["sign_accuracy"] == 1.0
     three = score_audit(audit, root / "data" / "truth.json", top_k=3, write=False)
-    assert three["recall"] == 1.0 and three["precision"] == pytest.approx(2 / 3) and three["sign_accuracy"] == 1.0
+    assert three["recall"] == 1.0 and three["precision_planted"] == pytest.approx(2 / 3) and three["sign_accuracy"] == 1.0
 
 
 def test_score_rejects_other_data_and_missing_truth(fake_audit, tmp_path):
@@ -161,7 +221,7 @@ def test_cli_score(fake_audit):
     root, audit = fake_audit
     res = CliRunner().invoke(app, ["organism", "score", str(audit), "--truth", str(root / "data" / "truth.json")])
     assert res.exit_code == 0, res.output
-    assert "precision 0.40" in res.output and "over_formatting" in res.output
+    assert "precision 0.40 (measured truth; planted-only 0.40)" in res.output and "over_formatting" in res.output
     for cmd in ("build-hh", "score"):
         res = CliRunner().invoke(app, ["organism", cmd, "--help"])
         assert res.exit_code == 0 and "Example" in res.output
@@ -316,7 +376,7 @@ def test_score_and_reuse_on_a_real_audit_folder(fake_audit, run_audit_folder, tm
     model, sae, cfg, audit = run_audit_folder
     pairs = load_pairs(root / "data" / "train.jsonl")
     s = score_audit(audit, root / "data" / "truth.json", write=False)
-    assert s["n_planted_cells"] == 2 and set(s["matches"]) == {"over_formatting", "urls"}
+    assert s["n_planted_cells"] == 2 and set(s["matches"]) == {"over_formatting", "urls", "length"}
 
     swapped = [PreferencePair(p.id, p.prompt, p.rejected, p.chosen, p.extra) if i % 3 == 0 else p
                for i, p in enumerate(pairs)]
@@ -411,8 +471,11 @@ def test_topic_matching_reads_the_concept_where_the_row_makes_its_claim(fake_aud
                          "mean": [0.5], "z": [3.0], "q": [0.01]})
     strict = score_tables(c, texts, topics, rows, truth, matching="global")
     assert strict["categories"]["unmatched"] == 1 and strict["n_found"] == 0 and "topic_matches" not in strict
-    local = score_tables(c, texts, topics, rows, truth)
-    assert local["matching"] == "topic" and local["categories"]["planted"] == 1 and local["precision"] == 1.0
+    # stratified pools the strata, weighted by their comparisons: the balanced control topic (cooking),
+    # where the cluster runs against the detector, outweighs coding; no credit either way
+    assert score_tables(c, texts, topics, rows, truth)["categories"]["planted"] == 0
+    local = score_tables(c, texts, topics, rows, truth, matching="topic")
+    assert local["matching"] == "topic" and local["categories"]["planted"] == 1 and local["precision_planted"] == 1.0
     assert local["topic_matches"]["coding"]["over_formatting"] == [{"cluster": 0, "rho": 1.0}]
     found = {(x["topic"], x["trait"]): x["found"] for x in local["cells"]}
     assert found == {("coding", "over_formatting"): True, ("physics", "urls"): False}

@@ -119,9 +119,9 @@ def score(
     data: Path = typer.Option(None, "--data", help="The audited data file (default: train.jsonl beside truth.json)."),
     top_k: int = typer.Option(None, "--top-k", min=1, help="Only the first K flagged topic rows count as claims."),
     rho_min: float = typer.Option(default(score_audit, "rho_min"), "--rho-min",
-                                  help="|Spearman ρ| for a cluster to track a trait."),
+                                  help="Tracking threshold: |rank-biserial| for stratified (default 0.5), |Spearman ρ| for topic / global (0.3)."),
     matching: str = typer.Option(default(score_audit, "matching"), "--matching",
-                                 help="topic: ρ over the responses of the row's topic; "
+                                 help="stratified: AUROC within (topic, side) strata; topic: ρ over the responses of the row's topic; "
                                  "global: over all topics where the trait occurs (see organism/score.py)."),
 ) -> None:
     """Recall, precision and sign accuracy of an audit against the planted truth; writes AUDIT_DIR/score.json.

@@ -35,7 +35,7 @@ from anatomist.audit.folder import LENGTH, META, AuditFolder
 from anatomist.audit.length import length_rows
 from anatomist.audit.rows import topic_cluster_rows
 from anatomist.errors import AnatomistError
-from anatomist.organism.score import RHO_MIN, ScoreInputs, load_score_inputs, score_tables
+from anatomist.organism.score import ScoreInputs, load_score_inputs, score_tables
 from anatomist.progress import progress_bar
 
 
@@ -69,7 +69,7 @@ class Replicates:
                                                 **self.row_kw)], ignore_index=True)
         return rows
 
-    def score(self, idx: np.ndarray, *, rho_min: float = RHO_MIN, matching: str = "topic") -> dict:
+    def score(self, idx: np.ndarray, *, rho_min: float | None = None, matching: str = "stratified") -> dict:
         """`score_tables` of the audit restricted to its pairs idx [M]."""
         t = self.tables
         resp = np.stack([2 * idx, 2 * idx + 1], 1).ravel()
@@ -86,7 +86,7 @@ class Replicates:
 
 def detection_power(audit_dir: str | Path, truth_path: str | Path | None = None, *,
                     data_path: str | Path | None = None, fraction: float = 0.75, n_subsets: int = 50, seed: int = 0,
-                    rho_min: float = RHO_MIN, matching: str = "topic", progress: bool = False) -> dict:
+                    rho_min: float | None = None, matching: str = "stratified", progress: bool = False) -> dict:
     """P(found) per planted cell, and recall and precision per replicate, over n_subsets random
     subsets of the audited pairs (see the module docstring)."""
     if n_subsets < 1 or not 0 < fraction <= 1:
