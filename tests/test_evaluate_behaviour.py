@@ -106,7 +106,11 @@ def test_evaluate_behaviour_table(audited, tmp_path, one_thread):
     assert {f"det_{t}" for t in TRAITS} | {f"fires_{t}" for t in TRAITS} | {"refuses"} <= set(frame.columns)
     assert len(frame) == 8 and frame["sample"].tolist() == [0, 1] * 4
     assert frame.model.iloc[0] == model_tag(model, "tiny") and (frame.n_tokens <= 6).all()
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / behaviour.TABLE), frame)
+    assert [len(t) for t in frame.token_ids] == frame.n_tokens.tolist() and all(len(p) > 0 for p in frame.prompt_ids)
+    stored = pd.read_parquet(tmp_path / behaviour.TABLE)
+    assert [list(t) for t in stored.token_ids] == [list(t) for t in frame.token_ids]
+    pd.testing.assert_frame_equal(stored.drop(columns=["prompt_ids", "token_ids"]),
+                                  frame.drop(columns=["prompt_ids", "token_ids"]))
     # concept columns are the audit's scores of exactly these texts; detectors are the traits'
     scorer = Scorer.from_audit(out, loaded=(model, tok), sae=sae)
     c = score_texts(scorer, [p.messages for p in PROMPTS for _ in range(2)], frame.text.tolist(),

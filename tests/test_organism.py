@@ -242,6 +242,27 @@ def test_generate_prefix_and_budget(tiny, tmp_path):
     assert all(g.n_tokens <= 10 for g in out.values())
 
 
+def test_generations_keep_the_token_ids_that_were_sampled(tiny, tmp_path):
+    """prompt_ids = the chat template + forced prefix; token_ids = the sampled continuation, which
+    decodes (after the prefix) to the text; both survive the cache; an old record without them loads."""
+    from anatomist.models.chat import apply_chat_template
+
+    model, tok = tiny
+    reqs = _requests()
+    out = generate(model, tok, reqs, GenSettings("tiny", batch_size=2), cache_dir=tmp_path, progress=False)
+    for r in reqs:
+        g = out[r.key]
+        prefix = tok(r.prefix, add_special_tokens=False)["input_ids"] if r.prefix else []
+        assert list(g.prompt_ids) == apply_chat_template(tok, r.messages, add_generation_prompt=True) + prefix
+        assert len(g.token_ids) == g.n_tokens
+        assert tok.decode(list(prefix) + list(g.token_ids), skip_special_tokens=True).strip() == g.text
+    again = generate(model, tok, reqs, GenSettings("tiny", batch_size=2), cache_dir=tmp_path, progress=False,
+                     max_batches=0)
+    assert again == out
+    old = Generation.from_json({"key": "k", "text": "t", "n_tokens": 1, "finished": True, "batch": 0})
+    assert old.token_ids == () and old.prompt_ids == ()
+
+
 def test_generate_resume_equals_uninterrupted(tiny, tmp_path):
     model, tok = tiny
     settings = GenSettings("tiny", batch_size=2, seed=5)

@@ -11,6 +11,8 @@
     text         the generation (special tokens removed)
     n_tokens     sampled tokens (EOS included when reached)
     finished     EOS reached within max_new_tokens
+    prompt_ids   the chat-templated prompt's token ids; token_ids: the sampled ones (EOS included),
+                 what log-probs are taken of (the first-order predictor, the paired ΔB)
     c_<k>        the audit's standardized concept score of cluster k on this response (DESIGN.md
                  "c"): `Concepts.scores` of the response's pooled SAE latents, pooled exactly as
                  the audit pools (`pool_features` → `Latents.pooled()`, the audit's pooling, layer,
@@ -215,6 +217,7 @@ def evaluate_behaviour(model, tokenizer, prompts: Sequence[HeldoutPrompt], *, ou
         "sample": [s for _ in prompts for s in range(samples_per_prompt)],
         "model": tag, "text": texts, "n_tokens": [g.n_tokens for g in gens],
         "finished": [g.finished for g in gens],
+        "prompt_ids": [list(g.prompt_ids) for g in gens], "token_ids": [list(g.token_ids) for g in gens],
     })
     if scorer is not None:
         c = score_texts(scorer, [r.messages for r in requests], texts, out_dir / "latents", progress=progress)

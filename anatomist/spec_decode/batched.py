@@ -81,6 +81,14 @@ class Generation:
     n_tokens: int      # sampled tokens (EOS included when reached)
     finished: bool     # EOS reached within the budget (False = cut at max_new_tokens)
     batch: int
+    # the token ids themselves, so log-probs can be taken of exactly what was sampled (re-tokenised
+    # text can differ); empty in caches written before they were kept
+    prompt_ids: tuple[int, ...] = ()   # chat-templated prompt + forced prefix
+    token_ids: tuple[int, ...] = ()    # the sampled continuation (EOS included when reached)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Generation":
+        return cls(**{**d, "prompt_ids": tuple(d.get("prompt_ids", ())), "token_ids": tuple(d.get("token_ids", ()))})
 
 
 def run_hash(settings: GenSettings, requests: Sequence[GenRequest]) -> str:
@@ -135,7 +143,7 @@ def _decode(tokenizer, batch: list[tuple[GenRequest, list[int]]], rows: list[lis
         prefix_ids = ids[len(ids) - len(tokenizer(request.prefix, add_special_tokens=False)["input_ids"]):] \
             if request.prefix else []
         text = tokenizer.decode(prefix_ids + row, skip_special_tokens=True).strip()
-        results.append(Generation(request.key, text, len(row), finished, index))
+        results.append(Generation(request.key, text, len(row), finished, index, tuple(ids), tuple(row)))
     return results
 
 
@@ -211,7 +219,7 @@ def _load_done(path: Path, batches: list[list]) -> dict[str, Generation]:
     for line in data.split(b"\n")[:-1]:  # a last piece without "\n" is an unfinished write
         offset += len(line) + 1
         try:
-            pending.append(Generation(**json.loads(line)))
+            pending.append(Generation.from_json(json.loads(line)))
         except (ValueError, TypeError):
             break
         if b < len(batches) and len(pending) == len(batches[b]):
