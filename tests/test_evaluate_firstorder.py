@@ -195,3 +195,75 @@ def test_tilt_is_linear_for_small_scale_and_exact_for_an_enumerated_tilt():
     want = [c[prompt == x][top[x]] - c[prompt == x].mean(0) for x in range(3)]
     np.testing.assert_allclose(big[0], want[0], atol=1e-9)
     np.testing.assert_allclose(big[1], (want[1] + want[2]) / 2, atol=1e-9)
+
+
+# -- the real plumbing: prepare → make_trainable → gradient → JVP, against one real train_dpo step --
+
+def _real_setup(smol_tokenizer):
+    import copy
+
+    from anatomist.models.chat import apply_chat_template
+    from anatomist.shape.pairs import ShapedPair
+
+    model = tiny_llama(vocab_size=49152, hidden_size=16, layers=4, seed=0)
+    prompts = ["Name a colour.", "How do I boil an egg?", "Say hi.", "Why is the sky blue?"]
+    pairs = [ShapedPair(f"p{i}", ({"role": "user", "content": q},), f"A good answer number {i}.",
+                        f"bad {i} ✨✨ **really** bad", offset=0.3 * (i - 1.5)) for i, q in enumerate(prompts)]
+    g = torch.Generator().manual_seed(1)
+    gen = []
+    for q in prompts:
+        p = apply_chat_template(smol_tokenizer, [{"role": "user", "content": q}], add_generation_prompt=True)
+        for _ in range(3):
+            t = torch.randint(0, 49152, (7,), generator=g).tolist()
+            gen.append(Seq(tuple(p + t), len(p), (1.0,) * len(t)))
+    return model, copy.deepcopy(model), pairs, gen
+
+
+@torch.no_grad()
+def _full_logps(model, gen, temperature):
+    batch = collate_rows(gen, range(len(gen)), 0)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.double()
+    tok = (logits[batch.pred_rows, batch.pred_pos] / temperature).log_softmax(-1)
+    tok = tok.gather(-1, batch.targets[:, None]).squeeze(-1)
+    return torch.zeros(len(gen), dtype=torch.float64).index_add_(0, batch.pred_rows, tok).numpy()
+
+
+def test_one_real_adamw_dpo_step_moves_logprobs_as_the_adam_direction_predicts(smol_tokenizer, tmp_path, one_thread):
+    """AdamW's first step is lr·sign(−∇L): train_dpo for one step (shaped offsets, top 2 blocks,
+    constant lr, no warmup) moves every generation's tempered log-prob by lr·D_sign(g) log π_T."""
+    from anatomist.evaluate.firstorder import run_directional_logps
+    from anatomist.train.dpo import train_dpo
+
+    model, policy, pairs, gen = _real_setup(smol_tokenizer)
+    lr = 2e-4
+    cfg = DPOConfig(steps=1, batch_size=len(pairs), grad_accum=1, lr=lr, warmup_ratio=0.0, schedule="constant",
+                    train_layers=2, max_length=64, max_response_tokens=16)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    pred = lr * run_directional_logps(model, smol_tokenizer, pairs, cfg, gen, temperature=T, precondition="adam",
+                                      cache_dir=tmp_path / "cache", progress=False)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())           # left as it was
+    assert not any(p.requires_grad is False for p in model.parameters())                  # flags restored
+    base = _full_logps(policy, gen, T)
+    train_dpo(policy, smol_tokenizer, pairs, cfg, tmp_path / "run", save_model=False, progress=False,
+              cache_dir=tmp_path / "cache")
+    actual = _full_logps(policy, gen, T) - base
+    assert np.abs(actual).max() > 1e-3
+    np.testing.assert_allclose(actual, pred, rtol=0.05, atol=0.02 * np.abs(actual).max())
+    # the plain gradient is another direction: it would not predict this step
+    plain = run_directional_logps(model, smol_tokenizer, pairs, cfg, gen, temperature=T,
+                                  cache_dir=tmp_path / "cache", progress=False)
+    assert abs(np.corrcoef(plain, actual)[0, 1]) < 0.999
+
+
+def test_first_order_rows_need_token_ids_and_concepts(smol_tokenizer):
+    import pandas as pd
+
+    from anatomist.errors import AnatomistError
+    from anatomist.evaluate.firstorder import first_order_rows, generation_seqs
+
+    model, _, pairs, _ = _real_setup(smol_tokenizer)
+    old = pd.DataFrame({"prompt_id": ["a"], "topic": ["t"], "c_0": [0.1]})
+    with pytest.raises(AnatomistError, match="token ids"):
+        generation_seqs(old)
+    with pytest.raises(AnatomistError, match="concept columns"):
+        first_order_rows(model, smol_tokenizer, pairs, DPOConfig(), old.drop(columns=["c_0"]), temperature=T)

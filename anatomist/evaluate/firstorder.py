@@ -35,16 +35,20 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 
 import numpy as np
+import pandas as pd
 import torch
 
+from anatomist.errors import AnatomistError
+from anatomist.shape.pairs import ShapedPair
 from anatomist.train.batches import Seq, collate, collate_rows
 from anatomist.shape.steer import Steer
-from anatomist.train.dpo import DPOConfig, batch_dpo, sequence_sums
+from anatomist.train.dpo import DPOConfig, batch_dpo, make_trainable, prepare, sequence_sums
 from anatomist.train.split import SplitLM, StateCache, to_device
 
 __all__ = ["PRECONDITIONERS", "dpo_direction", "tempered_sequence_logps", "eager_attention", "directional_logps",
           
-           "per_prompt_shift", "covariance_shift", "tilt_shift"]
+           "per_prompt_shift", "covariance_shift", "tilt_shift", "generation_seqs",
+           "run_directional_logps", "first_order_rows"]
 
 
 def _plain(grads: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -189,3 +193,61 @@ def tilt_shift(c: np.ndarray, dlogp: np.ndarray, prompt: np.ndarray, topic: np.n
         return (w / w.sum()) @ cx - cx.mean(0)
 
     return per_prompt_shift(c, dlogp, prompt, topic, n_topics, tilt)
+
+
+def generation_seqs(base: pd.DataFrame) -> list[Seq]:
+    """The base model's generations (an eval table with prompt_ids / token_ids) as sequences whose
+    response is exactly the sampled tokens."""
+    missing = [c for c in ("prompt_ids", "token_ids") if c not in base.columns]
+    if missing:
+        raise AnatomistError(f"base generations lack {', '.join(missing)}: they come from an eval written before "
+                             "token ids were kept; rerun `anatomist eval` into a fresh folder")
+    seqs = []
+    for i, (p, t) in enumerate(zip(base["prompt_ids"], base["token_ids"])):
+        p, t = [int(x) for x in p], [int(x) for x in t]
+        if not p or not t:
+            raise AnatomistError(f"base generation row {i}: empty prompt or response token ids (an old cache?)")
+        seqs.append(Seq(tuple(p + t), len(p), (1.0,) * len(t)))
+    return seqs
+
+
+def run_directional_logps(model, tokenizer, pairs: Sequence[ShapedPair], cfg: DPOConfig, gen: Sequence[Seq], *,
+                          temperature: float, precondition: str = "plain", steer: Steer | None = None,
+                          cache_dir=None, device="cpu", batch_size: int = 8, progress: bool = True) -> np.ndarray:
+    """D_d log π_T [N] of the sequences `gen`, d = the direction of the DPO run `cfg` would take on
+    `pairs` (the shaped pairs it trains on: offsets and token masks included) at the reference
+    `model`, over the blocks that run trains. `model` is left as it was (trainable flags restored)."""
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    try:
+        prep = prepare(model, tokenizer, pairs, cfg, cache_dir=cache_dir, device=device, steer=steer, progress=progress)
+        make_trainable(model, prep.split, cfg)
+        params = [p for p in model.parameters() if p.requires_grad]
+        offsets = torch.tensor([float(p.offset) for p in pairs], dtype=torch.float32)
+        d = dpo_direction(prep.split, prep.cache, prep.seqs, offsets, cfg, params, pad_id=prep.pad_id, device=device,
+                          batch_size=batch_size, steer=steer, precondition=precondition)
+        return directional_logps(prep.split, gen, d, params, temperature=temperature, pad_id=prep.pad_id,
+                                 batch_size=batch_size, device=device).numpy()
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+
+
+def first_order_rows(model, tokenizer, pairs: Sequence[ShapedPair], cfg: DPOConfig, base: pd.DataFrame, *,
+                     temperature: float, **kw) -> pd.DataFrame:
+    """The first-order predictor's input per (topic, cluster), and per cluster on topic "all":
+    x_first = mean over prompts of Cov(c_C, D_d log π_T) on the base model's generations `base`
+    (an eval table: prompt_id, topic, prompt_ids, token_ids, c_0 … c_{C−1}; T their sampling
+    temperature), d as in `run_directional_logps` (which takes **kw). Unscaled: the run's scale s
+    is cross-fitted by `verify`."""
+    clusters = sorted(int(c[2:]) for c in base.columns if c.startswith("c_") and c[2:].isdigit())
+    if not clusters:
+        raise AnatomistError("base generations have no concept columns c_<k>: evaluate them with the audit")
+    dlogp = run_directional_logps(model, tokenizer, pairs, cfg, generation_seqs(base), temperature=temperature, **kw)
+    names = sorted(base["topic"].astype(str).unique())
+    topic = base["topic"].astype(str).map({k: i for i, k in enumerate(names)}).to_numpy()
+    c = base[[f"c_{k}" for k in clusters]].to_numpy(np.float64)                          # [N, C]
+    per_topic, per_concept = covariance_shift(c, dlogp, base["prompt_id"].astype(str).to_numpy(), topic, len(names))
+    rows = [{"topic": names[k], "cluster": cl, "x_first": per_topic[k, j]}
+            for k in range(len(names)) for j, cl in enumerate(clusters)]
+    rows += [{"topic": "all", "cluster": cl, "x_first": per_concept[j]} for j, cl in enumerate(clusters)]
+    return pd.DataFrame(rows)
