@@ -171,6 +171,26 @@ def test_verify_run_end_to_end(tmp_path):
     assert (run / "verify_rows.parquet").is_file() and not list(run.glob(".*tmp*"))
 
 
+def test_the_first_order_predictor_is_scored_when_its_rows_are_given(tmp_path):
+    """A run whose true shift is 3·x_first: verify cross-fits the one scale and finds it; without
+    first-order rows the predictor is simply absent, and a calibration naming it is refused."""
+    from anatomist.evaluate.predict import apply_calibration
+    from anatomist.evaluate.verify import verify
+
+    audit, run, pred, eval_table = synthetic_run(tmp_path)
+    rng = np.random.default_rng(5)
+    x = {key: rng.normal() for key in pred.index}
+    first = pd.DataFrame([{"topic": t, "cluster": c, "x_first": v} for (t, c), v in x.items()]
+                         + [{"topic": "all", "cluster": 0, "x_first": 9.9}])
+    pre, post = eval_table(lambda t, c: 0.0), eval_table(lambda t, c: 3.0 * x[(t, c)])
+    got = verify(audit, pre, post, n_boot=50, tested_only=False, first_order=first).summary["predictors"]
+    assert got["first_order"]["r2"] > 0.95 and got["first_order"]["coef_all_rows"][0] == pytest.approx(3.0, rel=0.05)
+    assert got["first_order"]["r2"] > got["feature"]["r2"]
+    assert "first_order" not in verify(audit, pre, post, n_boot=50, tested_only=False).summary["predictors"]
+    with pytest.raises(AnatomistError, match="x_first"):
+        apply_calibration(pred.reset_index(), {"first_order": [3.0]})
+
+
 def test_sweep_prediction_and_manifest(tmp_path):
     audit, run, pred, eval_table = synthetic_run(tmp_path)
     a = 40.0

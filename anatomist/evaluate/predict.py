@@ -57,6 +57,9 @@ PREDICTORS: dict[str, tuple[tuple[str, ...], str]] = {
     "feature": (("x_own", "x_leak"), "x_own"),
     "prompt": (("x_prompt",), "x_prompt"),
     "naive": (("x_naive",), "x_naive"),
+    # first-order (evaluate/firstorder.py): Cov over the base generations of c with the log-prob
+    # change along the run's own DPO direction; only where `verify` is given its rows
+    "first_order": (("x_first",), "x_first"),
 }
 
 
@@ -209,6 +212,9 @@ def apply_calibration(pred: pd.DataFrame, coefs: Mapping[str, list[float]]) -> p
         if name not in PREDICTORS:
             raise AnatomistError(f"calibration names predictor {name!r}; known: {', '.join(PREDICTORS)}")
         cols, _ = PREDICTORS[name]
+        if not set(cols) <= set(pred.columns):
+            raise AnatomistError(f"calibration of {name!r} needs column(s) {', '.join(cols)}, which these "
+                                 "predictions lack (the first-order inputs come from evaluate.firstorder)")
         if len(coef) != len(cols):
             raise AnatomistError(f"calibration of {name!r}: {len(coef)} coefficients for inputs {', '.join(cols)}")
         pred[f"pred_{name}"] = pred[list(cols)].to_numpy(np.float64) @ np.asarray(coef, dtype=np.float64)

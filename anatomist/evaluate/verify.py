@@ -195,6 +195,8 @@ def score(rows: pd.DataFrame, *, coefs: Mapping[str, Sequence[float]] | None = N
            "r2_cluster_means": group_means_r2(y, rows["cluster"].to_numpy()),
            "r2_topic_means": group_means_r2(y, groups), "predictors": {}}
     for name, (cols, raw) in PREDICTORS.items():
+        if not set(cols) <= set(rows.columns):     # an optional predictor that was not computed
+            continue
         X = rows[list(cols)].to_numpy(np.float64)                                      # [R, J]
         fixed = coefs is not None and name in coefs
         yhat = X @ np.asarray(coefs[name], np.float64) if fixed else cross_fit(X, y, groups)
@@ -230,9 +232,14 @@ class VerifyResult:
 def verify(audit: str | Path | AuditFolder, pre: pd.DataFrame, post: pd.DataFrame, *,
            cfg: PredictConfig = PredictConfig(), coefs: Mapping[str, Sequence[float]] | None = None,
            n_boot: int = 1000, seed: int = 0, tested_only: bool = True,
-           pair_ids: Sequence[str] | None = None) -> VerifyResult:
-    """pair_ids: the audited pairs the run trained on (None: all); the predictors use only them."""
+           pair_ids: Sequence[str] | None = None, first_order: pd.DataFrame | None = None) -> VerifyResult:
+    """pair_ids: the audited pairs the run trained on (None: all); the predictors use only them.
+    first_order: `evaluate.firstorder.first_order_rows` (topic, cluster, x_first), computed on base
+    generations that `pre` does not hold (the predictor and the target never share samples)."""
     pred = predict_rows(audit, cfg, base_scores=pre if cfg.spread == "base" else None, pair_ids=pair_ids)
+    if first_order is not None:
+        pred = pred.merge(first_order[first_order.topic != "all"][["topic", "cluster", "x_first"]],
+                          on=["topic", "cluster"], how="left")
     actual = actual_shifts(pre, post, sorted(pred["cluster"].unique()), n_boot=n_boot, seed=seed)
     rows = join_rows(pred, actual, tested_only=tested_only)
     summary, scored = score(rows, coefs=coefs, n_boot=n_boot, seed=seed)
