@@ -8,9 +8,9 @@ are nearly blind to how many tokens there are, so the audit tests length on its 
     Δ_i = log n(y⁺_i) − log n(y⁻_i)      n = response tokens (the audit's response mask)
 
 with the same statistics as a concept (`rows.topic_cluster_rows`: Δ̄, d, z, split-half, bootstrap
-CI), per topic and dataset-wide, and its own Benjamini–Hochberg family (one test per topic, so
-it neither dilutes nor is diluted by the concept rows). exp(Δ̄) is the typical chosen/rejected
-length ratio. Files in the audit folder:
+CI, clustered by prompt where pairs share prompts), per topic and dataset-wide, and its own
+Benjamini–Hochberg family (one test per topic, so it neither dilutes nor is diluted by the concept
+rows). exp(Δ̄) is the typical chosen/rejected length ratio. Files in the audit folder:
 
     length.parquet         the rows (rows.parquet's columns; cluster = LENGTH)
     length_pairs.parquet   pair_id, topic_id, n_chosen, n_rejected
@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from anatomist.audit.rows import topic_cluster_rows
+from anatomist.errors import AnatomistError
 
 LENGTH = -1                # the cluster id that stands for response length wherever rows are mixed
 ROWS_FILE = "length.parquet"
@@ -62,6 +63,10 @@ def ensure_length_tables(audit_dir: str | Path) -> bool:
     if (audit_dir / ROWS_FILE).is_file() and (audit_dir / PAIRS_FILE).is_file():
         return False
     meta = json.loads((audit_dir / "audit.json").read_text())
+    # Audits that old predate clustering by prompt; a newer one wrote its (clustered) length tables,
+    # and the prompts it clustered by are not in the folder to redo that.
+    if meta.get("stats", {}).get("clustered_by_prompt"):
+        raise AnatomistError(f"{audit_dir / ROWS_FILE}: missing from an audit clustered by prompt; re-run the audit")
     cfg = meta["config"]
     latents = Latents(audit_dir / "latents")
     table = pd.read_parquet(audit_dir / "pairs.parquet", columns=["pair_id", "topic_id", "cluster"])
