@@ -18,7 +18,8 @@ For each job, `Harness.run(job, seed)`:
      still there byte for byte ("bytes lost" counts what is not),
   4. and that the job was really killed mid-run at least once: a SIGKILL exit that left committed
      files differing from `ref/` for the resume to start from. A job whose kill points are never
-     reached (it finishes first, or writes everything at the end) would otherwise pass untested.
+     reached (it finishes first, or writes everything at the end) would otherwise pass untested;
+     when no random point hit, the seed starts over and kills the job at its first change.
 
 Jobs (child side) are the `job_*` functions below; each takes paths only.
 """
@@ -30,6 +31,7 @@ import os
 import random
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -503,22 +505,13 @@ class Harness:
             print(f"{job.name}: reference {total:.2f} s, {changes} folder changes seen")
         return self.refs[job.name]
 
-    def run(self, job: Job, seed: int, max_kills: int = 2) -> None:
-        """Kill `job` up to `max_kills` times at random points (under `seed`), resume, compare."""
-        ref, n_changes, gap = self.reference(job)
-        rng = random.Random(f"{job.name}:{seed}")
-        out = self.root / job.name / f"seed{seed}"
-        log = self.root / job.name / f"seed{seed}.log"
-        self.tally.jobs += 1
+    def _kills(self, job: Job, ref: Path, out: Path, log: Path, kill_points: list[tuple[int, float]], label: str
+               ) -> tuple[int, dict[str, bytes]]:
+        """Run `job` into `out`, SIGKILLed at each of `kill_points` in turn that it reaches, then let a
+        last run finish. → (kills that left partial state, committed bytes seen after kills)."""
         seen: dict[str, bytes] = {}
-        resumed = False
-        mid_run = 0                         # kills of this seed that left partial state behind
-        for _ in range(max_kills):
-            # After the k-th change (k ≥ 1: not during start-up, where a kill tests nothing), plus a
-            # random part of a typical gap between changes, so kills land mid-write as well as between.
-            # k stays in the first half of the reference run's changes: on a fast, quiet machine a later
-            # kill point is often reached only as the job exits, and the kill then tests nothing.
-            kill_at = (rng.randint(1, max(1, n_changes // 2)), rng.uniform(0.0, gap))
+        resumed, mid_run = False, 0
+        for kill_at in kill_points:
             code, _ = self._run(job, out, log, kill_at=kill_at)
             self.tally.resumes += resumed
             if code == -signal.SIGKILL:
@@ -527,7 +520,7 @@ class Harness:
                 mid_run += partial_state(ref, out, job)
                 problems, _ = scan(out, job.journals)
                 self.tally.half_written += len(problems)
-                self.tally.problems += [f"{job.name} seed {seed}: after a kill: {p}" for p in problems]
+                self.tally.problems += [f"{label}: after a kill: {p}" for p in problems]
                 seen.update(committed(out, job.immutable, job.append_only))
                 continue
             assert code == 0, f"{job.name}: run failed with exit code {code}: {log.read_text()[-3000:]}"
@@ -537,10 +530,30 @@ class Harness:
             code, _ = self._run(job, out, log)
             self.tally.resumes += resumed
             assert code == 0, f"{job.name}: resumed run failed ({code}): {log.read_text()[-3000:]}"
+        return mid_run, seen
+
+    def run(self, job: Job, seed: int, max_kills: int = 2) -> None:
+        """Kill `job` up to `max_kills` times at random points (under `seed`), resume, compare."""
+        ref, n_changes, gap = self.reference(job)
+        rng = random.Random(f"{job.name}:{seed}")
+        out = self.root / job.name / f"seed{seed}"
+        log = self.root / job.name / f"seed{seed}.log"
+        self.tally.jobs += 1
+        # After the k-th change (k ≥ 1: not during start-up, where a kill tests nothing), plus a
+        # random part of a typical gap between changes, so kills land mid-write as well as between.
+        # k stays in the first half of the reference run's changes: on a fast, quiet machine a later
+        # kill point is often reached only as the job exits, and the kill then tests nothing.
+        points = [(rng.randint(1, max(1, n_changes // 2)), rng.uniform(0.0, gap)) for _ in range(max_kills)]
+        mid_run, seen = self._kills(job, ref, out, log, points, f"{job.name} seed {seed}")
+        if not mid_run:
+            # A job that writes little and late (one shard at the end) outran every random kill point:
+            # start over on a fresh folder and kill it the moment its first change shows.
+            shutil.rmtree(out, ignore_errors=True)
+            mid_run, seen = self._kills(job, ref, out, log, [(1, 0.0), *points[1:]], f"{job.name} seed {seed}")
         self.tally.killed_mid_run[job.name] = self.tally.killed_mid_run.get(job.name, 0) + mid_run
         if not mid_run:
             self.tally.problems.append(f"{job.name} seed {seed}: never killed mid-run (no SIGKILL left partial "
-                                       f"state in {max_kills} tries): the resume was not tested")
+                                       f"state, even at its first change): the resume was not tested")
         problems, tmps = scan(out, job.journals)
         self.tally.problems += [f"{job.name} seed {seed}: final: {p}" for p in problems]
         self.tally.problems += [f"{job.name} seed {seed}: temp file left: {p.name}" for p in tmps]

@@ -166,10 +166,47 @@ def test_harness_flags_a_job_that_was_never_killed(tmp_path):
     now every seed must see at least one SIGKILL that left partial state, or the run is a problem."""
     h = Harness(FinishingZygote(), tmp_path)
     h.run(Job("never", "job_none", {}), seed=0, max_kills=2)
-    assert h.tally.kills == 0 and h.tally.finished_early == 1
+    assert h.tally.kills == 0 and h.tally.finished_early == 2       # its random point, then its first change
     assert h.tally.killed_mid_run == {"never": 0}
     assert [p for p in h.tally.problems if "never killed mid-run" in p] == [
-        "never seed 0: never killed mid-run (no SIGKILL left partial state in 2 tries): the resume was not tested"]
+        "never seed 0: never killed mid-run (no SIGKILL left partial state, even at its first change): the resume "
+        "was not tested"]
+
+
+class LateWriterZygote:
+    """A job that writes a.json, then b.json and exits at once: random kill points after its first
+    change come too late; only a kill the moment a.json shows catches it mid-run. Each child is a
+    real `sleep` process, so the harness's SIGKILL is real."""
+
+    def start(self, job, kwargs, log):
+        import subprocess
+
+        self.out, self.calls = Path(kwargs["out"]), 0
+        self.proc = subprocess.Popen(["sleep", "60"])
+        return self.proc.pid
+
+    def wait(self, timeout):
+        import subprocess
+
+        self.calls += 1
+        try:                                        # sleep 60 ends only by the harness's SIGKILL
+            return self.proc.wait(timeout=0.05)
+        except subprocess.TimeoutExpired:
+            pass
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / ("a.json" if self.calls == 1 else "b.json")).write_text("{}")
+        if self.calls == 1:
+            return None
+        self.proc.kill()
+        self.proc.wait()
+        return 0
+
+
+def test_a_job_that_outruns_its_kill_points_is_killed_at_its_first_change(tmp_path):
+    h = Harness(LateWriterZygote(), tmp_path)
+    h.run(Job("late-writer", "job_none", {}), seed=0, max_kills=2)
+    assert h.tally.kills == 1 and h.tally.killed_mid_run == {"late-writer": 1}, h.tally.line()
+    assert h.tally.problems == [] and h.tally.mismatches == []
 
 
 def test_partial_state_needs_committed_files_short_of_the_result(tmp_path):
