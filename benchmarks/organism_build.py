@@ -1,11 +1,12 @@
 """How fast the default organism's generations are sampled: HF `generate` (the baseline) against
 anatomist's own KV-cached loop, in one process and in worker processes; all in one run.
 
-    .venv/bin/python benchmarks/organism_build.py [--batches 4] [--workers 2]
+    .venv/bin/python benchmarks/organism_build.py [--batches 4] [--workers 2] [--repeats 3]
 
 Times the same planned batches (64 prompts, 96 new tokens, T = 0.7) of the default organism
-(`build_organism` defaults) three ways, prints generations per minute and each as a ratio against
-HF `generate`, and projects the default build (train pairs alone, and with held-out pairs) from
+(`build_organism` defaults) three ways — each once untimed (warm-up), then alternating for
+--repeats rounds, every call on a fresh generations cache — prints generations per minute from
+each sampler's median time and each as a ratio against HF `generate`, and projects the default build (train pairs alone, and with held-out pairs) from
 the measured rate: the issue's budget is ≤ 20 min for ≥ 1,200 pairs on a 2-core CPU.
 """
 
@@ -14,9 +15,9 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-import time
 
 import torch
+from timing import interleaved, median_seconds
 
 from anatomist.models import DEFAULT_MODEL, load
 from anatomist.organism.plant import DEFAULT_CONFIG, assign, requests_for
@@ -47,6 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, default=4, help="planned batches timed per sampler")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds per sampler, after one warm-up call each")
     args = ap.parse_args()
 
     lm = load()
@@ -59,23 +61,26 @@ def main() -> None:
     requests = [r for b in chosen for r, _ in b]
     n = len(requests)
 
-    rates = {}
-    t = time.perf_counter()
-    for i, b in enumerate(chosen):
-        hf_generate(lm.model, lm.tokenizer, b, settings, seed=i)
-    rates["HF generate (baseline)"] = n / (time.perf_counter() - t) * 60
-    for label, workers in (("anatomist loop, 1 process", 1), (f"anatomist loop, {args.workers} workers", args.workers)):
-        cache = tempfile.mkdtemp(prefix="organism-build-bench-")
-        try:
-            t = time.perf_counter()
-            generate(lm.model, lm.tokenizer, requests, settings, cache_dir=cache, progress=False, workers=workers)
-            rates[label] = n / (time.perf_counter() - t) * 60
-        finally:
-            shutil.rmtree(cache, ignore_errors=True)
+    def hf(_round: int) -> None:
+        for i, b in enumerate(chosen):
+            hf_generate(lm.model, lm.tokenizer, b, settings, seed=i)
+
+    def own(workers: int):
+        def run(_round: int) -> None:
+            cache = tempfile.mkdtemp(prefix="organism-build-bench-")   # fresh: a filled cache would only be read
+            try:
+                generate(lm.model, lm.tokenizer, requests, settings, cache_dir=cache, progress=False, workers=workers)
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+        return run
+
+    arms = {"HF generate (baseline)": hf, "anatomist loop, 1 process": own(1),
+            f"anatomist loop, {args.workers} workers": own(args.workers)}
+    rates = {label: n / s * 60 for label, s in median_seconds(interleaved(arms, args.repeats, log=True)).items()}
 
     base = rates["HF generate (baseline)"]
     print(f"\n{n} generations ({len(chosen)} batches of {settings.batch_size}, 96 new tokens), torch threads "
-          f"{torch.get_num_threads()}")
+          f"{torch.get_num_threads()}; median of {args.repeats} interleaved rounds after one warm-up call each")
     print(f"{'sampler':34s} {'gens/min':>9s} {'× HF':>6s} {'train build':>12s} {'+ held-out':>11s}")
     for label, rate in rates.items():
         train_min, all_min = len(train) / rate, (len(train) + len(held)) / rate

@@ -1,8 +1,10 @@
 """Speculative decoding speed on the default model at T=1: tokens/s and ratios measured in one run.
 
-    python benchmarks/spec_speed.py [--prompts 6] [--max-new-tokens 64] [--steps 1000] [--threads 1]
+    python benchmarks/spec_speed.py [--prompts 6] [--max-new-tokens 64] [--steps 1000] [--threads 1] [--repeats 3]
 
-Methods, interleaved prompt by prompt so load swings on the host hit all of them alike:
+Methods, each warmed up by one untimed call at each batch size, then interleaved prompt by prompt
+(every method back to back on each prompt, all prompts once per repeat) so load swings on the host
+hit all of them alike; tok/s is the median over repeats of each repeat's tokens / seconds:
   hf       Hugging Face `model.generate(do_sample=True, temperature=1, top_k=0)`
   plain    anatomist's own loop without a drafter (γ = 0)
   ngram    prompt-lookup drafts (model-free), γ = 3 (--gamma)
@@ -16,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from timing import interleaved  # noqa: E402
 
 from anatomist.models import load  # noqa: E402
 from anatomist.spec_decode.drafters import MTPDrafter, NGramDrafter  # noqa: E402
@@ -63,6 +67,8 @@ def main() -> None:
     ap.add_argument("--gamma", type=int, default=3, help="draft tokens per round (ngram and mtp_rs)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default); on a shared, "
                     "busy host 1 thread avoids OpenMP barrier stalls that hit multi-token forwards hardest")
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes over the prompts, after one warm-up call "
+                    "per method")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,7 +84,6 @@ def main() -> None:
         "mtp_rs": lambda b, s: run_own(lm, b, args.max_new_tokens, s, MTPDrafter(head), "rs", args.gamma),
     }
     prompts = chat_prompts(lm.tokenizer, "eval", args.prompts + 8)
-    run_own(lm, prompts[:1], 4, 0, MTPDrafter(head))  # warm-up
     # Lossless at T=0: speculative output equals plain greedy decoding token for token (on this device).
     same = [generate(lm.model, [p], drafter=d, gamma=3, temperature=0.0, max_new_tokens=32,
                      eos_token_id=lm.tokenizer.eos_token_id).tokens[0] for p in prompts[:2]
@@ -87,22 +92,23 @@ def main() -> None:
     results = {}
     for B in [int(x) for x in args.batches.split(",")]:
         groups = [[p] for p in prompts[:args.prompts]] if B == 1 else [prompts[i:i + B] for i in range(0, len(prompts) - B + 1, B)][:1]
-        tot = {k: [0, 0.0] for k in methods}
-        stats = {k: [] for k in methods}
-        for gi, batch in enumerate(groups):
-            for name, fn in methods.items():  # interleaved: each prompt runs every method back to back
-                t = time.perf_counter()
-                n, st = fn(batch, gi)
-                tot[name][0] += n
-                tot[name][1] += time.perf_counter() - t
-                if st is not None:
-                    stats[name].append(st)
-        base = tot["plain"][0] / tot["plain"][1]
-        hf = tot["hf"][0] / tot["hf"][1]
-        print(f"\nbatch {B} ({len(groups)} × {len(groups[0])} prompts, ≤{args.max_new_tokens} new tokens, T=1)")
+        G = len(groups)
+        # round i: every method on prompt group i mod G (seeded by the group), so a repeat is G rounds
+        arms = {name: (lambda i, fn=fn: fn(groups[i % G], i % G)) for name, fn in methods.items()}
+        timed = interleaved(arms, args.repeats * G)
+        stats = {k: [st for _, (_, st) in runs if st is not None] for k, runs in timed.items()}
+        rates, tot = {}, {}
+        for name, runs in timed.items():
+            reps = [runs[r * G:(r + 1) * G] for r in range(args.repeats)]
+            per_rep = [(sum(n for _, (n, _) in rep), sum(sec for sec, _ in rep)) for rep in reps]   # (tokens, s)
+            rates[name] = statistics.median(n / sec for n, sec in per_rep)
+            tot[name] = (per_rep[0][0], statistics.median(sec for _, sec in per_rep))
+        base, hf = rates["plain"], rates["hf"]
+        print(f"\nbatch {B} ({G} × {len(groups[0])} prompts, ≤{args.max_new_tokens} new tokens, T=1; "
+              f"median of {args.repeats} repeats)")
         print(f"{'method':8s} {'tokens':>7s} {'s':>7s} {'tok/s':>7s} {'×plain':>7s} {'×hf':>7s}  acceptance")
         for name, (n, s) in tot.items():
-            rate = n / s
+            rate = rates[name]
             acc = ""
             if stats[name] and stats[name][0].gamma:
                 rounds = sum(x.rounds for x in stats[name])

@@ -57,3 +57,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+BROWSER_TESTS = "test_report_browser.py"
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say loudly when the report's browser checks were skipped (no chromium on PATH): "N skipped"
+    does not tell a reader that the HTML report went unchecked. The outermost wrapper, so the line
+    comes after the short test summary, just above the final counts. CI (.ci/run) installs
+    chromium, so there they run."""
+    yield
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if BROWSER_TESTS in r.nodeid]
+    if skipped:
+        terminalreporter.write_line(
+            f"NOTE: the HTML report was not checked in a browser ({len(skipped)} tests in tests/{BROWSER_TESTS} "
+            "skipped: chromium is not on PATH); install it (Debian/Ubuntu: apt-get install -y chromium) and rerun",
+            yellow=True, bold=True)

@@ -15,7 +15,11 @@ For each job, `Harness.run(job, seed)`:
      partial), remembers what was committed, and repeats up to `max_kills` times,
   3. lets a last run finish, then checks the result equals `ref/` (bytes, or a job's normaliser),
      that no temp file is left, and that every committed append-only artifact seen after a kill is
-     still there byte for byte ("bytes lost" counts what is not).
+     still there byte for byte ("bytes lost" counts what is not),
+  4. and that the job was really killed mid-run at least once: a SIGKILL exit that left committed
+     files differing from `ref/` for the resume to start from. A job whose kill points are never
+     reached (it finishes first, or writes everything at the end) would otherwise pass untested;
+     when no random point hit, the seed starts over and kills the job at its first change.
 
 Jobs (child side) are the `job_*` functions below; each takes paths only.
 """
@@ -27,6 +31,7 @@ import os
 import random
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,7 +123,8 @@ def committed(folder: Path, patterns: tuple[str, ...], journals: tuple[str, ...]
 
 
 def is_volatile(key: str) -> bool:
-    return isinstance(key, str) and (key in VOLATILE or key.endswith(("seconds", "_s")))
+    """A wall-clock field: `wall_s`, `grpo/rollout_s`, `head_refresh/s`, …"""
+    return isinstance(key, str) and (key in VOLATILE or key.endswith(("seconds", "_s", "/s")))
 
 
 def strip_volatile(obj):
@@ -264,10 +270,13 @@ def job_dpo(data: str, model: str, out: str) -> None:
          "--max-length", "64")
 
 
-def job_grpo(model: str, out: str) -> None:
-    """`anatomist grpo` with plain rollouts: 6 steps of 2 problems × 2 samples on the top block."""
-    _cli("grpo", "--out", out, "--model", model, "--spec", "none", "--steps", "6", "--prompts", "2", "--group", "2",
-         "--max-new-tokens", "8", "--train-layers", "1", "--lr", "1e-3")
+def job_grpo(model: str, out: str, head: str = "", refresh_every: int = 0) -> None:
+    """`anatomist grpo`: 6 steps of 2 problems × 2 samples on the top block; plain rollouts, or with
+    `head` speculative ones (MTP draft + rejection sampling), the head fine-tuned every
+    `refresh_every` steps (its weights then live in the checkpoint)."""
+    spec = ["--spec", "mtp", "--head", head, "--gamma", "2"] if head else ["--spec", "none"]
+    _cli("grpo", "--out", out, "--model", model, *spec, "--steps", "6", "--prompts", "2", "--group", "2",
+         "--max-new-tokens", "8", "--train-layers", "1", "--lr", "1e-3", "--refresh-head-every", str(refresh_every))
 
 
 @dataclass(frozen=True)
@@ -391,6 +400,7 @@ class Tally:
     kills: int = 0
     resumes: int = 0            # runs that started on a folder a kill had left behind
     finished_early: int = 0     # runs that ended before their kill time
+    killed_mid_run: dict[str, int] = field(default_factory=dict)   # per job: kills that left partial state
     bytes_lost: int = 0
     half_written: int = 0       # committed files that did not parse after a kill
     mismatches: list[str] = field(default_factory=list)
@@ -399,7 +409,8 @@ class Tally:
 
     def line(self) -> str:
         return (f"kill-and-resume: {self.jobs} job runs, {self.kills} SIGKILLs, {self.resumes} resumes, "
-                f"{self.finished_early} runs finished before their kill, bytes lost {self.bytes_lost}, "
+                f"{self.finished_early} runs finished before their kill, kills leaving partial state per job "
+                f"{self.killed_mid_run}, bytes lost {self.bytes_lost}, "
                 f"half-written files {self.half_written}, results differing from an uninterrupted run "
                 f"{len(self.mismatches)}; seconds per job: "
                 + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()))
@@ -421,6 +432,17 @@ def folder_state(folder: Path) -> frozenset:
                 continue
             out.add((p, st.st_size, st.st_mtime_ns))
     return frozenset(out)
+
+
+def partial_state(ref: Path, out: Path, job: "Job") -> bool:
+    """Did a kill leave something to resume from: committed (non-temp) files that are not yet the
+    finished result? A kill after the last write, or before the first commit, tests no resume."""
+    if not out.exists() or all(is_tmp(p) for p in out.rglob("*") if p.is_file()):
+        return False
+    try:
+        return bool(compare_dirs(ref, out, skip=job.skip, normalise=job.normalise))
+    except Exception:  # noqa: BLE001 — unreadable (a journal's unterminated line): not the finished result
+        return True
 
 
 def _kill(pid: int) -> None:
@@ -483,29 +505,22 @@ class Harness:
             print(f"{job.name}: reference {total:.2f} s, {changes} folder changes seen")
         return self.refs[job.name]
 
-    def run(self, job: Job, seed: int, max_kills: int = 2) -> None:
-        """Kill `job` up to `max_kills` times at random points (under `seed`), resume, compare."""
-        ref, n_changes, gap = self.reference(job)
-        rng = random.Random(f"{job.name}:{seed}")
-        out = self.root / job.name / f"seed{seed}"
-        log = self.root / job.name / f"seed{seed}.log"
-        self.tally.jobs += 1
+    def _kills(self, job: Job, ref: Path, out: Path, log: Path, kill_points: list[tuple[int, float]], label: str
+               ) -> tuple[int, dict[str, bytes]]:
+        """Run `job` into `out`, SIGKILLed at each of `kill_points` in turn that it reaches, then let a
+        last run finish. → (kills that left partial state, committed bytes seen after kills)."""
         seen: dict[str, bytes] = {}
-        resumed = False
-        for _ in range(max_kills):
-            # After the k-th change (k ≥ 1: not during start-up, where a kill tests nothing), plus a
-            # random part of a typical gap between changes, so kills land mid-write as well as between.
-            # k stays in the first half of the reference run's changes: on a fast, quiet machine a later
-            # kill point is often reached only as the job exits, and the kill then tests nothing.
-            kill_at = (rng.randint(1, max(1, n_changes // 2)), rng.uniform(0.0, gap))
+        resumed, mid_run = False, 0
+        for kill_at in kill_points:
             code, _ = self._run(job, out, log, kill_at=kill_at)
             self.tally.resumes += resumed
             if code == -signal.SIGKILL:
                 self.tally.kills += 1
                 resumed = True
+                mid_run += partial_state(ref, out, job)
                 problems, _ = scan(out, job.journals)
                 self.tally.half_written += len(problems)
-                self.tally.problems += [f"{job.name} seed {seed}: after a kill: {p}" for p in problems]
+                self.tally.problems += [f"{label}: after a kill: {p}" for p in problems]
                 seen.update(committed(out, job.immutable, job.append_only))
                 continue
             assert code == 0, f"{job.name}: run failed with exit code {code}: {log.read_text()[-3000:]}"
@@ -515,6 +530,30 @@ class Harness:
             code, _ = self._run(job, out, log)
             self.tally.resumes += resumed
             assert code == 0, f"{job.name}: resumed run failed ({code}): {log.read_text()[-3000:]}"
+        return mid_run, seen
+
+    def run(self, job: Job, seed: int, max_kills: int = 2) -> None:
+        """Kill `job` up to `max_kills` times at random points (under `seed`), resume, compare."""
+        ref, n_changes, gap = self.reference(job)
+        rng = random.Random(f"{job.name}:{seed}")
+        out = self.root / job.name / f"seed{seed}"
+        log = self.root / job.name / f"seed{seed}.log"
+        self.tally.jobs += 1
+        # After the k-th change (k ≥ 1: not during start-up, where a kill tests nothing), plus a
+        # random part of a typical gap between changes, so kills land mid-write as well as between.
+        # k stays in the first half of the reference run's changes: on a fast, quiet machine a later
+        # kill point is often reached only as the job exits, and the kill then tests nothing.
+        points = [(rng.randint(1, max(1, n_changes // 2)), rng.uniform(0.0, gap)) for _ in range(max_kills)]
+        mid_run, seen = self._kills(job, ref, out, log, points, f"{job.name} seed {seed}")
+        if not mid_run:
+            # A job that writes little and late (one shard at the end) outran every random kill point:
+            # start over on a fresh folder and kill it the moment its first change shows.
+            shutil.rmtree(out, ignore_errors=True)
+            mid_run, seen = self._kills(job, ref, out, log, [(1, 0.0), *points[1:]], f"{job.name} seed {seed}")
+        self.tally.killed_mid_run[job.name] = self.tally.killed_mid_run.get(job.name, 0) + mid_run
+        if not mid_run:
+            self.tally.problems.append(f"{job.name} seed {seed}: never killed mid-run (no SIGKILL left partial "
+                                       f"state, even at its first change): the resume was not tested")
         problems, tmps = scan(out, job.journals)
         self.tally.problems += [f"{job.name} seed {seed}: final: {p}" for p in problems]
         self.tally.problems += [f"{job.name} seed {seed}: temp file left: {p.name}" for p in tmps]

@@ -228,3 +228,28 @@ def test_a_damaged_score_json_is_named(tmp_path):
     (audit / "score.json").write_text(json.dumps({"recall": 1.0}))
     with pytest.raises(AnatomistError, match=r"score\.json: missing precision, sign_accuracy"):
         render_report(audit)
+
+
+def test_skipped_browser_checks_are_announced_at_the_end(tmp_path):
+    """Without chromium the browser tests skip; the run then ends with one line saying the report
+    was not checked in a browser and how to install it (the conftest hook), and only then."""
+    import os
+    import subprocess
+    import sys
+
+    tests = Path(__file__).resolve().parent
+    path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                           if d and not any(Path(d, exe).exists() for exe in ("chromium", "chromium-browser")))
+
+    def run(*args):
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp",
+                               str(tmp_path / f"bt{len(args)}"), *args], cwd=tests.parent, capture_output=True,
+                              text=True, env={**os.environ, "PATH": path}, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return done.stdout.strip().splitlines()
+
+    lines = run(str(tests / "test_report_browser.py"))
+    n = re.match(r"(\d+) skipped in ", lines[-1])             # the final counts, and just above them:
+    assert n and lines[-2].startswith(f"NOTE: the HTML report was not checked in a browser ({n[1]} tests"), lines[-3:]
+    assert "apt-get install -y chromium" in lines[-2]
+    assert not any("not checked in a browser" in line for line in run(str(tests / "test_audit_rows.py")))

@@ -61,6 +61,7 @@ def test_audit_writes_every_table(audited):
     meta = json.loads((out / "audit.json").read_text())
     assert meta["data"]["n_pairs"] == 72 and meta["layer"] == 1 and len(meta["data"]["hash"]) == 64
     assert meta["topics"]["names"] == ["coding", "cooking", "travel"] and meta["topics"]["sizes"] == [24, 24, 24]
+    assert meta["stats"] == {"n_prompts": 72, "clustered_by_prompt": False, "note": ""}   # every prompt unique
     pairs = pd.read_parquet(out / "pairs.parquet")
     np.testing.assert_allclose(pairs["delta"], pairs["c_chosen"] - pairs["c_rejected"])
 
@@ -184,3 +185,49 @@ def test_audit_tests_response_length_like_a_concept(audited, smol_tokenizer, tmp
     assert ensure_length_tables(old) and not ensure_length_tables(old)
     pd.testing.assert_frame_equal(pd.read_parquet(old / LENGTH_ROWS), pd.read_parquet(out / LENGTH_ROWS))
     pd.testing.assert_frame_equal(pd.read_parquet(old / LENGTH_PAIRS), per_pair)
+
+
+def test_conversation_opening_groups_siblings_and_repeats():
+    from anatomist.audit.run import conversation_opening
+
+    def pair(*prompt):
+        return PreferencePair("x", tuple({"role": r, "content": c} for r, c in prompt), "yes", "no")
+
+    first = pair(("user", "Is the power of suggestion good?"))
+    sibling = pair(("user", "Is the power of suggestion good?"), ("assistant", "Definitely!"), ("user", "Why?"))
+    other = pair(("user", "Is the power of suggestion bad?"))
+    system = pair(("system", "Be terse."), ("user", "Is the power of suggestion good?"))
+    assert conversation_opening(first) == conversation_opening(sibling) == conversation_opening(first)
+    assert len({conversation_opening(p) for p in (first, other, system)}) == 3
+
+
+def test_audit_clusters_statistics_by_prompt_when_pairs_share_them(audited, tmp_path):
+    """Pairs 2j and 2j+1 share a prompt (the odd one a multi-turn sibling): 36 prompts for 72 pairs.
+    audit.json and the report say so; se is the cluster-robust one, not sd/√n."""
+    from dataclasses import replace
+
+    from anatomist.audit.folder import LENGTH_PAIRS, LENGTH_ROWS
+    from anatomist.audit.length import ensure_length_tables
+    from anatomist.audit.report import render_report
+    from anatomist.audit.stats import clustered_se
+
+    _, model, sae, tok, cfg = audited
+    base = planted_pairs()
+    shared = [replace(p, prompt=base[i - i % 2].prompt + ((({"role": "assistant", "content": "Go on."},
+                                                            {"role": "user", "content": "And then?"}) if i % 2 else ())))
+              for i, p in enumerate(base)]
+    out = run_audit(model, tok, sae, shared, tmp_path / "a", cfg, model_name="tiny", progress=False)
+    meta = json.loads((out / "audit.json").read_text())
+    note = "pairs share prompts: 36 prompts for 72 pairs; CIs and se clustered by prompt"
+    assert meta["stats"] == {"n_prompts": 36, "clustered_by_prompt": True, "note": note}
+    assert note in render_report(out).read_text()
+    rows = pd.read_parquet(out / "rows.parquet")
+    every = rows[rows.topic == "all"].sort_values("cluster")
+    delta = pd.read_parquet(out / "pairs.parquet").pivot(index="pair_id", columns="cluster", values="delta")
+    delta = delta.loc[[p.id for p in shared]].to_numpy()
+    np.testing.assert_allclose(every["se"], clustered_se(delta, np.arange(72) // 2), rtol=1e-9)
+    assert not np.allclose(every["se"], every["sd"] / np.sqrt(every["n"]))
+    (out / LENGTH_ROWS).unlink()
+    (out / LENGTH_PAIRS).unlink()
+    with pytest.raises(AnatomistError, match="missing from an audit clustered by prompt"):
+        ensure_length_tables(out)

@@ -1,7 +1,8 @@
 """Kill -9 every resumable job at random points, resume it, and compare with an uninterrupted run.
 
 Jobs: `anatomist capture` (CLI), capture with a shard per sequence, the audit's pooling (latents
-store), `anatomist sae train` (CLI), MTP head training, organism generation, `anatomist dpo` (CLI), `anatomist grpo` (CLI). All on tiny random
+store), `anatomist sae train` (CLI), MTP head training, organism generation, `anatomist dpo` (CLI), `anatomist grpo` (CLI:
+plain rollouts, speculative ones with a tiny MTP head, and with that head refreshed online). All on tiny random
 models saved to a temporary folder; see tests/killharness.py for how kills and checks work. The
 last test prints the summary line (`pytest -s` shows it; it is also in the assertion message
 should anything go wrong).
@@ -49,8 +50,14 @@ def inputs(tmp_path_factory, smol_tokenizer):
         w.add(s, str(s), "text", acts=acts, pos=torch.arange(30), token=torch.zeros(30, dtype=torch.long),
               response=torch.ones(30, dtype=torch.bool))
     w.close(40)
+    from transformers import AutoModelForCausalLM
+
+    from anatomist.spec_decode.head import MTPConfig, MTPHead, save_head
+
+    head = root / "head"                           # an untrained head on tiny-chat: drafts, some accepted
+    save_head(MTPHead(AutoModelForCausalLM.from_pretrained(chat), MTPConfig(gamma=2)), head)
     return {"chat": str(chat), "small": str(small), "data": str(data), "sae": str(sae), "store": str(store),
-            "root": root}
+            "head": str(head), "root": root}
 
 
 JOBS = {
@@ -75,6 +82,11 @@ JOBS = {
                              normalise=("metrics.jsonl", "summary.json")),
     "grpo-cli": lambda i: Job("grpo-cli", "job_grpo", {"model": i["chat"]}, journals=("metrics.jsonl",),
                               normalise=("metrics.jsonl",), skip=("plot.html",)),
+    "grpo-spec": lambda i: Job("grpo-spec", "job_grpo", {"model": i["chat"], "head": i["head"]},
+                               journals=("metrics.jsonl",), normalise=("metrics.jsonl",), skip=("plot.html",)),
+    "grpo-refresh": lambda i: Job("grpo-refresh", "job_grpo", {"model": i["chat"], "head": i["head"],
+                                                                "refresh_every": 2},
+                                  journals=("metrics.jsonl",), normalise=("metrics.jsonl",), skip=("plot.html",)),
 }
 
 
@@ -109,7 +121,8 @@ def test_compare_dirs_sees_one_changed_byte(tmp_path):
     for d in ("a", "b"):
         (tmp_path / d).mkdir()
         (tmp_path / d / "x.bin").write_bytes(b"\x00" * 10)
-        (tmp_path / d / "t.json").write_text(json.dumps({"loss": 1.0, "wall_s": 3.0 if d == "a" else 4.0}))
+        (tmp_path / d / "t.json").write_text(json.dumps({"loss": 1.0, "wall_s": 3.0 if d == "a" else 4.0,
+                                                           "head_refresh/s": 1.0 if d == "a" else 2.0}))
     assert compare_dirs(tmp_path / "a", tmp_path / "b", normalise=("t.json",)) == []
     (tmp_path / "b" / "x.bin").write_bytes(b"\x00" * 9 + b"\x01")
     assert compare_dirs(tmp_path / "a", tmp_path / "b", normalise=("t.json",)) == ["differs x.bin"]
@@ -133,6 +146,90 @@ def test_atomic_write_removes_a_dead_writers_temp_file(tmp_path):
     atomic_write_text(tmp_path / "x.json", "{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["x.json", f".x.json.tmp{os.getppid()}", f".y.json.tmp{dead}"])
+
+
+class FinishingZygote:
+    """A child that writes its one file and exits before any kill point: a job the harness never kills."""
+
+    def start(self, job, kwargs, log):
+        self.out = Path(kwargs["out"])
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "x.json").write_text("{}")
+        return 0
+
+    def wait(self, timeout):
+        return 0
+
+
+def test_harness_flags_a_job_that_was_never_killed(tmp_path):
+    """A job that finishes before its kill point passed unchecked (its resume was never exercised);
+    now every seed must see at least one SIGKILL that left partial state, or the run is a problem."""
+    h = Harness(FinishingZygote(), tmp_path)
+    h.run(Job("never", "job_none", {}), seed=0, max_kills=2)
+    assert h.tally.kills == 0 and h.tally.finished_early == 2       # its random point, then its first change
+    assert h.tally.killed_mid_run == {"never": 0}
+    assert [p for p in h.tally.problems if "never killed mid-run" in p] == [
+        "never seed 0: never killed mid-run (no SIGKILL left partial state, even at its first change): the resume "
+        "was not tested"]
+
+
+class LateWriterZygote:
+    """A job that writes a.json, then b.json and exits at once: random kill points after its first
+    change come too late; only a kill the moment a.json shows catches it mid-run. Each child is a
+    real `sleep` process, so the harness's SIGKILL is real."""
+
+    def start(self, job, kwargs, log):
+        import subprocess
+
+        self.out, self.calls = Path(kwargs["out"]), 0
+        self.proc = subprocess.Popen(["sleep", "60"])
+        return self.proc.pid
+
+    def wait(self, timeout):
+        import subprocess
+
+        self.calls += 1
+        try:                                        # sleep 60 ends only by the harness's SIGKILL
+            return self.proc.wait(timeout=0.05)
+        except subprocess.TimeoutExpired:
+            pass
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / ("a.json" if self.calls == 1 else "b.json")).write_text("{}")
+        if self.calls == 1:
+            return None
+        self.proc.kill()
+        self.proc.wait()
+        return 0
+
+
+def test_a_job_that_outruns_its_kill_points_is_killed_at_its_first_change(tmp_path):
+    h = Harness(LateWriterZygote(), tmp_path)
+    h.run(Job("late-writer", "job_none", {}), seed=0, max_kills=2)
+    assert h.tally.kills == 1 and h.tally.killed_mid_run == {"late-writer": 1}, h.tally.line()
+    assert h.tally.problems == [] and h.tally.mismatches == []
+
+
+def test_partial_state_needs_committed_files_short_of_the_result(tmp_path):
+    """A kill before the first commit (temp files only), or after the last write, leaves nothing to resume."""
+    from killharness import partial_state
+
+    job = Job("j", "job_none", {}, normalise=("m.jsonl",))
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    ref.mkdir()
+    (ref / "a.json").write_text("{}")
+    (ref / "m.jsonl").write_text('{"step": 0}\n{"step": 1}\n')
+    assert not partial_state(ref, out, job)                     # nothing written
+    out.mkdir()
+    (out / ".a.json.tmp12").write_text("{")
+    assert not partial_state(ref, out, job)                     # only a writer's temporary
+    (out / "m.jsonl").write_text('{"step": 0}\n{"st')
+    assert partial_state(ref, out, job)                         # a journal cut mid-line
+    (out / "m.jsonl").write_text('{"step": 0}\n')
+    assert partial_state(ref, out, job)                         # a committed prefix
+    (out / "m.jsonl").write_text('{"step": 0}\n{"step": 1}\n')
+    (out / "a.json").write_text("{}")
+    (out / ".a.json.tmp12").unlink()
+    assert not partial_state(ref, out, job)                     # the finished result
 
 
 def test_harness_survives_a_child_that_exits_just_before_its_kill(tmp_path):
@@ -189,7 +286,8 @@ def test_kill_and_resume(harness, inputs, name):
 def test_summary(harness):
     t = harness.tally
     print("\n" + t.line())
-    assert t.kills >= len(JOBS), t.line()          # every job was really killed at least once, overall
+    assert t.kills >= len(JOBS), t.line()
+    assert all(t.killed_mid_run.get(n, 0) >= 1 for n in JOBS), t.line()   # each job was resumed mid-run
     findings = [f for f in t.problems + t.mismatches if not f.startswith(tuple(KNOWN_GAPS))]
     assert t.bytes_lost == 0 and t.half_written == 0 and not findings, t.line() + "\n" + "\n".join(findings)
 

@@ -8,9 +8,10 @@ are nearly blind to how many tokens there are, so the audit tests length on its 
     Δ_i = log n(y⁺_i) − log n(y⁻_i)      n = response tokens (the audit's response mask)
 
 with the same statistics as a concept (`rows.topic_cluster_rows`: Δ̄, d, z, split-half, bootstrap
-CI), per topic and dataset-wide, and its own Benjamini–Hochberg family (one test per topic, so
-it neither dilutes nor is diluted by the concept rows). exp(Δ̄) is the typical chosen/rejected
-length ratio. Files in the audit folder (names and columns in `anatomist.audit.folder`):
+CI, clustered by prompt where pairs share prompts), per topic and dataset-wide, and its own
+Benjamini–Hochberg family (one test per topic, so it neither dilutes nor is diluted by the concept
+rows). exp(Δ̄) is the typical chosen/rejected length ratio. Files in the audit folder (names and
+columns in `anatomist.audit.folder`):
 
     length.parquet         the rows (rows.parquet's columns; cluster = LENGTH)
     length_pairs.parquet   pair_id, topic_id, n_chosen, n_rejected
@@ -54,6 +55,10 @@ def ensure_length_tables(audit_dir: str | Path) -> bool:
     if audit.has(LENGTH_ROWS) and audit.has(LENGTH_PAIRS):
         return False
     audit.require(LATENTS)
+    # Audits that old predate clustering by prompt; a newer one wrote its (clustered) length tables,
+    # and the prompts it clustered by are not in the folder to redo that.
+    if audit.meta.get("stats", {}).get("clustered_by_prompt"):
+        raise AnatomistError(f"{audit.path / LENGTH_ROWS}: missing from an audit clustered by prompt; re-run the audit")
     cfg, latents = audit.config, audit.latents
     if list(audit.pair_ids) != latents.ids[0::2]:
         raise AnatomistError(f"{audit.path / LATENTS}: does not hold the pairs of {PAIRS}, in order")

@@ -153,8 +153,9 @@ def header(audit: AuditFolder) -> str:
     legend = ("Δc = c(y⁺) − c(y⁻): positive means the chosen response carries more of the concept, so DPO "
               f"is predicted to {badge('amplify')} it; negative: {badge('suppress')}. A direction needs "
               "q &lt; α and split-half agreement.")
-    body = tag("dl", dl, class_="facts") + tag("p", legend) + tag("details", tag("summary", "parameters") + params
-                                                                  + tag("p", "timings (s): " + timings))
+    note = m.get("stats", {}).get("note", "")   # "pairs share prompts: …" when the statistics are clustered
+    body = tag("dl", dl, class_="facts") + tag("p", legend) + (tag("p", esc(note)) if note else "") \
+        + tag("details", tag("summary", "parameters") + params + tag("p", "timings (s): " + timings))
     return section(SECTIONS[0], body, level=1, title="anatomist audit")
 
 

@@ -5,7 +5,7 @@ topic "all" are the dataset-wide view. BH q-values run over every tested row tog
 
     baseline   Δ̄ of the cluster over all pairs
     excess     Δ̄_{k,C} − baseline: how much this topic's asymmetry exceeds the dataset's
-    excess_z   excess / (sd_{k,C} / √n_k)
+    excess_z   excess / se_{k,C} (se: sd / √n, or clustered by prompt where pairs share prompts)
     rank_score |excess_z| for topic rows, |z| for dataset-wide rows. Order: topic rows, then
                dataset-wide rows; within each, rows with a direction first, then by rank_score
     direction  what DPO is predicted to do to the concept in that topic: "amplify" (chosen side
@@ -29,24 +29,27 @@ def direction(mean: float, q: float, split_half: bool, alpha: float) -> str:
 
 
 def topic_cluster_rows(delta_c: np.ndarray, topics: np.ndarray, topic_names: list[str], *, min_pairs: int = 8,
-                       alpha: float = 0.05, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Rows for delta_c [P, C] (pair disparity of concept scores) and topics [P] (index per pair)."""
+                       alpha: float = 0.05, n_boot: int = 1000, seed: int = 0,
+                       groups: np.ndarray | None = None) -> pd.DataFrame:
+    """Rows for delta_c [P, C] (pair disparity of concept scores) and topics [P] (index per pair);
+    groups [P]: each pair's prompt cluster (`stats.prompt_clusters`; None: pairs are independent)."""
     P, C = delta_c.shape
-    assert len(topics) == P
+    assert len(topics) == P and (groups is None or len(groups) == P)
     blocks = []
-    overall = pair_stats(delta_c, n_boot=n_boot, seed=seed)
+    overall = pair_stats(delta_c, n_boot=n_boot, seed=seed, groups=groups)
     for k, name in [(None, ALL), *enumerate(topic_names)]:
         sel = np.ones(P, dtype=bool) if k is None else topics == k
         if sel.sum() < 2:
             continue
-        s = pair_stats(delta_c[sel], n_boot=n_boot, seed=seed + (0 if k is None else k + 1))
+        s = pair_stats(delta_c[sel], n_boot=n_boot, seed=seed + (0 if k is None else k + 1),
+                       groups=None if groups is None else np.asarray(groups)[sel])
         s.insert(0, "cluster", np.arange(C))
         s.insert(0, "topic", name)
         s.insert(1, "topic_id", -1 if k is None else k)
         s["baseline"] = overall["mean"].to_numpy()
         s["excess"] = s["mean"] - s["baseline"]
         with np.errstate(divide="ignore", invalid="ignore"):
-            s["excess_z"] = np.where(s["sd"] > 0, s["excess"] / (s["sd"] / np.sqrt(s["n"])), 0.0)
+            s["excess_z"] = np.where(s["se"] > 0, s["excess"] / s["se"], 0.0)
         s["tested"] = s["n"] >= min_pairs
         blocks.append(s)
     rows = pd.concat(blocks, ignore_index=True)

@@ -6,6 +6,7 @@ names and columns are in `anatomist.audit.folder`, which is also the one reader 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,7 @@ from anatomist.audit.folder import (
 from anatomist.audit.graph import LEIDEN_BACKENDS
 from anatomist.audit.pool import POOLINGS, pool_features
 from anatomist.audit.rows import topic_cluster_rows
+from anatomist.audit.stats import prompt_clusters
 from anatomist.audit.topics import column_topics, prompt_topics
 from anatomist.capture.run import items_from_pairs
 from anatomist.data import dataset_hash, text_hash
@@ -99,6 +101,23 @@ def _last_user_text(pair) -> str:
     return users[-1] if users else pair.prompt[-1]["content"]
 
 
+def conversation_opening(pair) -> str:
+    """The key pairs are clustered by: the prompt up to its first user turn (system messages
+    included). HH-RLHF's multi-turn siblings — one conversation cut at different depths — share it,
+    as do pairs with the same prompt."""
+    first = next((i for i, m in enumerate(pair.prompt) if m["role"] == "user"), len(pair.prompt) - 1)
+    return json.dumps([[m["role"], m["content"]] for m in pair.prompt[:first + 1]])
+
+
+def stats_note(groups: np.ndarray | None, n_pairs: int) -> dict:
+    """audit.json's account of the unit of the pair statistics (the report prints `note`)."""
+    if groups is None:
+        return {"n_prompts": n_pairs, "clustered_by_prompt": False, "note": ""}
+    G = int(groups.max()) + 1
+    return {"n_prompts": G, "clustered_by_prompt": True,
+            "note": f"pairs share prompts: {G} prompts for {n_pairs} pairs; CIs and se clustered by prompt"}
+
+
 def _contexts(latents, tokenizer, items, concepts, c, cfg):
     """Activating (top c_C) and non-activating (random below-median) responses per cluster, with
     the cluster's per-token activation Σ_f w_f a_f(t) for labelling and the report's snippets."""
@@ -156,11 +175,12 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
     concepts = concept_clusters(acts, W_dec=W_dec, min_support=cfg.min_support, knn=cfg.knn,
                                 decoder_weight=cfg.decoder_weight, resolution=cfg.resolution, seed=cfg.seed,
                                 backend=cfg.leiden_backend)
-    features = feature_table(acts, concepts, cfg)
+    groups = prompt_clusters([conversation_opening(p) for p in pairs])         # [P] or None: all distinct
+    features = feature_table(acts, concepts, cfg, groups)
     c = concepts.scores(acts)                                                    # [2P, C]
     delta_c = c[0::2] - c[1::2]                                                  # [P, C]
     rows = topic_cluster_rows(delta_c, topics.labels, topics.names, min_pairs=cfg.min_pairs, alpha=cfg.alpha,
-                              n_boot=cfg.n_boot, seed=cfg.seed)
+                              n_boot=cfg.n_boot, seed=cfg.seed, groups=groups)
     timings["stats_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -199,9 +219,10 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
         "topics": {"names": topics.names, "examples": topics.examples, "method": topics.method,
                    "silhouette": topics.silhouette, "sizes": np.bincount(topics.labels).tolist()},
         "n_clusters": C, "n_features_clustered": int(len(concepts.features)), "timings": timings,
+        "stats": stats_note(groups, P),
     }
     write_length_tables(out, [p.id for p in pairs], pooled.n_tokens, topics.labels, topics.names,
-                        min_pairs=cfg.min_pairs, alpha=cfg.alpha, n_boot=cfg.n_boot, seed=cfg.seed)
+                        min_pairs=cfg.min_pairs, alpha=cfg.alpha, n_boot=cfg.n_boot, seed=cfg.seed, groups=groups)
     write_table(out, ROWS, rows)
     write_table(out, FEATURES, features)
     write_table(out, CLUSTERS, clusters)
@@ -212,13 +233,13 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
     return out
 
 
-def feature_table(acts, concepts, cfg: AuditConfig) -> pd.DataFrame:
+def feature_table(acts, concepts, cfg: AuditConfig, groups: np.ndarray | None = None) -> pd.DataFrame:
     """Dataset-wide pair statistics per SAE feature (the clustered ones: support >= min_support),
     so a strong single feature stays visible whatever the cluster granularity."""
     from anatomist.audit.stats import add_q, pair_stats
 
     delta = (acts[0::2] - acts[1::2])[:, concepts.features].toarray()          # [P, M]
-    table = add_q(pair_stats(delta, n_boot=cfg.n_boot, seed=cfg.seed))
+    table = add_q(pair_stats(delta, n_boot=cfg.n_boot, seed=cfg.seed, groups=groups))
     table.insert(0, "cluster", concepts.labels)
     table.insert(0, "feature", concepts.features)
     table["support"] = np.asarray((acts[:, concepts.features] > 0).sum(0)).ravel()
