@@ -35,10 +35,10 @@ def test_gradient_reaches_head_only(model_and_samples, loss):
     for p in m.parameters():
         p.requires_grad_(True)  # even a trainable trunk must get nothing
     head = MTPHead(m, MTPConfig(gamma=3, draft_vocab=20), vocab_ids=torch.arange(0, 40, 2))
-    from anatomist.spec_decode.train import _batch, target_stats
+    from anatomist.spec_decode.train import head_batch, target_stats
 
     states = trunk_states(m, s.sequences)
-    batch = _batch(states, target_stats(m, states), s, [0, 1, 2], 3, 4, torch.Generator().manual_seed(0))
+    batch = head_batch(states, target_stats(m, states), s, [0, 1, 2], 3, 4, torch.Generator().manual_seed(0))
     value, metrics = head_loss(head, *batch, loss, 3)
     value.backward()
     assert all(p.grad is None for p in m.parameters())
@@ -109,13 +109,13 @@ def test_samples_shape(model_and_samples):
 def test_chain_subset_equals_full_and_lse_targets(model_and_samples):
     """Drafting a subset of chains gives the same states as all chains; p from the cached lse
     equals the softmax of the full LM head restricted to the draft vocabulary."""
-    from anatomist.spec_decode.train import _batch, target_stats
+    from anatomist.spec_decode.train import head_batch, target_stats
 
     m, s = model_and_samples
     head = MTPHead(m, MTPConfig(gamma=3, draft_vocab=20), vocab_ids=torch.arange(0, 40, 2)).eval()
     states = trunk_states(m, s.sequences)
     stats = target_stats(m, states)
-    h, tok, st, chains, valid = _batch(states, stats, s, [0, 2], 3, 5, torch.Generator().manual_seed(1))
+    h, tok, st, chains, valid = head_batch(states, stats, s, [0, 2], 3, 5, torch.Generator().manual_seed(1))
     assert valid.sum() == 10 and chains.shape == (2, 5)
     with torch.no_grad():
         full = head.chain_states(h, tok, 3)  # [B, T, γ, H]

@@ -207,7 +207,7 @@ def test_head_refresh_raises_acceptance_on_the_policys_rollouts(one_thread):
     """The refresh (`refresh_head_every`) fits the head to the current policy: its α on the
     rollouts it was refreshed on goes up, measured with the trunk's own target distribution.
     `head_alphas` (batched, several heads) equals one `head_loss` batch over every chain."""
-    from anatomist.spec_decode.train import Samples, _batch, head_alphas, head_loss, target_stats, trunk_states
+    from anatomist.spec_decode.train import Samples, head_batch, head_alphas, head_loss, target_stats, trunk_states
     from anatomist.train.grpo import _refresh_head
 
     model = tiny_llama(seed=4)
@@ -225,7 +225,7 @@ def test_head_refresh_raises_acceptance_on_the_policys_rollouts(one_thread):
 
     with torch.no_grad():
         states = trunk_states(model, seqs[:3] + seqs[4:])
-        one = _batch(states, target_stats(model, states), Samples(seqs[:3] + seqs[4:], plens[:3] + plens[4:]),
+        one = head_batch(states, target_stats(model, states), Samples(seqs[:3] + seqs[4:], plens[:3] + plens[4:]),
                      list(range(7)), 2, 0, torch.Generator())  # every chain of every usable rollout
         ref = head_loss(head, *one, "e2e_tv", 2)[1]
     before = head_alphas({"head": head, "fixed": fixed}, model, Samples(seqs, plens), batch_size=3)
