@@ -23,8 +23,10 @@ at the default strength and weaker ones, against a random-label baseline from th
    16, 32) behaves like max — every planted cell found, ~150 rows flagged, precision 0.72–0.77 —
    while mean flags ~70 rows at 0.80–0.82 and, on one draw, misses flattery/health (q = 0.22).
 4. Scores every audit (`organism.score.score_audit`, writes score.json) and prints the table,
-   with clusters matched to traits within each row's topic (the default), then again with the
-   stricter global matching (a cluster must track the trait over all of its topics).
+   with clusters matched to traits within (topic, side) strata (the default since session 8;
+   precision against the measured truth, planted-only precision beside it), then again with the
+   global Spearman matching. The figures quoted in 3. and 5. were measured under the earlier
+   topic-Spearman matching and planted-only precision, and are not comparable with the new ones.
 5. Where does it break as the data shrinks? The default audit (first pooling, default strength)
    is rescored on --subsets random subsets holding each fraction of every topic's pairs
    (`organism.power.detection_power`; rows recomputed as the audit computes them, no forward
