@@ -40,13 +40,12 @@ import torch
 
 from anatomist.errors import AnatomistError
 from anatomist.shape.pairs import ShapedPair
-from anatomist.train.batches import Seq, collate, collate_rows
 from anatomist.shape.steer import Steer
+from anatomist.train.batches import Seq, collate, collate_rows
 from anatomist.train.dpo import DPOConfig, batch_dpo, make_trainable, prepare, sequence_sums
 from anatomist.train.split import SplitLM, StateCache, to_device
 
 __all__ = ["PRECONDITIONERS", "dpo_direction", "tempered_sequence_logps", "eager_attention", "directional_logps",
-          
            "per_prompt_shift", "covariance_shift", "tilt_shift", "generation_seqs",
            "run_directional_logps", "first_order_rows"]
 
@@ -74,7 +73,7 @@ def dpo_direction(split: SplitLM, cache: StateCache, seqs: Sequence[Seq], offset
     `pairs` (default all), L the run's own (shaped) loss, then preconditioned. One tensor per
     parameter in `params` (the trained ones, requires_grad). `offsets` [P] as in `train_dpo`."""
     if precondition not in PRECONDITIONERS:
-        raise ValueError(f"precondition must be one of {sorted(PRECONDITIONERS)}, got {precondition!r}")
+        raise AnatomistError(f"precondition must be one of {', '.join(PRECONDITIONERS)}, got {precondition!r}")
     params = list(params)
     assert params and all(p.requires_grad for p in params), "params are the trained parameters"
     idx = list(range(len(seqs) // 2)) if pairs is None else list(pairs)
@@ -127,10 +126,10 @@ def directional_logps(split: SplitLM, seqs: Sequence[Seq], direction: Sequence[t
     frozen bottom runs once, without AD). A central finite difference in fp32 was tried and is
     off by 1–3 % on a tiny model, from rounding, so it is not offered."""
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    params = list(params)
-    direction = [d.to(p.device, p.dtype) for p, d in zip(params, direction)]
+        raise AnatomistError(f"temperature must be > 0, got {temperature}")
+    params, direction = list(params), list(direction)
     assert len(params) == len(direction) and all(p.shape == d.shape for p, d in zip(params, direction))
+    direction = [d.to(p.device, p.dtype) for p, d in zip(params, direction)]
     out = torch.empty(len(seqs), dtype=torch.float64)
     with eager_attention(split.model):
         for start in range(0, len(seqs), batch_size):
