@@ -19,7 +19,7 @@ For each job, `Harness.run(job, seed)`:
   4. and that the job was really killed mid-run at least once: a SIGKILL exit that left committed
      files differing from `ref/` for the resume to start from. A job whose kill points are never
      reached (it finishes first, or writes everything at the end) would otherwise pass untested;
-     when no random point hit, the seed starts over and kills the job at its first change.
+     when no random point hit, the seed starts over and kills the job at its first changes.
 
 Jobs (child side) are the `job_*` functions below; each takes paths only.
 """
@@ -546,14 +546,17 @@ class Harness:
         points = [(rng.randint(1, max(1, n_changes // 2)), rng.uniform(0.0, gap)) for _ in range(max_kills)]
         mid_run, seen = self._kills(job, ref, out, log, points, f"{job.name} seed {seed}")
         if not mid_run:
-            # A job that writes little and late (one shard at the end) outran every random kill point:
-            # start over on a fresh folder and kill it the moment its first change shows.
+            # Every random point came too late: after the last write of a job that writes little and
+            # late (one shard at the end), or during its shutdown (organism workers). Start over on a
+            # fresh folder and kill it the moment its 1st change shows, then its 2nd, its 3rd (the 1st
+            # may be a temp file only).
             shutil.rmtree(out, ignore_errors=True)
-            mid_run, seen = self._kills(job, ref, out, log, [(1, 0.0), *points[1:]], f"{job.name} seed {seed}")
+            early = [(k, 0.0) for k in range(1, max(1, min(3, n_changes)) + 1)]
+            mid_run, seen = self._kills(job, ref, out, log, early, f"{job.name} seed {seed}")
         self.tally.killed_mid_run[job.name] = self.tally.killed_mid_run.get(job.name, 0) + mid_run
         if not mid_run:
             self.tally.problems.append(f"{job.name} seed {seed}: never killed mid-run (no SIGKILL left partial "
-                                       f"state, even at its first change): the resume was not tested")
+                                       f"state, even at its first changes): the resume was not tested")
         problems, tmps = scan(out, job.journals)
         self.tally.problems += [f"{job.name} seed {seed}: final: {p}" for p in problems]
         self.tally.problems += [f"{job.name} seed {seed}: temp file left: {p.name}" for p in tmps]

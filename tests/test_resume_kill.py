@@ -169,13 +169,13 @@ def test_harness_flags_a_job_that_was_never_killed(tmp_path):
     assert h.tally.kills == 0 and h.tally.finished_early == 2       # its random point, then its first change
     assert h.tally.killed_mid_run == {"never": 0}
     assert [p for p in h.tally.problems if "never killed mid-run" in p] == [
-        "never seed 0: never killed mid-run (no SIGKILL left partial state, even at its first change): the resume "
+        "never seed 0: never killed mid-run (no SIGKILL left partial state, even at its first changes): the resume "
         "was not tested"]
 
 
 class LateWriterZygote:
     """A job that writes a.json, then b.json and exits at once: random kill points after its first
-    change come too late; only a kill the moment a.json shows catches it mid-run. Each child is a
+    change come too late; a kill the moment a.json shows catches it mid-run. Each child is a
     real `sleep` process, so the harness's SIGKILL is real."""
 
     def start(self, job, kwargs, log):
