@@ -187,6 +187,11 @@ def test_the_first_order_predictor_is_scored_when_its_rows_are_given(tmp_path):
     assert got["first_order"]["r2"] > 0.95 and got["first_order"]["coef_all_rows"][0] == pytest.approx(3.0, rel=0.05)
     assert got["first_order"]["r2"] > got["feature"]["r2"]
     assert "first_order" not in verify(audit, pre, post, n_boot=50, tested_only=False).summary["predictors"]
+    # a topic the first-order rows do not cover (NaN) is left unpredicted; the other topics keep their fit
+    gap = first.assign(x_first=np.where(first.topic == "topic0", np.nan, first.x_first))
+    part = verify(audit, pre, post, n_boot=50, tested_only=False, first_order=gap).summary["predictors"]["first_order"]
+    assert part["coef_all_rows"][0] == pytest.approx(3.0, rel=0.05) and part["r2"] > 0.95
+    assert part["n_rows"] == got["first_order"]["n_rows"] - (pred.reset_index().topic == "topic0").sum()
     with pytest.raises(AnatomistError, match="x_first"):
         apply_calibration(pred.reset_index(), {"first_order": [3.0]})
 

@@ -67,8 +67,12 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def fit_coef(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least squares y ≈ X·coef without intercept: X [R, J], y [R] → [J] (minimum-norm if rank-deficient)."""
-    return np.linalg.lstsq(np.asarray(X, np.float64), np.asarray(y, np.float64), rcond=None)[0]
+    """Least squares y ≈ X·coef without intercept: X [R, J], y [R] → [J] (minimum-norm if rank-deficient),
+    over the rows where X and y are finite (a first-order row of a topic with no prompt sampled
+    twice is NaN: it cannot be predicted, and must not poison the others' fit)."""
+    X, y = np.asarray(X, np.float64), np.asarray(y, np.float64)
+    ok = np.isfinite(X).all(1) & np.isfinite(y)
+    return np.linalg.lstsq(X[ok], y[ok], rcond=None)[0]
 
 
 def cross_fit(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
