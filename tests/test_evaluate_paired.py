@@ -70,3 +70,39 @@ def test_bias_is_small_against_variance_and_variance_beats_the_direct_difference
     assert np.all(np.abs(direct.mean(0) - exact) < 4 * direct.std(0) / np.sqrt(X))   # the direct one is unbiased
     assert np.all(snis.var(0) < 0.6 * direct.var(0)), (snis.var(0), direct.var(0))
     assert table.ess.mean() > 0.5 * n
+
+
+def _eval_table(prompts, samples, c):
+    import pandas as pd
+
+    rows = [{"prompt_id": p, "topic": t, "sample": s} for p, t in prompts for s in range(samples)]
+    return pd.DataFrame(rows).assign(c_0=c)
+
+
+def test_sample_halves_are_disjoint_and_need_four_samples():
+    from anatomist.errors import AnatomistError
+    from anatomist.evaluate.paired import sample_halves
+
+    base = _eval_table([("a", "x"), ("b", "y")], 4, np.arange(8.0))
+    pred, target = sample_halves(base)
+    assert pred["sample"].tolist() == [0, 2, 0, 2] and target["sample"].tolist() == [1, 3, 1, 3]
+    assert set(pred.c_0).isdisjoint(target.c_0) and len(pred) + len(target) == len(base)
+    with pytest.raises(AnatomistError, match=">= 4 samples"):
+        sample_halves(base[base["sample"] < 3])
+
+
+def test_paired_actual_lays_out_topics_and_all_with_normal_intervals():
+    from anatomist.evaluate.paired import paired_actual
+
+    # topic x: prompt a (c 0, 4; log-ratio 0, ln 3 → shift 1) and b (c 1, 3; equal weights → 0)
+    target = _eval_table([("a", "x"), ("b", "x"), ("c", "y")], 2, [0.0, 4.0, 1.0, 3.0, 2.0, 2.0])
+    ratio = np.array([0.0, np.log(3.0), 0.0, 0.0, 0.0, 0.0])
+    post = _eval_table([("a", "x"), ("b", "x"), ("c", "y")], 1, [5.0, 5.0, 5.0])
+    table, health = paired_actual(target, ratio, post, [0], min_ess=0.0)
+    x = table[table.topic == "x"].iloc[0]
+    assert x.actual == pytest.approx(0.5) and x.se == pytest.approx(0.5) and x.n_prompts == 2
+    assert (x.ci_low, x.ci_high) == pytest.approx((0.5 - 1.96 * 0.5, 0.5 + 1.96 * 0.5))
+    assert x.pre == pytest.approx(2.0)
+    every = table[table.topic == "all"].iloc[0]
+    assert every.actual == pytest.approx(1 / 3) and every.n_prompts == 3
+    assert health["fallback_share"] == 0.0 and health["n_prompts"] == 3

@@ -10,18 +10,13 @@ import pytest
 
 from anatomist.errors import AnatomistError
 from anatomist.evaluate.predict import predict_rows
+from anatomist.evaluate.fit import bootstrap_r2, cross_fit, fit_coef, group_means_r2, r2_score, spearman
 from anatomist.evaluate.verify import (
     SweepRun,
     actual_shifts,
-    bootstrap_r2,
-    cross_fit,
-    fit_coef,
-    group_means_r2,
     paired_shift,
-    r2_score,
     resolve_run,
     score,
-    spearman,
     sweep_table,
     verify_run,
 )
@@ -180,20 +175,20 @@ def test_the_first_order_predictor_is_scored_when_its_rows_are_given(tmp_path):
     audit, run, pred, eval_table = synthetic_run(tmp_path)
     rng = np.random.default_rng(5)
     x = {key: rng.normal() for key in pred.index}
-    first = pd.DataFrame([{"topic": t, "cluster": c, "x_first": v} for (t, c), v in x.items()]
-                         + [{"topic": "all", "cluster": 0, "x_first": 9.9}])
+    first = pd.DataFrame([{"topic": t, "cluster": c, "x_first_plain": v} for (t, c), v in x.items()]
+                         + [{"topic": "all", "cluster": 0, "x_first_plain": 9.9}])
     pre, post = eval_table(lambda t, c: 0.0), eval_table(lambda t, c: 3.0 * x[(t, c)])
     got = verify(audit, pre, post, n_boot=50, tested_only=False, first_order=first).summary["predictors"]
-    assert got["first_order"]["r2"] > 0.95 and got["first_order"]["coef_all_rows"][0] == pytest.approx(3.0, rel=0.05)
-    assert got["first_order"]["r2"] > got["feature"]["r2"]
-    assert "first_order" not in verify(audit, pre, post, n_boot=50, tested_only=False).summary["predictors"]
+    assert got["first_plain"]["r2"] > 0.95 and got["first_plain"]["coef_all_rows"][0] == pytest.approx(3.0, rel=0.05)
+    assert got["first_plain"]["r2"] > got["feature"]["r2"]
+    assert "first_plain" not in verify(audit, pre, post, n_boot=50, tested_only=False).summary["predictors"]
     # a topic the first-order rows do not cover (NaN) is left unpredicted; the other topics keep their fit
-    gap = first.assign(x_first=np.where(first.topic == "topic0", np.nan, first.x_first))
-    part = verify(audit, pre, post, n_boot=50, tested_only=False, first_order=gap).summary["predictors"]["first_order"]
+    gap = first.assign(x_first_plain=np.where(first.topic == "topic0", np.nan, first.x_first_plain))
+    part = verify(audit, pre, post, n_boot=50, tested_only=False, first_order=gap).summary["predictors"]["first_plain"]
     assert part["coef_all_rows"][0] == pytest.approx(3.0, rel=0.05) and part["r2"] > 0.95
-    assert part["n_rows"] == got["first_order"]["n_rows"] - (pred.reset_index().topic == "topic0").sum()
-    with pytest.raises(AnatomistError, match="x_first"):
-        apply_calibration(pred.reset_index(), {"first_order": [3.0]})
+    assert part["n_rows"] == got["first_plain"]["n_rows"] - (pred.reset_index().topic == "topic0").sum()
+    with pytest.raises(AnatomistError, match="x_first_plain"):
+        apply_calibration(pred.reset_index(), {"first_plain": [3.0]})
 
 
 def test_sweep_prediction_and_manifest(tmp_path):
@@ -292,3 +287,39 @@ def test_train_pairs_are_checked_against_the_audit(tmp_path):
     (run / "train_pairs.json").write_text(json.dumps([*ids[:2], "zz"]))       # bare ids (older runs)
     with pytest.raises(AnatomistError, match="pair 'zz' is not in the audit"):
         verify_run(audit, run, n_boot=20)
+
+
+def test_row_bootstrap_pairs_predictors_and_sign_accuracy_counts_sure_rows():
+    from anatomist.evaluate.fit import row_bootstrap, sign_accuracy
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=200)
+    good, bad = y + 0.3 * rng.normal(size=200), rng.normal(size=200)
+    out = row_bootstrap(y, {"good": good, "bad": bad}, baselines=("bad",), n_boot=300)
+    est, lo, hi = out["good"]["r2_minus_bad"]
+    assert est == pytest.approx(r2_score(y, good) - r2_score(y, bad)) and 0 < lo < est < hi
+    assert "r2_minus_bad" not in out["bad"]
+    assert out["good"]["r2_ci"][0] < r2_score(y, good) < out["good"]["r2_ci"][1]
+    assert out["good"]["rho_ci"][0] > 0.8 and out["bad"]["rho_ci"][0] < 0 < out["bad"]["rho_ci"][1]
+    # sign accuracy: only rows marked sure count; by hand 2 of 3
+    acc, n = sign_accuracy(np.array([1.0, -2.0, 3.0, 0.1]), np.array([0.5, 1.0, 2.0, -9.0]),
+                           np.array([True, True, True, False]))
+    assert (acc, n) == (pytest.approx(2 / 3), 3)
+    assert np.isnan(sign_accuracy(y[:2], y[:2], np.zeros(2, bool))[0])
+
+
+def test_per_concept_level_is_scored_leave_one_concept_out(tmp_path):
+    """The dataset-wide level: y = 2·x_first_plain(all) per concept, recovered across concepts."""
+    from anatomist.evaluate.verify import verify
+
+    audit, run, pred, eval_table = synthetic_run(tmp_path)
+    clusters = sorted({c for _, c in pred.index})
+    x_all = {c: float(i) - 1.0 for i, c in enumerate(clusters)}
+    first = pd.DataFrame([{"topic": t, "cluster": c, "x_first_plain": x_all[c]} for t, c in pred.index]
+                         + [{"topic": "all", "cluster": c, "x_first_plain": v} for c, v in x_all.items()])
+    pre, post = eval_table(lambda t, c: 0.0), eval_table(lambda t, c: 2.0 * x_all[c])
+    res = verify(audit, pre, post, n_boot=50, tested_only=False, first_order=first)
+    got = res.summary["concept"]
+    assert got["calibrated_across"] == "cluster" and got["n_rows"] == len(clusters)
+    assert got["predictors"]["first_plain"]["coef_all_rows"][0] == pytest.approx(2.0, rel=0.05)
+    assert set(res.concepts.topic) == {"all"} and "yhat_first_plain" in res.concepts

@@ -47,7 +47,7 @@ from anatomist.train.split import SplitLM, StateCache, to_device
 
 __all__ = ["PRECONDITIONERS", "dpo_direction", "tempered_sequence_logps", "eager_attention", "directional_logps",
            "per_prompt_shift", "covariance_shift", "tilt_shift", "generation_seqs",
-           "run_directional_logps", "first_order_rows"]
+           "run_directional_logps", "generation_logps", "first_order_columns", "first_order_rows"]
 
 
 def _plain(grads: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -67,13 +67,12 @@ PRECONDITIONERS: dict[str, Callable[[list[torch.Tensor]], list[torch.Tensor]]] =
 
 def dpo_direction(split: SplitLM, cache: StateCache, seqs: Sequence[Seq], offsets: torch.Tensor,
                   cfg: DPOConfig, params: Sequence[torch.Tensor], *, pad_id: int, device="cpu",
-                  pairs: Sequence[int] | None = None, batch_size: int = 8, steer: Steer | None = None,
-                  precondition: str = "plain") -> list[torch.Tensor]:
-    """The update direction d of DPO's first step at the reference: g = −∇_θ mean_i L_i over
-    `pairs` (default all), L the run's own (shaped) loss, then preconditioned. One tensor per
-    parameter in `params` (the trained ones, requires_grad). `offsets` [P] as in `train_dpo`."""
-    if precondition not in PRECONDITIONERS:
-        raise AnatomistError(f"precondition must be one of {', '.join(PRECONDITIONERS)}, got {precondition!r}")
+                  pairs: Sequence[int] | None = None, batch_size: int = 8, steer: Steer | None = None
+                  ) -> list[torch.Tensor]:
+    """The descent direction of DPO's first step at the reference: g = −∇_θ mean_i L_i over
+    `pairs` (default all), L the run's own (shaped) loss; `PRECONDITIONERS` turn it into the
+    optimizer's step. One tensor per parameter in `params` (the trained ones, requires_grad).
+    `offsets` [P] as in `train_dpo`."""
     params = list(params)
     assert params and all(p.requires_grad for p in params), "params are the trained parameters"
     idx = list(range(len(seqs) // 2)) if pairs is None else list(pairs)
@@ -86,7 +85,7 @@ def dpo_direction(split: SplitLM, cache: StateCache, seqs: Sequence[Seq], offset
     grads = [-(p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)) for p in params]
     for p in params:
         p.grad = None
-    return PRECONDITIONERS[precondition](grads)
+    return grads
 
 
 def tempered_sequence_logps(split: SplitLM, final: torch.Tensor, batch, temperature: float) -> torch.Tensor:
@@ -211,42 +210,79 @@ def generation_seqs(base: pd.DataFrame) -> list[Seq]:
 
 
 def run_directional_logps(model, tokenizer, pairs: Sequence[ShapedPair], cfg: DPOConfig, gen: Sequence[Seq], *,
-                          temperature: float, precondition: str = "plain", steer: Steer | None = None,
-                          cache_dir=None, device="cpu", batch_size: int = 8, progress: bool = True) -> np.ndarray:
-    """D_d log π_T [N] of the sequences `gen`, d = the direction of the DPO run `cfg` would take on
-    `pairs` (the shaped pairs it trains on: offsets and token masks included) at the reference
-    `model`, over the blocks that run trains. `model` is left as it was (trainable flags restored)."""
+                          temperature: float, preconditions: Sequence[str] = ("plain",), steer: Steer | None = None,
+                          cache_dir=None, device="cpu", batch_size: int = 8, progress: bool = True
+                          ) -> dict[str, np.ndarray]:
+    """{preconditioner: D_d log π_T [N]} of the sequences `gen`, d = the direction of the DPO run
+    `cfg` would take on `pairs` (the shaped pairs it trains on: offsets and token masks included)
+    at the reference `model`, over the blocks that run trains, preconditioned each way in
+    `preconditions` (one gradient pass serves them all). `model` is left as it was (trainable
+    flags restored)."""
+    unknown = [p for p in preconditions if p not in PRECONDITIONERS]
+    if unknown or not preconditions:
+        raise AnatomistError(f"preconditions must be among {', '.join(PRECONDITIONERS)}, got {list(preconditions)}")
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     try:
         prep = prepare(model, tokenizer, pairs, cfg, cache_dir=cache_dir, device=device, steer=steer, progress=progress)
         make_trainable(model, prep.split, cfg)
         params = [p for p in model.parameters() if p.requires_grad]
         offsets = torch.tensor([float(p.offset) for p in pairs], dtype=torch.float32)
-        d = dpo_direction(prep.split, prep.cache, prep.seqs, offsets, cfg, params, pad_id=prep.pad_id, device=device,
-                          batch_size=batch_size, steer=steer, precondition=precondition)
-        return directional_logps(prep.split, gen, d, params, temperature=temperature, pad_id=prep.pad_id,
-                                 batch_size=batch_size, device=device).numpy()
+        g = dpo_direction(prep.split, prep.cache, prep.seqs, offsets, cfg, params, pad_id=prep.pad_id, device=device,
+                          batch_size=batch_size, steer=steer)
+        return {name: directional_logps(prep.split, gen, PRECONDITIONERS[name](g), params, temperature=temperature,
+                                        pad_id=prep.pad_id, batch_size=batch_size, device=device).numpy()
+                for name in preconditions}
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(flags[n])
 
 
-def first_order_rows(model, tokenizer, pairs: Sequence[ShapedPair], cfg: DPOConfig, base: pd.DataFrame, *,
-                     temperature: float, **kw) -> pd.DataFrame:
-    """The first-order predictor's input per (topic, cluster), and per cluster on topic "all":
-    x_first = mean over prompts of Cov(c_C, D_d log π_T) on the base model's generations `base`
-    (an eval table: prompt_id, topic, prompt_ids, token_ids, c_0 … c_{C−1}; T their sampling
-    temperature), d as in `run_directional_logps` (which takes **kw). Unscaled: the run's scale s
-    is cross-fitted by `verify`."""
+@torch.no_grad()
+def generation_logps(model, gen: Sequence[Seq], *, temperature: float, pad_id: int = 0, batch_size: int = 16,
+                     device="cpu") -> np.ndarray:
+    """log π_T(y|x) [N] of each sequence's response tokens under `model` (one plain forward per
+    batch): what the paired ΔB (`evaluate.paired`) weighs the base samples by."""
+    if temperature <= 0:
+        raise AnatomistError(f"temperature must be > 0, got {temperature}")
+    split = SplitLM(model, 0)
+    out = np.empty(len(gen), dtype=np.float64)
+    for start in range(0, len(gen), batch_size):
+        rows = list(range(start, min(start + batch_size, len(gen))))
+        batch = to_device(collate_rows(gen, rows, pad_id), device)
+        final = split.top(split.bottom(batch.input_ids, batch.attention_mask), batch.attention_mask)
+        out[start:start + len(rows)] = tempered_sequence_logps(split, final, batch, temperature).double().cpu().numpy()
+    return out
+
+
+def first_order_columns(base: pd.DataFrame, dlogp: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Per (topic, cluster), and per cluster on topic "all": x_first_<preconditioner> = mean over
+    prompts of Cov(c_C, δ) within each prompt, δ = dlogp[preconditioner] [N] of the rows of
+    `base` (an eval table: prompt_id, topic, c_0 … c_{C−1}). Unscaled (s = 1)."""
     clusters = sorted(int(c[2:]) for c in base.columns if c.startswith("c_") and c[2:].isdigit())
     if not clusters:
         raise AnatomistError("base generations have no concept columns c_<k>: evaluate them with the audit")
-    dlogp = run_directional_logps(model, tokenizer, pairs, cfg, generation_seqs(base), temperature=temperature, **kw)
     names = sorted(base["topic"].astype(str).unique())
     topic = base["topic"].astype(str).map({k: i for i, k in enumerate(names)}).to_numpy()
+    prompt = base["prompt_id"].astype(str).to_numpy()
     c = base[[f"c_{k}" for k in clusters]].to_numpy(np.float64)                          # [N, C]
-    per_topic, per_concept = covariance_shift(c, dlogp, base["prompt_id"].astype(str).to_numpy(), topic, len(names))
-    rows = [{"topic": names[k], "cluster": cl, "x_first": per_topic[k, j]}
-            for k in range(len(names)) for j, cl in enumerate(clusters)]
-    rows += [{"topic": "all", "cluster": cl, "x_first": per_concept[j]} for j, cl in enumerate(clusters)]
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame({"topic": [*(n for n in names for _ in clusters), *(["all"] * len(clusters))],
+                          "cluster": clusters * (len(names) + 1)})
+    for name, d in dlogp.items():
+        assert len(d) == len(base), "one δ per generation"
+        per_topic, per_concept = covariance_shift(c, d, prompt, topic, len(names))
+        frame[f"x_first_{name}"] = np.concatenate([per_topic.ravel(), per_concept])
+    return frame
+
+
+def first_order_rows(model, tokenizer, pairs: Sequence[ShapedPair], cfg: DPOConfig, base: pd.DataFrame, *,
+                     temperature: float, preconditions: Sequence[str] = ("plain", "adam"), **kw) -> pd.DataFrame:
+    """The first-order predictor's inputs per (topic, cluster), and per cluster on topic "all":
+    x_first_<p> = mean over prompts of Cov(c_C, D_d log π_T) on the base model's generations
+    `base` (an eval table: prompt_id, topic, prompt_ids, token_ids, c_0 … c_{C−1}; T their
+    sampling temperature), d preconditioned by p, as in `run_directional_logps` (which takes
+    **kw). Unscaled: the run's scale s is cross-fitted by `verify`."""
+    if not any(c.startswith("c_") and c[2:].isdigit() for c in base.columns):
+        raise AnatomistError("base generations have no concept columns c_<k>: evaluate them with the audit")
+    dlogp = run_directional_logps(model, tokenizer, pairs, cfg, generation_seqs(base), temperature=temperature,
+                                  preconditions=preconditions, **kw)
+    return first_order_columns(base, dlogp)

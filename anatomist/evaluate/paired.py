@@ -24,8 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
-__all__ = ["PairedShift", "snis_prompt_shift", "paired_shift_table"]
+from anatomist.errors import AnatomistError
+
+__all__ = ["PairedShift", "snis_prompt_shift", "paired_shift_table", "sample_halves", "paired_actual"]
 
 
 def snis_prompt_shift(c: np.ndarray, log_ratio: np.ndarray) -> tuple[np.ndarray, float]:
@@ -86,3 +89,42 @@ def paired_shift_table(c_pre: np.ndarray, log_ratio: np.ndarray, prompt_pre: np.
             topic[k], topic_se[k] = _mean_se(arr[tops_arr == k])
     concept, concept_se = _mean_se(arr)
     return PairedShift(topic, topic_se, concept, concept_se, prompts, np.array(ess), np.array(fallback))
+
+
+def sample_halves(base: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split an eval table's samples of every prompt into two disjoint halves by sample index
+    (even → the predictor's, odd → the target's), so the first-order predictor and the paired ΔB
+    never read the same generation. Every prompt needs ≥ 4 samples (two per half: a covariance
+    and an SNIS weight need two)."""
+    counts = base.groupby("prompt_id")["sample"].nunique()
+    if len(counts) == 0 or counts.min() < 4:
+        raise AnatomistError(f"sample halves need >= 4 samples per prompt; the fewest here is "
+                             f"{int(counts.min()) if len(counts) else 0} (evaluate with --samples 4 or more)")
+    odd = (base["sample"].to_numpy() % 2).astype(bool)
+    return base[~odd].reset_index(drop=True), base[odd].reset_index(drop=True)
+
+
+def paired_actual(target: pd.DataFrame, log_ratio: np.ndarray, post: pd.DataFrame, clusters: list[int], *,
+                  min_ess: float = 0.3, z: float = 1.96) -> tuple[pd.DataFrame, dict]:
+    """The paired ΔB in `verify.actual_shifts`' layout (topic incl. "all", cluster, actual,
+    ci_low, ci_high, se, pre, n_prompts; CI = ± z·se over prompts) from the target half of the base
+    generations `target` (eval table), their log π_post,T − log π_pre,T [N], and the post model's
+    own generations `post` (the fallback). Also returns the weights' health: ESS and fallbacks."""
+    cols = [f"c_{k}" for k in clusters]
+    names = sorted(target["topic"].astype(str).unique())
+    topic = target["topic"].astype(str).map({k: i for i, k in enumerate(names)}).to_numpy()
+    table = paired_shift_table(target[cols].to_numpy(), np.asarray(log_ratio), target["prompt_id"].astype(str).to_numpy(),
+                               topic, post[cols].to_numpy(), post["prompt_id"].astype(str).to_numpy(), len(names),
+                               min_ess=min_ess)
+    n_prompts = target.groupby("topic")["prompt_id"].nunique()
+    blocks = []
+    for k, name in enumerate([*names, "all"]):
+        shift, se = (table.topic[k], table.topic_se[k]) if name != "all" else (table.concept, table.concept_se)
+        sel = target if name == "all" else target[target["topic"].astype(str) == name]
+        blocks.append(pd.DataFrame({"topic": name, "cluster": clusters, "actual": shift, "ci_low": shift - z * se,
+                                    "ci_high": shift + z * se, "se": se, "pre": sel[cols].to_numpy().mean(0),
+                                    "n_prompts": int(n_prompts.sum() if name == "all" else n_prompts[name])}))
+    samples = target.groupby("prompt_id").size().reindex(table.prompts).to_numpy()
+    health = {"n_prompts": int(len(table.prompts)), "median_ess_share": float(np.median(table.ess / samples)),
+              "fallback_share": float(table.fallback.mean()), "min_ess": min_ess}
+    return pd.concat(blocks, ignore_index=True), health

@@ -58,8 +58,10 @@ PREDICTORS: dict[str, tuple[tuple[str, ...], str]] = {
     "prompt": (("x_prompt",), "x_prompt"),
     "naive": (("x_naive",), "x_naive"),
     # first-order (evaluate/firstorder.py): Cov over the base generations of c with the log-prob
-    # change along the run's own DPO direction; only where `verify` is given its rows
-    "first_order": (("x_first",), "x_first"),
+    # change along the run's own DPO direction, plain gradient or Adam's sign step; only where
+    # `verify` is given its rows
+    "first_plain": (("x_first_plain",), "x_first_plain"),
+    "first_adam": (("x_first_adam",), "x_first_adam"),
 }
 
 

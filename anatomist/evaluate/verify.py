@@ -34,10 +34,18 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from anatomist.audit.folder import AuditFolder
 from anatomist.errors import AnatomistError
+from anatomist.evaluate.fit import (
+    cross_fit,
+    fit_coef,
+    group_means_r2,
+    r2_score,
+    row_bootstrap,
+    sign_accuracy,
+    spearman,
+)
 from anatomist.evaluate.predict import (
     PREDICTORS,
     PredictConfig,
@@ -50,60 +58,7 @@ log = logging.getLogger(__name__)
 EVAL_TABLES = ("scores.parquet", "behaviour.parquet")
 
 
-# -- pure math -------------------------------------------------------------------------------------
-
-def r2_score(y: np.ndarray, yhat: np.ndarray) -> float:
-    """1 − SS_res / SS_tot, SS_tot around the mean of y; NaN when y is constant."""
-    y, yhat = np.asarray(y, np.float64), np.asarray(yhat, np.float64)
-    ss_tot = ((y - y.mean()) ** 2).sum()
-    return float(1 - ((y - yhat) ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan")
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(sps.spearmanr(a, b).statistic)
-
-
-def fit_coef(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least squares y ≈ X·coef without intercept: X [R, J], y [R] → [J] (minimum-norm if rank-deficient),
-    over the rows where X and y are finite (a first-order row of a topic with no prompt sampled
-    twice is NaN: it cannot be predicted, and must not poison the others' fit)."""
-    X, y = np.asarray(X, np.float64), np.asarray(y, np.float64)
-    ok = np.isfinite(X).all(1) & np.isfinite(y)
-    return np.linalg.lstsq(X[ok], y[ok], rcond=None)[0]
-
-
-def cross_fit(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Out-of-group predictions ŷ [R]: each group's rows predicted with coef fit on all other groups."""
-    yhat = np.full(len(y), np.nan)
-    for g in np.unique(groups):
-        held = groups == g
-        if (~held).sum() == 0:
-            continue
-        yhat[held] = X[held] @ fit_coef(X[~held], y[~held])
-    return yhat
-
-
-def group_means_r2(y: np.ndarray, groups: np.ndarray) -> float:
-    """R² of predicting y [R] by its group's mean (in sample): the share of y's variance between groups."""
-    y = np.asarray(y, np.float64)
-    means = pd.Series(y).groupby(np.asarray(groups)).transform("mean").to_numpy()
-    return r2_score(y, means)
-
-
-def bootstrap_r2(y: np.ndarray, yhat: np.ndarray, *, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile CI of R² resampling rows with replacement (predictions held fixed)."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(y), size=(n_boot, len(y)))                   # [B, R]
-    yb, pb = y[idx], yhat[idx]
-    ss_tot = ((yb - yb.mean(1, keepdims=True)) ** 2).sum(1)
-    r2 = 1 - ((yb - pb) ** 2).sum(1) / np.where(ss_tot > 0, ss_tot, np.nan)
-    tail = (1 - level) / 2
-    return float(np.nanquantile(r2, tail)), float(np.nanquantile(r2, 1 - tail))
-
+# -- measured shift --------------------------------------------------------------------------------
 
 def paired_shift(pre: np.ndarray, post: np.ndarray, n_pre: np.ndarray, n_post: np.ndarray, *,
                  n_boot: int = 1000, seed: int = 0, level: float = 0.95):
@@ -186,18 +141,27 @@ def actual_shifts(pre: pd.DataFrame, post: pd.DataFrame, clusters: Sequence[int]
 
 # -- scoring ---------------------------------------------------------------------------------------
 
+BASELINES = ("naive", "prompt")   # what a predictor must beat (paired bootstrap of the R² difference)
+
+
 def score(rows: pd.DataFrame, *, coefs: Mapping[str, Sequence[float]] | None = None, n_boot: int = 1000,
-          seed: int = 0) -> tuple[dict, pd.DataFrame]:
-    """Score every predictor on `rows` (prediction inputs joined with `actual`, `se`, `topic`).
+          seed: int = 0, group_by: str = "topic") -> tuple[dict, pd.DataFrame]:
+    """Score every predictor on `rows` (prediction inputs joined with `actual`, `se`, `ci_low`,
+    `ci_high` and the `group_by` column, across whose values calibrations are cross-fitted).
     Returns (summary per predictor, rows with yhat_<name> columns)."""
     rows = rows.copy()
     y = rows["actual"].to_numpy(np.float64)
-    groups = rows["topic"].to_numpy()
+    groups = rows[group_by].to_numpy()
     var_y = y.var(ddof=1) if len(y) > 1 else float("nan")
-    out = {"n_rows": int(len(rows)), "n_topics": int(len(np.unique(groups))),
+    out = {"n_rows": int(len(rows)), "n_groups": int(len(np.unique(groups))), "calibrated_across": group_by,
            "r2_ceiling": float(1 - np.mean(rows["se"].to_numpy() ** 2) / var_y) if var_y > 0 else float("nan"),
-           "r2_cluster_means": group_means_r2(y, rows["cluster"].to_numpy()),
-           "r2_topic_means": group_means_r2(y, groups), "predictors": {}}
+           "predictors": {}}
+    if group_by == "topic":
+        out.update(n_topics=out["n_groups"], r2_cluster_means=group_means_r2(y, rows["cluster"].to_numpy()),
+                   r2_topic_means=group_means_r2(y, groups))
+    has_ci = {"ci_low", "ci_high"} <= set(rows.columns)
+    sure = ((rows["ci_low"] > 0) | (rows["ci_high"] < 0)).to_numpy() if has_ci else np.zeros(len(rows), bool)
+    flagged = (rows["direction"] != "none").to_numpy() if "direction" in rows else np.ones(len(rows), bool)
     for name, (cols, raw) in PREDICTORS.items():
         if not set(cols) <= set(rows.columns):     # an optional predictor that was not computed
             continue
@@ -206,13 +170,20 @@ def score(rows: pd.DataFrame, *, coefs: Mapping[str, Sequence[float]] | None = N
         yhat = X @ np.asarray(coefs[name], np.float64) if fixed else cross_fit(X, y, groups)
         rows[f"yhat_{name}"] = yhat
         ok = np.isfinite(yhat)
-        lo, hi = bootstrap_r2(y[ok], yhat[ok], n_boot=n_boot, seed=seed) if ok.sum() > 2 else (np.nan, np.nan)
+        ci = row_bootstrap(y, {name: yhat}, n_boot=n_boot, seed=seed)[name]
+        sign, n_sign = sign_accuracy(y, yhat, sure & flagged)
         out["predictors"][name] = {
-            "r2": r2_score(y[ok], yhat[ok]), "r2_ci": [lo, hi], "rho": spearman(yhat[ok], y[ok]),
+            "r2": r2_score(y[ok], yhat[ok]), "r2_ci": ci.get("r2_ci", [np.nan, np.nan]),
+            "rho": spearman(yhat[ok], y[ok]), "rho_ci": ci.get("rho_ci", [np.nan, np.nan]),
             "rho_raw": spearman(rows[raw].to_numpy(), y), "n_rows": int(ok.sum()),
-            "calibration": "given" if fixed else "cross-fit across topics",
+            "sign_accuracy": sign, "n_sign_rows": n_sign,
+            "calibration": "given" if fixed else f"cross-fit across {group_by}s",
             "coef_all_rows": fit_coef(X, y).tolist(), "inputs": list(cols),
         }
+    preds = {k: rows[f"yhat_{k}"].to_numpy() for k in out["predictors"]}
+    paired = row_bootstrap(y, preds, baselines=BASELINES, n_boot=n_boot, seed=seed)
+    for k, entry in paired.items():
+        out["predictors"][k].update({d: v for d, v in entry.items() if d.startswith("r2_minus_")})
     return out, rows
 
 
@@ -226,36 +197,73 @@ def join_rows(pred: pd.DataFrame, actual: pd.DataFrame, *, tested_only: bool = T
     return rows.reset_index(drop=True)
 
 
+def concept_rows(audit: AuditFolder, pred: pd.DataFrame, actual: pd.DataFrame,
+                 first_order: pd.DataFrame | None = None, *, tested_only: bool = True) -> pd.DataFrame:
+    """One row per concept over the whole dataset (topic "all"): the actual shift over all held-out
+    prompts, and the predictors that have a dataset-wide form — naive (Δ̄_all), prompt (the
+    concept's mean expression in the responses, topics weighted by pair counts) and the first-order
+    rows' "all" entries. The audit's dataset-wide direction marks flagged concepts."""
+    g = pred.assign(w_expr=pred["n"] * pred["expression"]).groupby("cluster")
+    rows = pd.DataFrame({"x_naive": g["dbar_all"].first(), "x_prompt": g["w_expr"].sum() / g["n"].sum()}).reset_index()
+    if first_order is not None:
+        cols = [c for c in first_order.columns if c.startswith("x_first")]
+        rows = rows.merge(first_order[first_order.topic == "all"][["cluster", *cols]], on="cluster", how="left")
+    context = audit.rows[audit.rows["topic"] == "all"][["cluster", "direction", "tested"]]
+    rows = rows.merge(context, on="cluster", how="left").assign(topic="all")
+    rows["direction"] = rows["direction"].fillna("none")
+    if tested_only:
+        rows = rows[rows["tested"].fillna(False).astype(bool)]
+    keep = ["cluster", "actual", "ci_low", "ci_high", "se"]
+    return rows.merge(actual[actual.topic == "all"][keep], on="cluster", how="inner").reset_index(drop=True)
+
+
 @dataclass
 class VerifyResult:
     summary: dict              # verify.json
-    rows: pd.DataFrame         # scored rows (inputs, actual, CI, yhat_*)
+    rows: pd.DataFrame         # scored (topic, concept) rows (inputs, actual, CI, yhat_*)
     sweep: pd.DataFrame | None
+    concepts: pd.DataFrame | None = None   # scored per-concept rows (topic "all")
 
 
-def verify(audit: str | Path | AuditFolder, pre: pd.DataFrame, post: pd.DataFrame, *,
+def verify(audit: str | Path | AuditFolder, pre: pd.DataFrame, post: pd.DataFrame | None = None, *,
            cfg: PredictConfig = PredictConfig(), coefs: Mapping[str, Sequence[float]] | None = None,
            n_boot: int = 1000, seed: int = 0, tested_only: bool = True,
-           pair_ids: Sequence[str] | None = None, first_order: pd.DataFrame | None = None) -> VerifyResult:
-    """pair_ids: the audited pairs the run trained on (None: all); the predictors use only them.
-    first_order: `evaluate.firstorder.first_order_rows` (topic, cluster, x_first), computed on base
-    generations that `pre` does not hold (the predictor and the target never share samples)."""
+           pair_ids: Sequence[str] | None = None, first_order: pd.DataFrame | None = None,
+           actual: pd.DataFrame | None = None) -> VerifyResult:
+    """Score the predictors at two levels: per (topic, concept), calibrated across topics, and per
+    concept over the whole dataset, calibrated across concepts (leave one out).
+
+    pair_ids: the audited pairs the run trained on (None: all); the predictors use only them.
+    first_order: `evaluate.firstorder.first_order_rows` (topic, cluster, x_first_*), computed on
+    base generations the target does not use (the predictor and the target never share samples).
+    actual: the measured shifts (`actual_shifts`' columns, e.g. the paired estimator's,
+    `evaluate.paired.paired_actual`); default: the direct difference of `post` and `pre` means."""
+    audit = audit if isinstance(audit, AuditFolder) else AuditFolder(audit)
     pred = predict_rows(audit, cfg, base_scores=pre if cfg.spread == "base" else None, pair_ids=pair_ids)
     if first_order is not None:
-        pred = pred.merge(first_order[first_order.topic != "all"][["topic", "cluster", "x_first"]],
+        cols = [c for c in first_order.columns if c.startswith("x_first")]
+        pred = pred.merge(first_order[first_order.topic != "all"][["topic", "cluster", *cols]],
                           on=["topic", "cluster"], how="left")
-    actual = actual_shifts(pre, post, sorted(pred["cluster"].unique()), n_boot=n_boot, seed=seed)
+    if actual is None:
+        if post is None:
+            raise AnatomistError("verify needs the post-training eval table or a measured `actual` table")
+        actual = actual_shifts(pre, post, sorted(pred["cluster"].unique()), n_boot=n_boot, seed=seed)
     rows = join_rows(pred, actual, tested_only=tested_only)
     summary, scored = score(rows, coefs=coefs, n_boot=n_boot, seed=seed)
     flagged = rows[rows["direction"] != "none"]
     if flagged["topic"].nunique() >= 2:
         summary["flagged"], _ = score(flagged, coefs=coefs, n_boot=n_boot, seed=seed)
+    concepts = concept_rows(audit, pred, actual, first_order, tested_only=tested_only)
+    concepts_scored = None
+    if len(concepts) >= 3:
+        summary["concept"], concepts_scored = score(concepts, n_boot=n_boot, seed=seed, group_by="cluster")
     summary.update({"definition": "R² = 1 − Σ(y − ŷ)²/Σ(y − ȳ)² over held-out rows, y = actual ΔB, ŷ = "
-                                  "calibrated prediction (calibration fit on other topics' rows)",
+                                  "calibrated prediction (calibration fit on other topics' rows; per concept: "
+                                  "on the other concepts)",
                     "config": {"spread": cfg.spread, "tested_only": tested_only, "n_boot": n_boot},
                     "dataset_wide": actual[actual.topic == "all"][["cluster", "actual", "ci_low", "ci_high"]]
                     .to_dict("records")})
-    return VerifyResult(summary, scored, None)
+    return VerifyResult(summary, scored, None, concepts_scored)
 
 
 # -- λ sweep ---------------------------------------------------------------------------------------
@@ -366,6 +374,8 @@ def verify_run(audit_dir: str | Path, run_dir: str | Path, *, pre: str | Path | 
     result.summary.update({"audit": str(audit_dir), "run": str(run_dir)})
     atomic_write_text(run_dir / "verify.json", json.dumps(_finite(result.summary), indent=1, default=_json_default))
     atomic_write_parquet(result.rows, run_dir / "verify_rows.parquet")
+    if result.concepts is not None:
+        atomic_write_parquet(result.concepts, run_dir / "verify_concepts.parquet")
     render(result, run_dir / "verify.html")
     return result
 

@@ -19,7 +19,8 @@ from anatomist.html import esc, num, page, plot, section, table, tag
 
 COLOURS = {"feature": "#c0392b", "prompt": "#2a6fb0", "naive": "#7f8c8d"}
 NAMES = {"feature": "feature-conditioned", "prompt": "prompt-conditioned", "naive": "naive",
-         "first_order": "first-order (DPO direction × base generations)"}
+         "first_plain": "first-order, plain gradient (DPO direction × base generations)",
+         "first_adam": "first-order, Adam sign step (DPO direction × base generations)"}
 ROW_FIELDS = ("topic", "cluster", "label", "n", "dbar", "dbar_all", "spread", "actual", "ci_low", "ci_high",
               "yhat_feature", "yhat_prompt", "yhat_naive", "direction")
 
