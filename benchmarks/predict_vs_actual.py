@@ -59,7 +59,18 @@ def parse_args(argv=None):
     ap.add_argument("--heldout-limit", type=int, default=200, help="held-out pairs ranked for preference accuracy")
     ap.add_argument("--steps", type=int, default=None, help="DPO optimizer steps (default: one epoch; --small: 12)")
     ap.add_argument("--prompts-per-topic", type=int, default=None, help="held-out prompts per topic (default: all)")
-    ap.add_argument("--samples", type=int, default=None, help="generations per held-out prompt (default 4; --small 2)")
+    ap.add_argument("--samples", type=int, default=None,
+                    help="base generations per held-out prompt, split into two disjoint halves: the first-order "
+                         "predictor's and the paired target's (default 8; --small 4)")
+    ap.add_argument("--post-samples", type=int, default=None,
+                    help="post-DPO generations per held-out prompt: the direct ΔB and the paired ΔB's fallback "
+                         "(default 4; --small 2)")
+    ap.add_argument("--grad-share", type=float, default=0.25,
+                    help="share of the trained pairs (a seeded random subsample) the first-order predictor's gradient "
+                         "pass reads; its reference forward is paid for, not taken from DPO's cache")
+    ap.add_argument("--min-ess", type=float, default=0.3,
+                    help="a prompt whose importance weights keep less than this share of its samples falls back "
+                         "to the direct difference")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="eval generation length (default 96)")
     ap.add_argument("--lr", type=float, default=None, help="DPO learning rate (default 2e-5; --small 1e-4)")
     ap.add_argument("--beta", type=float, default=0.1)
@@ -71,8 +82,10 @@ def parse_args(argv=None):
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    small = {"pairs": 120, "steps": 12, "prompts_per_topic": 3, "samples": 2, "max_new_tokens": 48, "lr": 1e-4}
-    full = {"pairs": None, "steps": None, "prompts_per_topic": None, "samples": 4, "max_new_tokens": 96, "lr": 2e-5}
+    small = {"pairs": 120, "steps": 12, "prompts_per_topic": 3, "samples": 4, "post_samples": 2, "max_new_tokens": 48,
+             "lr": 1e-4}
+    full = {"pairs": None, "steps": None, "prompts_per_topic": None, "samples": 8, "post_samples": 4,
+            "max_new_tokens": 96, "lr": 2e-5}
     for k, v in (small if args.small else full).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -144,32 +157,107 @@ def flagged_cluster(audit: Path) -> int:
     return int(top.sort_values("rank_score", ascending=False).cluster.iloc[0])
 
 
+T_EVAL = 0.7   # the eval's sampling temperature: the generations' log-probs are of log_softmax(z/T_EVAL)
+
+
+def dpo_config(args):
+    from anatomist.train import DPOConfig
+
+    return DPOConfig(beta=args.beta, lr=args.lr, steps=args.steps, train_layers=args.train_layers, seed=args.seed,
+                     max_response_tokens=128)
+
+
+def first_order_design(args, base_model, tok, trained, base, plain_run, audit: Path, run: Path, t0) -> dict:
+    """The first-order predictor against the paired target on disjoint halves of the base samples
+    (evaluate/firstorder.py, evaluate/paired.py); the direct target beside it. Keeps every
+    per-generation number under run/first_order/ for later analysis."""
+    import pandas as pd
+
+    from anatomist.evaluate.firstorder import first_order_columns, generation_logps, generation_seqs, run_directional_logps
+    from anatomist.evaluate.paired import paired_actual, sample_halves
+    from anatomist.evaluate.verify import verify
+    from anatomist.fileio import atomic_write_parquet, atomic_write_text
+    from anatomist.shape.pairs import plain
+
+    out = run / "first_order"
+    out.mkdir(parents=True, exist_ok=True)
+    half_p, half_t = sample_halves(base)
+    n_grad = max(1, min(len(trained), round(args.grad_share * len(trained))))
+    grad_pairs = [trained[i] for i in sorted(random.Random(f"{args.seed}:grad").sample(range(len(trained)), n_grad))]
+    log(f"first-order: the DPO direction at the reference over {n_grad} of the {len(trained)} trained pairs, then "
+        f"its JVP over {len(half_p)} base generations", t0)
+    t = time.perf_counter()
+    dlogp = run_directional_logps(base_model, tok, plain(grad_pairs), dpo_config(args), generation_seqs(half_p),
+                                  temperature=T_EVAL, preconditions=("plain", "adam"),
+                                  cache_dir=args.work / "first_order_cache", device=args.device, progress=False)
+    t_first = time.perf_counter() - t
+    first = first_order_columns(half_p, dlogp)
+    log(f"paired target: log-probs of the other {len(half_t)} base generations under base and policy", t0)
+    seqs_t = generation_seqs(half_t)
+    lp_post = generation_logps(plain_run["policy"], seqs_t, temperature=T_EVAL, device=args.device)
+    lp_pre = generation_logps(base_model, seqs_t, temperature=T_EVAL, device=args.device)
+    clusters = sorted(int(c) for c in first["cluster"].unique())
+    actual, health = paired_actual(half_t, lp_post - lp_pre, plain_run["post_frame"], clusters, min_ess=args.min_ess)
+    ids = [p.id for p in trained]
+    kw = {"first_order": first, "pair_ids": ids, "n_boot": args.n_boot, "seed": args.seed}
+    paired = verify(audit, half_t, plain_run["post_frame"], actual=actual, **kw)
+    direct = verify(audit, half_t, plain_run["post_frame"], **kw)
+    atomic_write_parquet(half_p[["prompt_id", "topic", "sample"]].assign(**{f"dlogp_{k}": v for k, v in dlogp.items()}),
+                         out / "dlogp.parquet")
+    atomic_write_parquet(half_t[["prompt_id", "topic", "sample"]].assign(logp_pre=lp_pre, logp_post=lp_post),
+                         out / "target_logps.parquet")
+    atomic_write_parquet(first, out / "first_order_rows.parquet")
+    atomic_write_parquet(actual, out / "paired_actual.parquet")
+    result = {"paired": paired.summary, "direct": direct.summary, "ess": health, "seconds_first_order": t_first,
+              "seconds_dpo": plain_run["dpo_seconds"], "grad_pairs": n_grad, "trained_pairs": len(trained)}
+    atomic_write_text(out / "summary.json", json.dumps(result, indent=1, default=float))
+    pd.concat([paired.rows.assign(level="topic"), paired.concepts.assign(level="concept")]
+              if paired.concepts is not None else [paired.rows]).pipe(atomic_write_parquet, out / "scored_rows.parquet")
+    return result
+
+
+def print_level(name: str, s: dict) -> None:
+    print(f"  {name}: {s['n_rows']} rows, calibrated across {s['calibrated_across']}s; noise ceiling "
+          f"{s['r2_ceiling']:.3f}")
+    for k, p in s["predictors"].items():
+        diffs = "  ".join(f"ΔR² vs {b} {v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
+                          for b, v in ((d[9:], p[d]) for d in p if d.startswith("r2_minus_")))
+        ceil = p["r2"] / s["r2_ceiling"] if s["r2_ceiling"] > 0 else float("nan")
+        print(f"    {k:<11} R² {p['r2']:7.3f} [{p['r2_ci'][0]:.3f}, {p['r2_ci'][1]:.3f}] ({ceil:.2f}× ceiling)  "
+              f"ρ {p['rho']:6.3f} [{p['rho_ci'][0]:.3f}, {p['rho_ci'][1]:.3f}]  "
+              f"sign {p['sign_accuracy']:.2f} of {p['n_sign_rows']}  {diffs}")
+
+
 def train_and_eval(name, base_model, tok, shaped, args, run: Path, scorer, prompts, heldout, t0,
-                   ref_logps=None) -> dict:
-    """DPO a fresh copy of the base on `shaped`, evaluate it; returns {post, heldout_acc, preference}.
+                   ref_logps=None, keep_policy: bool = False) -> dict:
+    """DPO a fresh copy of the base on `shaped`, evaluate it; returns {post, post_frame, policy (when
+    kept, else None), dpo_seconds, heldout_acc, preference}. keep_policy: also save it to run/dpo/policy.
 
     ref_logps: the base model's held-out pair log-probs (`pair_logps`), shared across runs; the
     per-pair ranking lands in run/preference.parquet."""
     from anatomist.evaluate.behaviour import evaluate_behaviour
     from anatomist.evaluate.preference import preference_accuracy
     from anatomist.fileio import atomic_write_parquet
-    from anatomist.train import DPOConfig, train_dpo
+    from anatomist.train import train_dpo
 
     policy = copy.deepcopy(base_model)
-    cfg = DPOConfig(beta=args.beta, lr=args.lr, steps=args.steps, train_layers=args.train_layers, seed=args.seed,
-                    max_response_tokens=128)
+    cfg = dpo_config(args)
     log(f"{name}: DPO on {len(shaped)} pairs ({args.steps or 'one epoch of'} steps)", t0)
-    train_dpo(policy, tok, shaped, cfg, run / "dpo", cache_dir=args.work / "dpo_cache", save_model=False,
+    t_dpo = time.perf_counter()
+    train_dpo(policy, tok, shaped, cfg, run / "dpo", cache_dir=args.work / "dpo_cache", save_model=keep_policy,
               progress=False)
+    t_dpo = time.perf_counter() - t_dpo
     policy.eval()
     log(f"{name}: post eval", t0)
-    evaluate_behaviour(policy, tok, prompts, out_dir=run / "post", scorer=scorer, samples_per_prompt=args.samples,
-                       max_new_tokens=args.max_new_tokens, seed=args.seed, model_name=name, progress=False)
+    post = evaluate_behaviour(policy, tok, prompts, out_dir=run / "post", scorer=scorer,
+                              samples_per_prompt=getattr(args, "post_samples", args.samples),
+                              max_new_tokens=args.max_new_tokens, seed=args.seed, temperature=T_EVAL,
+                              model_name=name, progress=False)
     ref = {"reference": base_model} if ref_logps is None else {"reference_logps": ref_logps}
     frame, acc = preference_accuracy(policy, tok, heldout, **ref, beta=args.beta, progress=False)
     atomic_write_parquet(frame, run / "preference.parquet")   # shaping.py reads its presence as "done"
-    del policy
-    return {"post": run / "post", "heldout_acc": acc["accuracy"], "preference": frame}
+    return {"post": run / "post", "post_frame": post, "policy": policy if keep_policy else None,
+            "dpo_seconds": t_dpo, "heldout_acc": acc["accuracy"], "preference": frame}
 
 
 def main(argv=None) -> None:
@@ -211,9 +299,13 @@ def main(argv=None) -> None:
     (run / "train_pairs.json").write_text(json.dumps([{"id": p.id, "text_hash": text_hash(p)} for p in trained]))
     scorer = Scorer.from_audit(audit, loaded=(base_model, tok), sae=sae)
     log("base eval", t0)
-    evaluate_behaviour(base_model, tok, prompts, out_dir=run / "pre", scorer=scorer, samples_per_prompt=args.samples,
-                       max_new_tokens=args.max_new_tokens, seed=args.seed, model_name="base", progress=False)
-    plain_run = train_and_eval("plain", base_model, tok, plain(trained), args, run, scorer, prompts, heldout, t0)
+    base = evaluate_behaviour(base_model, tok, prompts, out_dir=run / "pre", scorer=scorer,
+                              samples_per_prompt=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                              temperature=T_EVAL, model_name="base", progress=False)
+    plain_run = train_and_eval("plain", base_model, tok, plain(trained), args, run, scorer, prompts, heldout, t0,
+                               keep_policy=True)
+    design = first_order_design(args, base_model, tok, trained, base, plain_run, audit, run, t0)
+    plain_run["policy"] = None
 
     lams = [float(x) for x in args.sweep.split(",") if x.strip()]
     if lams:
@@ -252,6 +344,20 @@ def main(argv=None) -> None:
     if result.sweep is not None:
         print("\nλ sweep (cluster %d):" % int(result.sweep.cluster.iloc[0]))
         print(result.sweep[["lam", "actual", "ci_low", "ci_high", "predicted", "heldout_acc"]].to_string(index=False))
+    print("\nfirst-order predictor (its own half of the base samples) against the paired ΔB (the other half, "
+          "importance-weighted by the trained policy):")
+    e = design["ess"]
+    print(f"  weights: median ESS {e['median_ess_share']:.2f} of a prompt's samples; {e['fallback_share']:.0%} of "
+          f"{e['n_prompts']} prompts fell back to the direct difference (ESS < {e['min_ess']})")
+    for level, key in (("per concept", "concept"), ("per (topic, concept)", None)):
+        for target in ("paired", "direct"):
+            s = design[target].get(key) if key else design[target]
+            if s:
+                print_level(f"{level}, {target} target", s)
+    ratio = design["seconds_first_order"] / design["seconds_dpo"]
+    print(f"predictor cost: {design['seconds_first_order']:.0f} s (reference forward and gradient pass over "
+          f"{design['grad_pairs']} of {design['trained_pairs']} trained pairs, JVPs over its half of the base samples) "
+          f"vs DPO training {design['seconds_dpo']:.0f} s: ratio {ratio:.2f} (goal ≤ 0.5)")
     print(f"\nreport: {run / 'verify.html'}  ({time.time() - t0:.0f} s in all)")
 
 
