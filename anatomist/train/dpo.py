@@ -160,18 +160,21 @@ def sequence_sums(token_logps: torch.Tensor, keep: torch.Tensor, rows: torch.Ten
 
 
 def batch_dpo(split: SplitLM, cache: StateCache, batch: Batch, offsets: torch.Tensor, cfg: DPOConfig,
-              device, steer: Steer | None = None) -> DPOOutput:
-    """Per-pair DPO outputs for one micro-batch of B pairs (rows: B chosen, then B rejected)."""
+              device, steer: Steer | None = None, top=None) -> DPOOutput:
+    """Per-pair DPO outputs for one micro-batch of B pairs (rows: B chosen, then B rejected).
+    top(h, attention_mask) → final hidden: default `split.top`; a functional variant
+    (`split.top_with`) makes the losses a function of given parameter values (forward-mode AD)."""
+    top = top or split.top
     batch = to_device(batch, device)
     h = cache.batch_hidden(batch, split, device)                              # [2B, T, D]
     if steer is None:
-        final = split.top(h, batch.attention_mask)
+        final = top(h, batch.attention_mask)
     elif steer.layer % len(split.blocks) == split.boundary - 1:  # the cached boundary itself: add to h_k
         vec = steer.vector.to(device=device, dtype=h.dtype)
-        final = split.top(h + batch.response[..., None].to(h.dtype) * vec, batch.attention_mask)
+        final = top(h + batch.response[..., None].to(h.dtype) * vec, batch.attention_mask)
     else:  # preventative steering: policy forward only, response tokens only
         with add_to_residual(split.model, steer.layer, steer.vector, positions=batch.response):
-            final = split.top(h, batch.attention_mask)
+            final = top(h, batch.attention_mask)
     n = len(batch.seq_index)
     policy = sequence_sums(split.response_logps(final, batch), batch.keep, batch.pred_rows, n)   # [2B]
     ref = sequence_sums(cache.batch_ref(batch).to(device), batch.keep, batch.pred_rows, n)       # [2B]
