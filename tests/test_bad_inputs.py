@@ -161,6 +161,17 @@ def w(tmp_path_factory, smol_tokenizer):
     frame.to_parquet(r / "rep_col" / "clusters.parquet")
     (r / "rep_examples" / "examples.json").write_text("[]")
     path("empty_dir").mkdir()
+    # an audit whose audit.json records its data relative to a folder it ran in (older audits did), for
+    # `organism score`; a truth file of the current version beside nothing
+    make_fake_audit(path("org_audit"), malicious=False)
+    meta = json.loads((r / "org_audit" / "audit.json").read_text())
+    meta["data"] = {**meta.get("data", {}), "file": "elsewhere/train.jsonl"}
+    (r / "org_audit" / "audit.json").write_text(json.dumps(meta))
+    from anatomist.organism.plant import TRUTH_VERSION
+
+    path("truthdir").mkdir()
+    p["truth"] = str(r / "truthdir" / "truth.json")
+    Path(p["truth"]).write_text(json.dumps({"version": TRUTH_VERSION, "traits": {}, "cells": []}))
     return SimpleNamespace(**p)
 
 
@@ -264,6 +275,15 @@ CASES = [
     ("head-for-another-model", f"{GEN} --spec mtp --head {{head_big}}", ["head_big/mtp_head.safetensors: head does not fit this model"], None),
     ("head-missing-folder", f"{GEN} --spec mtp --head {{root}}/nohead", ["nohead: not an MTP head folder"], None),
     ("mtp-analyze-bad-head", "mtp analyze {head_badjson} --model {tiny}", ["head_badjson: unreadable an MTP head folder"], None),
+    # `organism score`: paths recorded in, or given beside, an audit folder
+    ("organism-score-recorded-data-missing", "organism score {out:org_audit}",
+     ["elsewhere/truth.json: truth file not found (looked beside the audited data file; pass --truth FILE)"], "unchanged"),
+    ("organism-score-truth-missing", "organism score {out:org_audit} --truth {root}/missing.json",
+     ["missing.json: truth file not found"], "unchanged"),
+    ("organism-score-data-missing", "organism score {out:org_audit} --truth {truth} --data {root}/nope.jsonl",
+     ["nope.jsonl: audited data file not found", "pass --data FILE"], "unchanged"),
+    ("organism-score-data-beside-no-truth", "organism score {out:org_audit} --data {good}",
+     ["truth.json: truth file not found"], "unchanged"),
     # audit folders given to `anatomist report`
     ("report-missing-folder", "report {root}/noaudit", ["noaudit: no such audit folder"], None),
     ("report-missing-files", "report {out:empty_dir}", ["empty_dir is not a finished audit folder: missing audit.json, rows.parquet"], "unchanged"),
