@@ -246,7 +246,8 @@ def test_real_hh(shared_data, caplog):
         (926, "chosen", "empty response"), (1104, "chosen", "empty response"),
         (1255, "rejected", "prompt mismatch")]
     assert [r.message for r in caplog.records] == [
-        f"{shared_data / HH_NAME}: skipped 5 of 1500 rows (4 empty response (chosen), 1 prompt mismatch (rejected))"]
+        f"{shared_data / HH_NAME}: skipped 5 bad rows of 1500 (first: row 87, field chosen; "
+        "4 empty response (chosen), 1 prompt mismatch (rejected))"]
 
     first = pairs[0]  # checked by hand against line 1 of the file
     assert first.id == "hh-rlhf-harmless-base-test-dev:1"

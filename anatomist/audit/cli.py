@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from anatomist.audit.run import AuditConfig
+from anatomist.data.cli import on_bad_row_option
 from anatomist.models.loading import DEFAULT_MODEL
 from anatomist.options import default
 
@@ -43,7 +44,7 @@ def audit(
                                       help="Allow sending dataset text to a non-local endpoint."),
     seed: int = typer.Option(default(AuditConfig, "seed"), "--seed"),
     data_format: str = typer.Option("auto", "--format"),
-    on_bad_row: str = typer.Option("error", "--on-bad-row", help="'error' or 'skip' (counted)."),
+    on_bad_row: str = on_bad_row_option(),
 ) -> None:
     """Find the latent concepts that separate chosen from rejected responses, per prompt topic.
 
@@ -51,7 +52,7 @@ def audit(
     """
     from anatomist.audit.report import render_report
     from anatomist.audit.run import run_audit
-    from anatomist.data import load_pairs
+    from anatomist.data.cli import read_pairs
     from anatomist.models.loading import load
     from anatomist.sae import default_sae, load_sae
 
@@ -62,7 +63,7 @@ def audit(
                       topic_embedder=topic_embedder, topic_column=topic_column, leiden_backend=leiden_backend,
                       resolution=resolution, min_support=min_support, alpha=alpha, labeller=labeller,
                       labeller_kwargs=kwargs, seed=seed)
-    pairs = load_pairs(data, format=data_format, on_bad_row=on_bad_row, limit=limit)
+    pairs = read_pairs(data, format=data_format, on_bad_row=on_bad_row, limit=limit)
     sae_path = str(default_sae(model)) if sae == "default" else sae
     loaded = load(model)
     folder = run_audit(loaded.model, loaded.tokenizer, load_sae(sae_path), pairs, out, cfg,

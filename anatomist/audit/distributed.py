@@ -119,6 +119,7 @@ def audit_distributed(model, tokenizer, sae, pairs, out: str | Path, cfg, *, ran
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point for `torchrun ... -m anatomist.audit.distributed` (flags as `anatomist audit`)."""
+    from anatomist.data.cli import ON_BAD_ROW_HELP
     from anatomist.models.loading import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog="torchrun --nproc-per-node N -m anatomist.audit.distributed",
@@ -148,12 +149,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", dest="data_format", default="auto")
-    p.add_argument("--on-bad-row", default="error")
+    p.add_argument("--on-bad-row", default="error", choices=("error", "skip"), help=ON_BAD_ROW_HELP)
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     args = p.parse_args(argv)
 
     from anatomist.audit.run import AuditConfig
-    from anatomist.data import load_pairs
+    from anatomist.data.cli import read_pairs
     from anatomist.models.loading import load
     from anatomist.sae import default_sae, load_sae
 
@@ -164,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                           min_pairs=args.min_pairs, knn=args.knn, alpha=args.alpha, n_boot=args.n_boot,
                           n_examples=args.n_examples, batch_size=args.batch_size, max_length=args.max_length,
                           seed=args.seed)
-        pairs = load_pairs(args.data, format=args.data_format, on_bad_row=args.on_bad_row, limit=args.limit)
+        pairs = read_pairs(args.data, format=args.data_format, on_bad_row=args.on_bad_row, limit=args.limit)
         # 'default' trains the SAE once; rank 0 first, so the others find it cached instead of racing.
         with lead_first(par if args.sae == "default" else None):
             sae_path = str(default_sae(args.model)) if args.sae == "default" else args.sae

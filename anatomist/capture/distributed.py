@@ -83,6 +83,7 @@ def capture_distributed(model, tokenizer, items: Sequence[CaptureItem], out: str
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point for `torchrun ... -m anatomist.capture.distributed` (flags as `anatomist capture`)."""
+    from anatomist.data.cli import ON_BAD_ROW_HELP
     from anatomist.models.loading import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog="torchrun --nproc-per-node N -m anatomist.capture.distributed",
@@ -99,15 +100,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--format", dest="data_format", default="auto")
-    p.add_argument("--on-bad-row", default="error")
+    p.add_argument("--on-bad-row", default="error", choices=("error", "skip"), help=ON_BAD_ROW_HELP)
     args = p.parse_args(argv)
 
     from anatomist.capture.run import items_from_pairs
-    from anatomist.data import load_pairs
+    from anatomist.data.cli import read_pairs
     from anatomist.models.loading import load
 
     with distributed_main("gloo") as par:
-        pairs = load_pairs(args.data, format=args.data_format, on_bad_row=args.on_bad_row, limit=args.limit)
+        pairs = read_pairs(args.data, format=args.data_format, on_bad_row=args.on_bad_row, limit=args.limit)
         lm = load(args.model)
         store = capture_distributed(lm.model, lm.tokenizer, items_from_pairs(pairs), args.out, args.layer,
                                     rank=par.rank, world=par.world, barrier=par.barrier, model_name=args.model,

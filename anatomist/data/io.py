@@ -10,8 +10,8 @@ Row numbers are 1-based: for JSON Lines row N is line N; for a JSON array, CSV (
 header), Parquet and datasets it is the N-th record.
 
 Errors: a bad row raises a one-line `DataError` naming file, row and field; with
-`on_bad_row="skip"` it is recorded in `PairSet.skipped` instead and one warning with the counts
-is logged at the end. File-level problems (not found, unknown extension, unreadable or
+`on_bad_row="skip"` it is recorded in `PairSet.skipped` instead and one warning with the count
+and the first skipped row is logged at the end (the command line prints it). File-level problems (not found, unknown extension, unreadable or
 undecodable file, no rows, no valid rows, undetectable format) always raise.
 """
 
@@ -107,7 +107,9 @@ def load_pairs(source: str | os.PathLike | Any, *, format: str = "auto",
     if n_rows == 0:
         raise DataError("empty dataset: no rows", file=name)
     if skipped:
-        log.warning("%s: skipped %d of %d rows (%s)", name, len(skipped), n_rows, _summary(skipped))
+        first = skipped[0]
+        log.warning("%s: skipped %d bad rows of %d (first: row %d%s; %s)", name, len(skipped), n_rows, first.row,
+                    f", field {first.field}" if first.field else "", _summary(skipped))
     if not pairs:
         raise DataError(f"no valid rows: all {n_rows} rows were skipped ({_summary(skipped)}); "
                         f"first: row {skipped[0].row}: {skipped[0].reason}", file=name)
