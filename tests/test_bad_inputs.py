@@ -212,6 +212,9 @@ CASES = [
     ("data-on-bad-row-flag", f"{CAP} {{good}} --on-bad-row warn", ["on_bad_row must be 'error' or 'skip', got 'warn'"], "absent"),
     # models and tokenizers
     ("model-missing-path", "capture --model {root}/no-such-model --layer 1 --out {out} --data {good}", ["no-such-model: model folder not found"], "absent"),
+    ("model-mistyped-alias", "model info smollm2-135m",
+     ["cannot load tokenizer 'smollm2-135m': not an alias, a model folder or a hub model in the local HF cache",
+      "aliases: smollm2-135m-instruct; did you mean smollm2-135m-instruct?", "ANATOMIST_ALLOW_HUB=1"], None),
     ("model-path-is-a-file", "model info {good}", ["good.jsonl: expected a model folder, a .gguf file or a HF model id"], None),
     ("model-missing-gguf", "model info {root}/x.gguf", ["x.gguf: GGUF file not found"], None),
     ("model-folder-without-weights", "model info {sae}", ["cannot load tokenizer", "sae"], None),
