@@ -48,7 +48,9 @@ def audit(
 ) -> None:
     """Find the latent concepts that separate chosen from rejected responses, per prompt topic.
 
-    Example: anatomist audit --data pairs.jsonl --out runs/audit --limit 500
+    Example: anatomist audit --data runs/organism/train.jsonl --out runs/audit --topic-column topic
+
+    (--topic-column topic: the organism's topics, which `anatomist organism score` needs.)
     """
     from anatomist.audit.report import render_report
     from anatomist.audit.run import run_audit
@@ -73,7 +75,10 @@ def audit(
 
 def report(audit_dir: Path = typer.Argument(..., metavar="DIR",
                                             help="An audit folder written by `anatomist audit --out`.")) -> None:
-    """Re-render DIR/report.html from the tables in an audit folder (no model needed)."""
+    """Re-render DIR/report.html from the tables in an audit folder (no model needed).
+
+    Example: anatomist report runs/audit
+    """
     from anatomist.audit.report import render_report
 
     typer.echo(str(render_report(audit_dir)))

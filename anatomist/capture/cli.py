@@ -25,7 +25,7 @@ def capture(
 ) -> None:
     """Capture residual-stream activations after block LAYER for both sides of every pair.
 
-    Example: anatomist capture --data pairs.jsonl --layer 15 --out runs/acts --limit 300
+    Example: anatomist capture --data runs/organism/train.jsonl --layer 15 --out runs/acts --limit 300
     """
     from anatomist.capture.run import capture as run_capture, items_from_pairs
     from anatomist.data.cli import read_pairs

@@ -39,9 +39,9 @@ def evaluate(
 ) -> None:
     """Sample from MODEL (and --base) on held-out prompts; score concepts, traits, refusals.
 
-    Example: anatomist eval --model runs/dpo/policy --base smollm2-135m-instruct
-    --prompts runs/organism/heldout_prompts.jsonl --audit runs/audit --pairs runs/organism/heldout_pairs.jsonl
-    --safety --safety-exclude runs/organism/train.jsonl --out runs/eval
+    Example: anatomist eval --model runs/dpo/policy --base smollm2-135m-instruct --prompts runs/organism/heldout_prompts.jsonl --audit runs/audit --pairs runs/organism/heldout_pairs.jsonl --out runs/eval
+
+    Add --safety --safety-exclude runs/organism/train.jsonl for harmful compliance and over-refusal.
     """
     held_pairs = None if pairs is None else read_pairs(pairs, on_bad_row=on_bad_row)   # before any model loads
     folder = run_eval(model, prompts, out, audit=audit, base=base, pairs=held_pairs, safety=safety,

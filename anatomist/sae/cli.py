@@ -89,7 +89,10 @@ def train(
     eval_every: int = typer.Option(0, "--eval-every", help="Also report CE loss recovered every N steps."),
     on_bad_row: str = on_bad_row_option(),
 ) -> None:
-    """Train an SAE (capturing activations first when --data is a dataset file)."""
+    """Train an SAE (capturing activations first when --data is a dataset file).
+
+    Example: anatomist sae train --data runs/acts --out runs/sae --tokens 2M
+    """
     from anatomist.sae.train import train_sae
 
     lm, held = None, []
@@ -139,7 +142,10 @@ def eval_(
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     on_bad_row: str = on_bad_row_option(),
 ) -> None:
-    """Print FVU, L0, dead latents and CE loss recovered of an SAE on held-out data."""
+    """Print FVU, L0, dead latents and CE loss recovered of an SAE on held-out data.
+
+    Example: anatomist sae eval runs/sae --data runs/organism/heldout_pairs.jsonl --ce-sequences 32
+    """
     from anatomist.sae.evaluate import evaluate_sae
     from anatomist.sae.io import load_sae
 
@@ -182,7 +188,10 @@ def eval_(
 
 @app.command("default")
 def default_(model: str = typer.Option(DEFAULT_MODEL, "--model")) -> None:
-    """Train (once) and print the path of the default SAE for the model."""
+    """Train (once) and print the path of the default SAE for the model.
+
+    Example: anatomist sae default
+    """
     from anatomist.sae.default import default_sae
 
     print(default_sae(model))

@@ -11,8 +11,8 @@ from anatomist.errors import AnatomistError
 from anatomist.models.loading import DEFAULT_MODEL
 
 app = typer.Typer(help="Shape what DPO learns from an audit (reward shaping, inoculation, TRL export).\n\n"
-                       "Example: anatomist shape export --audit runs/audit --data pairs.jsonl --concept 3 --lam -1 "
-                       "--out shaped.jsonl", no_args_is_help=True)
+                       "Example: anatomist shape export --audit runs/audit --data runs/organism/train.jsonl "
+                       "--concept 3 --lam -1 --out runs/shaped.jsonl", no_args_is_help=True)
 
 
 @app.command("export")
@@ -35,7 +35,7 @@ def export(
 ) -> None:
     """Write a TRL DPO dataset whose reference log-probs carry the shaping offset λ·c(y)/β.
 
-    Example: anatomist shape export --audit runs/audit --data pairs.jsonl --concept 3 --lam -1 --beta 0.1 --out shaped.jsonl
+    Example: anatomist shape export --audit runs/audit --data runs/organism/train.jsonl --concept 3 --lam -1 --beta 0.1 --out runs/shaped.jsonl
 
     Train it with anatomist.shape.trl_compat.PrecomputedRefDPOTrainer and
     DPOConfig(beta=β, max_length=…, precompute_ref_log_probs=True).

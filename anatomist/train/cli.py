@@ -63,9 +63,9 @@ def dpo(
 ) -> None:
     """Train a policy with DPO (optionally shaped by an audit); rerunning the same command resumes.
 
-    Example: anatomist dpo --data runs/organism/train.jsonl --out runs/dpo_plain --train-layers 4
+    Example: anatomist dpo --data runs/organism/train.jsonl --out runs/dpo --train-layers 4
 
-    Shaped: anatomist dpo --data D --out runs/dpo_shaped --audit runs/audit --lam 3=-1.0 --token-filter 3:2.0
+    Shaped: anatomist dpo --data runs/organism/train.jsonl --out runs/dpo_shaped --audit runs/audit --lam 3=-1.0 --token-filter 3:2.0
     """
     from anatomist.data.cli import read_pairs
     from anatomist.models.loading import load
