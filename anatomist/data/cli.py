@@ -54,7 +54,7 @@ def _data() -> None:
 
 @app.command()
 def inspect(
-    file: Path = typer.Argument(..., help="Dataset file: .jsonl, .jsonl.gz, .json, .parquet or .csv."),
+    file: Path = typer.Argument(..., help="Dataset file (.jsonl, .jsonl.gz, .json, .parquet, .csv) or a `datasets` save_to_disk folder."),
     fmt: str = typer.Option("auto", "--format", "-f", help=f"auto, or one of: {', '.join(FORMATS)}."),
     on_bad_row: Literal["error", "skip"] = typer.Option("error", "--on-bad-row", help=ON_BAD_ROW_HELP),
     tokenizer: Optional[str] = typer.Option(
