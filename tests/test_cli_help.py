@@ -121,3 +121,21 @@ def test_version():
 
     r = CliRunner().invoke(app, ["--version"])
     assert r.exit_code == 0 and r.output.strip() == f"anatomist {__version__}"
+
+
+@pytest.mark.parametrize("stage", ["capture", "audit"])
+def test_torchrun_modules_take_the_commands_flags_with_descriptions(stage, capsys):
+    """`python -m anatomist.<stage>.distributed --help`: every flag of `anatomist <stage>` is there,
+    each with a description."""
+    import importlib
+
+    module = importlib.import_module(f"anatomist.{stage}.distributed")
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    flags = set(re.findall(r"^  (--[\w-]+)", text, flags=re.M))
+    wanted = {p.opts[0] for p in COMMANDS[(stage,)].params if p.opts[0].startswith("--")}
+    assert wanted <= flags, sorted(wanted - flags)
+    undescribed = re.findall(r"^  (--[\w-]+)(?: [A-Z_{},]+)?\n(?!  {10,})", text, flags=re.M)
+    assert not undescribed, undescribed
