@@ -193,7 +193,7 @@ def test_file_level_errors_always_raise(tmp_path, name, content, expected, on_ba
 
 def test_directory_is_not_a_file(tmp_path):
     (tmp_path / "d.jsonl").mkdir()
-    with pytest.raises(DataError, match=r": not a file$"):
+    with pytest.raises(DataError, match=r": not a file \(a folder is read only where `datasets`' save_to_disk wrote it\)$"):
         load_pairs(tmp_path / "d.jsonl")
 
 
