@@ -168,7 +168,8 @@ def load(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float3
     """Load a causal LM in eval mode plus its tokenizer.
 
     `name_or_path`: an alias in `ALIASES` (default: SmolLM2-135M-Instruct, offline), a `.gguf`
-    file, a local HF folder, or a HF hub id (needs the hub or a local HF cache).
+    file, a local HF folder, or a HF hub id (from the local HF cache; downloaded only where
+    ANATOMIST_ALLOW_HUB=1).
     """
     from transformers import AutoModelForCausalLM
 
