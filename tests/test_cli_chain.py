@@ -54,6 +54,8 @@ def test_the_worked_path_runs_on_a_tiny_model(tmp_path, smol_tokenizer, monkeypa
         r = CliRunner().invoke(app, args)
         assert r.exit_code == 0, (line, r.output, r.exception)
     assert (tmp_path / "runs" / "audit" / "score.json").is_file()
+    recorded = json.loads((tmp_path / "runs" / "audit" / "audit.json").read_text())["data"]["file"]
+    assert recorded == str((tmp_path / "runs" / "organism" / "train.jsonl").resolve())   # absolute: any folder reads it
     assert (tmp_path / "runs" / "dpo" / "policy").is_dir()
     verify = json.loads((tmp_path / "runs" / "eval" / "verify.json").read_text())
     assert verify["n_rows"] > 0
