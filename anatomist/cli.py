@@ -8,6 +8,7 @@ wrong type) print as one line and exit 2; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
@@ -16,7 +17,9 @@ from anatomist.errors import AnatomistError
 
 app = typer.Typer(
     name="anatomist",
-    help="See and shape what DPO will teach before training; keep RL rollouts fast.",
+    help="See and shape what DPO will teach before training; keep RL rollouts fast.\n\n"
+         "Offline by default: models load from aliases, local folders, .gguf files and the local HF cache; "
+         "pass --hub (or set ANATOMIST_ALLOW_HUB=1) to download hub ids.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -25,11 +28,30 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
+def _print_version(value: bool) -> None:
+    # eager: runs while parsing, before click asks for a subcommand
+    if value:
+        from anatomist import __version__
+
+        typer.echo(f"anatomist {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level."),
+    hub: bool = typer.Option(False, "--hub", help="Allow downloading models from the Hugging Face hub "
+                                                  "(same as ANATOMIST_ALLOW_HUB=1; default: offline)."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print the version and exit."),
 ) -> None:
+    from anatomist.models.loading import HUB_ENV, hub_allowed
+
+    if hub:
+        os.environ[HUB_ENV] = "1"
+    if not hub_allowed():   # child processes (organism workers, other libraries) stay offline too
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _state["debug"] = debug
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

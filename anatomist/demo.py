@@ -24,6 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from anatomist.data.cli import on_bad_row_option
 from anatomist.data.shared import HH_NAME
 from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_write_text
@@ -92,22 +93,24 @@ def demo(
     pairs: int = typer.Option(300, "--pairs", min=16, help="With --data: pairs to audit (the first N)."),
     prompts_per_topic: int = typer.Option(DEMO_PROMPTS_PER_TOPIC, "--prompts-per-topic", min=8,
                                           help="Organism size: distinct prompts per topic (¾ become train pairs)."),
+    on_bad_row: str = on_bad_row_option(),
 ) -> None:
     """Audit a planted-confound organism (or --data FILE) on the offline default model; print where
     the report is.
 
     Examples: anatomist demo --out runs/demo
-              anatomist demo --out runs/demo-hh --data ../shared/data/hh-rlhf-harmless-base-test-dev.jsonl.gz
+              anatomist demo --out runs/demo-hh --data ../shared/data/hh-rlhf-harmless-base-test-dev.jsonl.gz --on-bad-row skip
     """
     from anatomist.audit.report import render_report
     from anatomist.audit.run import AuditConfig, run_audit
-    from anatomist.data import load_pairs
+    from anatomist.data.cli import read_pairs
     from anatomist.data.inspect import inspect_pairs
     from anatomist.models.cli import describe
     from anatomist.models.loading import load
     from anatomist.sae import default_sae, load_sae
 
     t0 = time.time()
+    pairset = None if data is None else read_pairs(data, on_bad_row=on_bad_row)   # a bad file fails before the model loads
     out.mkdir(parents=True, exist_ok=True)
 
     console.rule("[bold]1. model")
@@ -121,7 +124,7 @@ def demo(
     if data is None:
         truth = _build_organism(out / "organism", prompts_per_topic, loaded)
         data = out / "organism" / "train.jsonl"
-    pairset = load_pairs(data, on_bad_row="skip")
+        pairset = read_pairs(data, on_bad_row=on_bad_row)
     stats = inspect_pairs(pairset)
     console.print(f"{data}: format {pairset.format}, {len(pairset):,} valid pairs, {len(pairset.skipped)} skipped")
     audited = list(pairset) if truth else list(pairset)[:pairs]

@@ -161,6 +161,17 @@ def w(tmp_path_factory, smol_tokenizer):
     frame.to_parquet(r / "rep_col" / "clusters.parquet")
     (r / "rep_examples" / "examples.json").write_text("[]")
     path("empty_dir").mkdir()
+    # an audit whose audit.json records its data relative to a folder it ran in (older audits did), for
+    # `organism score`; a truth file of the current version beside nothing
+    make_fake_audit(path("org_audit"), malicious=False)
+    meta = json.loads((r / "org_audit" / "audit.json").read_text())
+    meta["data"] = {**meta.get("data", {}), "file": "elsewhere/train.jsonl"}
+    (r / "org_audit" / "audit.json").write_text(json.dumps(meta))
+    from anatomist.organism.plant import TRUTH_VERSION
+
+    path("truthdir").mkdir()
+    p["truth"] = str(r / "truthdir" / "truth.json")
+    Path(p["truth"]).write_text(json.dumps({"version": TRUTH_VERSION, "traits": {}, "cells": []}))
     return SimpleNamespace(**p)
 
 
@@ -189,10 +200,21 @@ CASES = [
     ("data-missing-file", "audit --model {tiny} --sae {sae} --out {out} --data {root}/nope.jsonl", ["nope.jsonl: file not found"], "absent"),
     ("data-all-rows-bad", f"{CAP} {{allbad}} --on-bad-row skip", ["allbad.jsonl: no valid rows: all 2 rows were skipped"], "absent"),
     ("data-not-utf8", f"{CAP} {{latin1}}", ["latin1.jsonl: row 1: not UTF-8"], "absent"),
+    ("data-bad-row-hint-audit", "audit --model {tiny} --sae {sae} --out {out} --data {missing_field}",
+     ['missing_field.jsonl: row 2: field "chosen": missing field (--on-bad-row skip skips and counts such rows)'], "absent"),
+    ("data-bad-row-hint-eval", "eval --model {tiny} --prompts {good} --out {out} --pairs {wrong_type}",
+     ['wrong_type.jsonl: row 1: field "chosen": wrong type', "(--on-bad-row skip skips"], "absent"),
+    ("data-bad-row-flag-dpo", "dpo --model {tiny} --out {out} --data {good} --on-bad-row maybe",
+     ["on_bad_row must be 'error' or 'skip', got 'maybe'"], "absent"),
+    ("demo-missing-data-before-the-model", "demo --out {out} --model {root}/no-such-model --data {root}/nope.jsonl",
+     ["nope.jsonl: file not found"], "absent"),
     ("data-format-flag", "data inspect {good} --format trl", ["unknown format 'trl'"], None),
     ("data-on-bad-row-flag", f"{CAP} {{good}} --on-bad-row warn", ["on_bad_row must be 'error' or 'skip', got 'warn'"], "absent"),
     # models and tokenizers
     ("model-missing-path", "capture --model {root}/no-such-model --layer 1 --out {out} --data {good}", ["no-such-model: model folder not found"], "absent"),
+    ("model-mistyped-alias", "model info smollm2-135m",
+     ["cannot load tokenizer 'smollm2-135m': not an alias, a model folder or a hub model in the local HF cache",
+      "aliases: smollm2-135m-instruct; did you mean smollm2-135m-instruct?", "ANATOMIST_ALLOW_HUB=1"], None),
     ("model-path-is-a-file", "model info {good}", ["good.jsonl: expected a model folder, a .gguf file or a HF model id"], None),
     ("model-missing-gguf", "model info {root}/x.gguf", ["x.gguf: GGUF file not found"], None),
     ("model-folder-without-weights", "model info {sae}", ["cannot load tokenizer", "sae"], None),
@@ -264,6 +286,15 @@ CASES = [
     ("head-for-another-model", f"{GEN} --spec mtp --head {{head_big}}", ["head_big/mtp_head.safetensors: head does not fit this model"], None),
     ("head-missing-folder", f"{GEN} --spec mtp --head {{root}}/nohead", ["nohead: not an MTP head folder"], None),
     ("mtp-analyze-bad-head", "mtp analyze {head_badjson} --model {tiny}", ["head_badjson: unreadable an MTP head folder"], None),
+    # `organism score`: paths recorded in, or given beside, an audit folder
+    ("organism-score-recorded-data-missing", "organism score {out:org_audit}",
+     ["elsewhere/truth.json: truth file not found (looked beside the audited data file; pass --truth FILE)"], "unchanged"),
+    ("organism-score-truth-missing", "organism score {out:org_audit} --truth {root}/missing.json",
+     ["missing.json: truth file not found"], "unchanged"),
+    ("organism-score-data-missing", "organism score {out:org_audit} --truth {truth} --data {root}/nope.jsonl",
+     ["nope.jsonl: audited data file not found", "pass --data FILE"], "unchanged"),
+    ("organism-score-data-beside-no-truth", "organism score {out:org_audit} --data {good}",
+     ["truth.json: truth file not found"], "unchanged"),
     # audit folders given to `anatomist report`
     ("report-missing-folder", "report {root}/noaudit", ["noaudit: no such audit folder"], None),
     ("report-missing-files", "report {out:empty_dir}", ["empty_dir is not a finished audit folder: missing audit.json, rows.parquet"], "unchanged"),

@@ -205,6 +205,25 @@ def test_hf_dataset_source():
         load_pairs(datasets.DatasetDict({"train": datasets.Dataset.from_list(STANDARD_ROWS)}))
 
 
+def test_saved_dataset_folder_source(tmp_path):
+    """A `save_to_disk` folder reads as its Dataset does, named by the folder; a saved DatasetDict
+    asks for one split's folder; any other folder is refused."""
+    import datasets
+
+    datasets.Dataset.from_list(STANDARD_ROWS).save_to_disk(str(tmp_path / "hf"))
+    pairs = load_pairs(tmp_path / "hf")
+    assert pairs.source == str(tmp_path / "hf")
+    assert [(p.id, p.chosen, p.extra) for p in pairs] == [("hf:1", " 4.", {"score": 0.9}), ("hf:2", "Blue", {"score": 0.4})]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(STANDARD_ROWS)}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(DataError, match=r"dd: a saved DatasetDict has several splits \(train\); pass one split's "
+                                        r"folder, e.g. .*dd/train"):
+        load_pairs(tmp_path / "dd")
+    assert len(load_pairs(tmp_path / "dd" / "train")) == 2
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(DataError, match="plain: not a file"):
+        load_pairs(tmp_path / "plain")
+
+
 def test_limit_stops_reading(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in STANDARD_ROWS) + "{not json\n")
@@ -246,7 +265,8 @@ def test_real_hh(shared_data, caplog):
         (926, "chosen", "empty response"), (1104, "chosen", "empty response"),
         (1255, "rejected", "prompt mismatch")]
     assert [r.message for r in caplog.records] == [
-        f"{shared_data / HH_NAME}: skipped 5 of 1500 rows (4 empty response (chosen), 1 prompt mismatch (rejected))"]
+        f"{shared_data / HH_NAME}: skipped 5 bad rows of 1500 (first: row 87, field chosen; "
+        "4 empty response (chosen), 1 prompt mismatch (rejected))"]
 
     first = pairs[0]  # checked by hand against line 1 of the file
     assert first.id == "hh-rlhf-harmless-base-test-dev:1"

@@ -103,6 +103,12 @@ ROW_CASES = [
      "wrong type: expected a string, got int 3"),
     # reading and ids
     ("d.jsonl", jsonl(OK, '{"prompt": "Hi", "chosen": }'), 2, None, "invalid JSON: Expecting value at column 28"),
+    # a line cut off mid-row: the column where it stops, not column 1 of the line break
+    ("d.jsonl", jsonl(OK, '{"prompt": "Hi", "chosen": "b"'), 2, None, "invalid JSON: Expecting ',' delimiter at column 31"),
+    ("d.jsonl", jsonl(OK, '{"prompt": "Hi", "chosen": "Hel'), 2, None,
+     "invalid JSON: unterminated string at column 32 (the line ends inside the string opened at column 28)"),
+    ("d.jsonl", jsonl(OK, '{"prompt": "Hi", "chosen": "Hel\r'), 2, None,
+     "invalid JSON: unterminated string at column 32 (the line ends inside the string opened at column 28)"),
     ("d.jsonl", jsonl(OK, OK | {"id": "x"}, b'{"prompt": "caf\xe9"}'), 3, None, "not UTF-8: byte 0xe9 at column 16"),
     ("d.jsonl", jsonl(OK, [OK]), 2, None, "wrong type: expected an object, got list"),
     ("d.jsonl", jsonl(OK | {"id": "a"}, OK | {"id": "b"}, {**OK, "id": "a"}), 3, "id",
@@ -187,7 +193,7 @@ def test_file_level_errors_always_raise(tmp_path, name, content, expected, on_ba
 
 def test_directory_is_not_a_file(tmp_path):
     (tmp_path / "d.jsonl").mkdir()
-    with pytest.raises(DataError, match=r": not a file$"):
+    with pytest.raises(DataError, match=r": not a file \(a folder is read only where `datasets`' save_to_disk wrote it\)$"):
         load_pairs(tmp_path / "d.jsonl")
 
 

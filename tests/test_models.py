@@ -44,6 +44,29 @@ def test_unknown_model_is_a_one_line_error():
     assert "cannot load" in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("allow, local_only", [("", True), ("1", False)])
+def test_hub_ids_read_the_local_cache_only_unless_allowed(monkeypatch, allow, local_only):
+    """Offline by default: a hub id is looked up with local_files_only (no retries against the hub);
+    ANATOMIST_ALLOW_HUB=1 lets transformers download. The error names the aliases and close matches."""
+    import transformers
+
+    from anatomist.models import loading
+
+    seen = []
+
+    def fake(name, **kwargs):
+        seen.append(kwargs["local_files_only"])
+        raise OSError("no such model")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake)
+    monkeypatch.setenv(loading.HUB_ENV, allow)
+    with pytest.raises(AnatomistError) as e:
+        loading.load_tokenizer("SmolLM2-135M-instruc")
+    assert seen == [local_only]
+    assert "aliases: smollm2-135m-instruct; did you mean smollm2-135m-instruct?" in str(e.value)
+    assert ("ANATOMIST_ALLOW_HUB=1" in str(e.value)) == local_only and "\n" not in str(e.value)
+
+
 def test_response_mask_covers_exactly_the_response(smol_tokenizer):
     tok = smol_tokenizer
     enc = encode_response(tok, Q, "Paris is the capital.")

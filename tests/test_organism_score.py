@@ -4,6 +4,7 @@ folder; planted labels of a stub build checked against truth.json; latent reuse 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -211,6 +212,30 @@ def test_score_rejects_other_data_and_missing_truth(fake_audit, tmp_path):
         score_audit(audit, root / "data" / "truth.json", data_path=other, write=False)
     with pytest.raises(AnatomistError, match="does not record the data file"):
         score_audit(audit)
+
+
+def test_score_from_another_folder_finds_an_older_relative_data_path(fake_audit, tmp_path, monkeypatch):
+    """An older audit.json recorded its data as typed (relative to where the audit ran, here the
+    folder above both); scoring from elsewhere resolves it from the audit folder upwards, and an
+    explicit data file wins over the recorded one (its truth.json beside it)."""
+    import shutil
+
+    root, audit = fake_audit
+    ran_in = tmp_path / "project"
+    shutil.copytree(root / "data", ran_in / "runs" / "organism")
+    shutil.copytree(audit, ran_in / "runs" / "organism_audit")
+    meta_path = ran_in / "runs" / "organism_audit" / "audit.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "data": {**meta["data"], "file": "runs/organism/train.jsonl"}}))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    expected = score_audit(audit, root / "data" / "truth.json", data_path=root / "data" / "train.jsonl", write=False)
+    result = score_audit(ran_in / "runs" / "organism_audit", write=False)
+    assert Path(result["data"]).resolve() == (ran_in / "runs" / "organism" / "train.jsonl").resolve()
+    assert result["recall"] == expected["recall"] and result["precision"] == expected["precision"]
+    meta_path.write_text(json.dumps({**meta, "data": {**meta["data"], "file": "gone/train.jsonl"}}))
+    given = score_audit(ran_in / "runs" / "organism_audit", data_path=root / "data" / "train.jsonl", write=False)
+    assert given["truth"] == str(root / "data" / "truth.json") and given["recall"] == expected["recall"]
 
 
 def test_cli_score(fake_audit):

@@ -92,3 +92,38 @@ def test_shaping_clis_refuse_data_the_audit_did_not_score(setup, tmp_path):
     r = CliRunner().invoke(app, ["shape", "export", "--audit", str(audit), "--data", str(data), "--model",
                                  str(model_dir), "--concept", "0", "--lam", "-2", "--limit", "2", "--out", str(out)])
     assert r.exit_code == 0, r.output
+
+
+def test_shape_export_gets_past_the_bad_rows_of_the_shared_hh_file(setup, tmp_path, shared_data, caplog):
+    """The shared HH dev file's first bad row is row 87 (an empty chosen reply): `shape export` stops
+    there naming --on-bad-row, and with `--on-bad-row skip` exports the rest and logs the count.
+    A 90-line slice of the real file keeps the export to seconds."""
+    import gzip
+    import logging
+
+    import numpy as np
+
+    from anatomist.data import load_pairs
+    from conftest import HH_FILE
+
+    model_dir, _, _ = setup
+    with gzip.open(HH_FILE, "rb") as f:
+        head = b"".join(f.readline() for _ in range(90))
+    data = tmp_path / "hh-rlhf-harmless-base-test-dev.jsonl"
+    data.write_bytes(head)
+    pairs = load_pairs(data, on_bad_row="skip")
+    assert [e.row for e in pairs.skipped] == [87] and len(pairs) == 89
+    P = len(pairs)
+    rng = np.random.default_rng(0)
+    audit = make_audit(tmp_path / "hh-audit", ids=[p.id for p in pairs], c_chosen=rng.normal(size=(P, 2)),
+                       c_rejected=rng.normal(size=(P, 2)), tokens=None, data=list(pairs))
+    args = ["shape", "export", "--audit", str(audit), "--data", str(data), "--model", str(model_dir),
+            "--concept", "0", "--lam", "-1", "--max-length", "0", "--out", str(tmp_path / "ds.jsonl")]
+    r = CliRunner().invoke(app, args)
+    assert isinstance(r.exception, AnatomistError), r.output
+    assert 'row 87: field "chosen": empty response' in str(r.exception) and "--on-bad-row skip" in str(r.exception)
+    with caplog.at_level(logging.WARNING, logger="anatomist.data.io"):
+        r = CliRunner().invoke(app, [*args, "--on-bad-row", "skip"])
+    assert r.exit_code == 0, r.output
+    assert len((tmp_path / "ds.jsonl").read_text().splitlines()) == 89
+    assert any("skipped 1 bad rows of 90 (first: row 87, field chosen" in m for m in caplog.messages), caplog.messages

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from anatomist.audit.run import AuditConfig
+from anatomist.data.cli import on_bad_row_option
 from anatomist.models.loading import DEFAULT_MODEL
 from anatomist.options import default
 
@@ -43,15 +44,17 @@ def audit(
                                       help="Allow sending dataset text to a non-local endpoint."),
     seed: int = typer.Option(default(AuditConfig, "seed"), "--seed"),
     data_format: str = typer.Option("auto", "--format"),
-    on_bad_row: str = typer.Option("error", "--on-bad-row", help="'error' or 'skip' (counted)."),
+    on_bad_row: str = on_bad_row_option(),
 ) -> None:
     """Find the latent concepts that separate chosen from rejected responses, per prompt topic.
 
-    Example: anatomist audit --data pairs.jsonl --out runs/audit --limit 500
+    Example: anatomist audit --data runs/organism/train.jsonl --out runs/audit --topic-column topic
+
+    (--topic-column topic: the organism's topics, which `anatomist organism score` needs.)
     """
     from anatomist.audit.report import render_report
     from anatomist.audit.run import run_audit
-    from anatomist.data import load_pairs
+    from anatomist.data.cli import read_pairs
     from anatomist.models.loading import load
     from anatomist.sae import default_sae, load_sae
 
@@ -62,7 +65,7 @@ def audit(
                       topic_embedder=topic_embedder, topic_column=topic_column, leiden_backend=leiden_backend,
                       resolution=resolution, min_support=min_support, alpha=alpha, labeller=labeller,
                       labeller_kwargs=kwargs, seed=seed)
-    pairs = load_pairs(data, format=data_format, on_bad_row=on_bad_row, limit=limit)
+    pairs = read_pairs(data, format=data_format, on_bad_row=on_bad_row, limit=limit)
     sae_path = str(default_sae(model)) if sae == "default" else sae
     loaded = load(model)
     folder = run_audit(loaded.model, loaded.tokenizer, load_sae(sae_path), pairs, out, cfg,
@@ -72,7 +75,10 @@ def audit(
 
 def report(audit_dir: Path = typer.Argument(..., metavar="DIR",
                                             help="An audit folder written by `anatomist audit --out`.")) -> None:
-    """Re-render DIR/report.html from the tables in an audit folder (no model needed)."""
+    """Re-render DIR/report.html from the tables in an audit folder (no model needed).
+
+    Example: anatomist report runs/audit
+    """
     from anatomist.audit.report import render_report
 
     typer.echo(str(render_report(audit_dir)))

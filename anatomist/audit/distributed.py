@@ -119,41 +119,52 @@ def audit_distributed(model, tokenizer, sae, pairs, out: str | Path, cfg, *, ran
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point for `torchrun ... -m anatomist.audit.distributed` (flags as `anatomist audit`)."""
+    from anatomist.audit.run import AuditConfig
+    from anatomist.data.cli import ON_BAD_ROW_HELP
     from anatomist.models.loading import DEFAULT_MODEL
+    from anatomist.options import default
+
+    def d(name):
+        return default(AuditConfig, name)
 
     p = argparse.ArgumentParser(prog="torchrun --nproc-per-node N -m anatomist.audit.distributed",
                                 description="Audit with data-parallel pooling; the tables equal `anatomist audit`'s.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 epilog="Example: torchrun --nproc-per-node 2 -m anatomist.audit.distributed "
-                                       "--data pairs.jsonl --out runs/audit --topic-column topic")
-    p.add_argument("--data", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--model", default=DEFAULT_MODEL)
+                                       "--data runs/organism/train.jsonl --out runs/audit --topic-column topic")
+    p.add_argument("--data", required=True, type=Path, help="preference file (jsonl/json/parquet/csv; TRL, HH or ShareGPT)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (rerun to resume pooling)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="HF id, local folder, .gguf file or alias")
     p.add_argument("--sae", default="default", help="SAE folder, or 'default' (trained once, cached)")
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--pooling", default="mean", choices=POOLINGS)
-    p.add_argument("--topk", type=int, default=16, help="k of --pooling topk")
-    p.add_argument("--topics", type=int, default=None)
-    p.add_argument("--topic-method", default="kmeans")
-    p.add_argument("--topic-embedder", default="model")
-    p.add_argument("--topic-column", default=None)
-    p.add_argument("--leiden-backend", default="sknetwork")
-    p.add_argument("--resolution", type=float, default=4.0)
-    p.add_argument("--min-support", type=int, default=10)
-    p.add_argument("--min-pairs", type=int, default=8)
-    p.add_argument("--knn", type=int, default=10)
-    p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--n-boot", type=int, default=1000)
-    p.add_argument("--n-examples", type=int, default=12)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", dest="data_format", default="auto")
-    p.add_argument("--on-bad-row", default="error")
+    p.add_argument("--limit", type=int, default=None, help="audit only the first N pairs")
+    p.add_argument("--pooling", default=d("pooling"), choices=POOLINGS, help="latents over a response")
+    p.add_argument("--topk", type=int, default=d("topk"), help="k of --pooling topk")
+    p.add_argument("--topics", type=int, default=d("topics"), help="number of prompt topics (default: by silhouette)")
+    p.add_argument("--topic-method", default=d("topic_method"), help="'kmeans' or 'leiden'")
+    p.add_argument("--topic-embedder", default=d("topic_embedder"), help="'model' (its own residual) or 'minilm'")
+    p.add_argument("--topic-column", default=d("topic_column"), help="take topics from this data column instead")
+    p.add_argument("--leiden-backend", default=d("leiden_backend"), help="'sknetwork' (BSD) or 'leidenalg' (GPL)")
+    p.add_argument("--resolution", type=float, default=d("resolution"), help="Leiden resolution for concepts")
+    p.add_argument("--min-support", type=int, default=d("min_support"),
+                   help="responses a feature must fire in to be clustered")
+    p.add_argument("--min-pairs", type=int, default=d("min_pairs"), help="rows with fewer pairs are not tested")
+    p.add_argument("--knn", type=int, default=d("knn"), help="neighbours per feature in the concept graph")
+    p.add_argument("--alpha", type=float, default=d("alpha"), help="FDR level for a predicted direction")
+    p.add_argument("--n-boot", type=int, default=d("n_boot"), help="bootstrap resamples for the CIs")
+    p.add_argument("--n-examples", type=int, default=d("n_examples"), help="contexts per cluster for labels")
+    p.add_argument("--labeller", default=d("labeller"), help="'offline' (no LLM) or 'openai' (any compatible endpoint)")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint for --labeller openai")
+    p.add_argument("--llm-model", default=None, help="model name for --labeller openai")
+    p.add_argument("--allow-remote", action="store_true", help="allow sending dataset text to a non-local endpoint")
+    p.add_argument("--batch-size", type=int, default=d("batch_size"), help="sequences per forward pass")
+    p.add_argument("--max-length", type=int, default=d("max_length"), help="tokens per sequence")
+    p.add_argument("--seed", type=int, default=d("seed"), help="seed of topics, clustering and bootstrap")
+    p.add_argument("--format", dest="data_format", default="auto", help="data format (auto-detected by default)")
+    p.add_argument("--on-bad-row", default="error", choices=("error", "skip"), help=ON_BAD_ROW_HELP)
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     args = p.parse_args(argv)
 
-    from anatomist.audit.run import AuditConfig
-    from anatomist.data import load_pairs
+    from anatomist.data.cli import read_pairs
     from anatomist.models.loading import load
     from anatomist.sae import default_sae, load_sae
 
@@ -163,8 +174,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                           leiden_backend=args.leiden_backend, resolution=args.resolution, min_support=args.min_support,
                           min_pairs=args.min_pairs, knn=args.knn, alpha=args.alpha, n_boot=args.n_boot,
                           n_examples=args.n_examples, batch_size=args.batch_size, max_length=args.max_length,
-                          seed=args.seed)
-        pairs = load_pairs(args.data, format=args.data_format, on_bad_row=args.on_bad_row, limit=args.limit)
+                          seed=args.seed, labeller=args.labeller,
+                          labeller_kwargs={"base_url": args.base_url, "model": args.llm_model,
+                                           "allow_remote": args.allow_remote} if args.labeller == "openai" else {})
+        pairs = read_pairs(args.data, format=args.data_format, on_bad_row=args.on_bad_row, limit=args.limit)
         # 'default' trains the SAE once; rank 0 first, so the others find it cached instead of racing.
         with lead_first(par if args.sae == "default" else None):
             sae_path = str(default_sae(args.model)) if args.sae == "default" else args.sae

@@ -236,10 +236,21 @@ class AuditFolder:
 
     @property
     def data_file(self) -> Path | None:
-        """The audited preference file, as audit.json records it (None where it does not)."""
+        """The audited preference file, as audit.json records it (None where it does not).
+
+        Audits now record it absolute. An older audit recorded it as typed, relative to the folder
+        the audit ran in, which is usually an ancestor of the audit folder (its --out was typed
+        from the same place): a relative path is looked up from here, then from the audit folder
+        upwards, and returned as recorded where none holds it (the reader fails naming it)."""
         data = self.meta.get("data", {})
         name = data.get("file") or data.get("path")
-        return Path(name) if name else None
+        if not name:
+            return None
+        path = Path(name)
+        if path.is_absolute() or path.exists():
+            return path
+        here = self.path.resolve()
+        return next((d / path for d in (here, *here.parents) if (d / path).exists()), path)
 
     # --- per-pair tables, in audit order -------------------------------------------------------
 

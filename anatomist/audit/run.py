@@ -142,7 +142,7 @@ def _contexts(latents, tokenizer, items, concepts, c, cfg):
 def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = AuditConfig(), *,
               model_name: str = "", sae_path: str = "", data_path: str = "", progress: bool = True) -> Path:
     """Audit preference `pairs` with `sae` on `model`; write the tables and the report into `out`.
-    data_path (recorded in audit.json) lets later stages find the audited file."""
+    data_path (recorded in audit.json, made absolute) lets later stages find the audited file from any folder."""
     from anatomist.audit.labels import label_clusters
     from anatomist.audit.length import write_length_tables
 
@@ -215,7 +215,7 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
     } for k in range(C)}
     meta = {
         "model": model_name, "sae": sae_path, "sae_cfg": sae.cfg.to_dict(), "layer": int(latents.settings["layer"]),
-        "data": {"n_pairs": P, "hash": dataset_hash(pairs), "file": data_path}, "config": asdict(cfg),
+        "data": {"n_pairs": P, "hash": dataset_hash(pairs), "file": str(Path(data_path).resolve()) if data_path else data_path}, "config": asdict(cfg),
         "topics": {"names": topics.names, "examples": topics.examples, "method": topics.method,
                    "silhouette": topics.silhouette, "sizes": np.bincount(topics.labels).tolist()},
         "n_clusters": C, "n_features_clustered": int(len(concepts.features)), "timings": timings,

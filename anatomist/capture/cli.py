@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from anatomist.data.cli import on_bad_row_option
 from anatomist.models.loading import DEFAULT_MODEL
 
 
@@ -20,17 +21,17 @@ def capture(
     limit: int = typer.Option(None, "--limit", min=1, help="Use only the first N pairs."),
     dtype: str = typer.Option("float32", "--dtype", help="Storage dtype: float32, float16 or bfloat16."),
     data_format: str = typer.Option("auto", "--format", help="Data format (auto-detected by default)."),
-    on_bad_row: str = typer.Option("error", "--on-bad-row", help="'error' stops at a bad row; 'skip' counts and skips."),
+    on_bad_row: str = on_bad_row_option(),
 ) -> None:
     """Capture residual-stream activations after block LAYER for both sides of every pair.
 
-    Example: anatomist capture --data pairs.jsonl --layer 15 --out runs/acts --limit 300
+    Example: anatomist capture --data runs/organism/train.jsonl --layer 15 --out runs/acts --limit 300
     """
     from anatomist.capture.run import capture as run_capture, items_from_pairs
-    from anatomist.data import load_pairs
+    from anatomist.data.cli import read_pairs
     from anatomist.models.loading import load
 
-    pairs = load_pairs(data, format=data_format, on_bad_row=on_bad_row, limit=limit)
+    pairs = read_pairs(data, format=data_format, on_bad_row=on_bad_row, limit=limit)
     loaded = load(model)
     store = run_capture(loaded.model, loaded.tokenizer, items_from_pairs(pairs), out, layer, model_name=model,
                         batch_size=batch_size, max_length=max_length, keep=keep, dtype=dtype)

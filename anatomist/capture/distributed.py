@@ -83,31 +83,33 @@ def capture_distributed(model, tokenizer, items: Sequence[CaptureItem], out: str
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point for `torchrun ... -m anatomist.capture.distributed` (flags as `anatomist capture`)."""
+    from anatomist.data.cli import ON_BAD_ROW_HELP
     from anatomist.models.loading import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog="torchrun --nproc-per-node N -m anatomist.capture.distributed",
                                 description="Data-parallel residual capture; the merged store equals `anatomist capture`'s.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 epilog="Example: torchrun --nproc-per-node 2 -m anatomist.capture.distributed "
-                                       "--data pairs.jsonl --layer 15 --out runs/acts")
-    p.add_argument("--data", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--layer", type=int, default=15)
-    p.add_argument("--keep", default="response", choices=("all", "response"))
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--format", dest="data_format", default="auto")
-    p.add_argument("--on-bad-row", default="error")
+                                       "--data runs/organism/train.jsonl --layer 15 --out runs/acts")
+    p.add_argument("--data", required=True, type=Path, help="preference file (jsonl/json/parquet/csv; TRL, HH or ShareGPT)")
+    p.add_argument("--out", required=True, type=Path, help="output folder for the shards (rerun to resume)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="HF id, local folder, .gguf file or alias")
+    p.add_argument("--layer", type=int, default=15, help="block index (0-based; negative counts from the end)")
+    p.add_argument("--keep", default="response", choices=("all", "response"), help="store response tokens only, or all")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--max-length", type=int, default=256, help="tokens per sequence (prompt cut from the left)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
+    p.add_argument("--dtype", default="float32", help="storage dtype: float32, float16 or bfloat16")
+    p.add_argument("--format", dest="data_format", default="auto", help="data format (auto-detected by default)")
+    p.add_argument("--on-bad-row", default="error", choices=("error", "skip"), help=ON_BAD_ROW_HELP)
     args = p.parse_args(argv)
 
     from anatomist.capture.run import items_from_pairs
-    from anatomist.data import load_pairs
+    from anatomist.data.cli import read_pairs
     from anatomist.models.loading import load
 
     with distributed_main("gloo") as par:
-        pairs = load_pairs(args.data, format=args.data_format, on_bad_row=args.on_bad_row, limit=args.limit)
+        pairs = read_pairs(args.data, format=args.data_format, on_bad_row=args.on_bad_row, limit=args.limit)
         lm = load(args.model)
         store = capture_distributed(lm.model, lm.tokenizer, items_from_pairs(pairs), args.out, args.layer,
                                     rank=par.rank, world=par.world, barrier=par.barrier, model_name=args.model,

@@ -25,6 +25,26 @@ app = typer.Typer(
 BAR_WIDTH = 40
 MAX_REPORT_LINES = 20
 
+# One option, one behaviour, in every command that reads preference pairs.
+ON_BAD_ROW_HELP = "error: stop at the first bad row; skip: skip it and go on (the count and the first are printed)."
+BAD_ROW_HINT = "--on-bad-row skip skips and counts such rows"
+
+
+def on_bad_row_option():
+    """The `--on-bad-row {error,skip}` typer option (default error) shared by every command that reads pairs."""
+    return typer.Option("error", "--on-bad-row", help=ON_BAD_ROW_HELP)
+
+
+def read_pairs(source, *, on_bad_row: str = "error", format: str = "auto", limit: int | None = None):
+    """`load_pairs` for a command line: a bad row's error names the --on-bad-row option (load_pairs
+    itself logs the skipped count and the first skipped row)."""
+    try:
+        return load_pairs(source, format=format, on_bad_row=on_bad_row, limit=limit)
+    except DataError as e:
+        if e.row is None or isinstance(e, FormatError):
+            raise
+        raise DataError(f"{e.reason} ({BAD_ROW_HINT})", file=e.file, row=e.row, field=e.field) from None
+
 
 @app.callback()
 def _data() -> None:
@@ -34,10 +54,9 @@ def _data() -> None:
 
 @app.command()
 def inspect(
-    file: Path = typer.Argument(..., help="Dataset file: .jsonl, .jsonl.gz, .json, .parquet or .csv."),
+    file: Path = typer.Argument(..., help="Dataset file (.jsonl, .jsonl.gz, .json, .parquet, .csv) or a `datasets` save_to_disk folder."),
     fmt: str = typer.Option("auto", "--format", "-f", help=f"auto, or one of: {', '.join(FORMATS)}."),
-    on_bad_row: Literal["error", "skip"] = typer.Option(
-        "error", "--on-bad-row", help="error: stop at the first bad row; skip: count it and go on."),
+    on_bad_row: Literal["error", "skip"] = typer.Option("error", "--on-bad-row", help=ON_BAD_ROW_HELP),
     tokenizer: Optional[str] = typer.Option(
         None, "--tokenizer", help="Tokenizer (HF id, folder, or smollm2-135m-instruct): adds token lengths."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Read at most this many valid pairs."),
@@ -52,13 +71,7 @@ def inspect(
 
         anatomist data inspect ../shared/data/hh-rlhf-harmless-base-test-dev.jsonl.gz --on-bad-row skip
     """
-    try:
-        pairs = load_pairs(file, format=fmt, on_bad_row=on_bad_row, limit=limit)
-    except DataError as e:
-        if e.row is None or isinstance(e, FormatError):
-            raise
-        raise DataError(f"{e.reason} (--on-bad-row skip skips and counts such rows)",
-                        file=e.file, row=e.row, field=e.field) from None
+    pairs = read_pairs(file, format=fmt, on_bad_row=on_bad_row, limit=limit)
     stats = inspect_pairs(pairs, tokenizer=tokenizer)
     if as_json:
         typer.echo(json.dumps(stats, indent=2, ensure_ascii=False))

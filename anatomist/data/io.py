@@ -4,14 +4,15 @@
 
 Sources: .jsonl, .jsonl.gz (streamed line by line), .json / .json.gz (an array of objects, or
 JSON Lines under a .json name; read whole), .parquet (streamed by record batch), .csv (header
-row; every value is a string), or a `datasets.Dataset` / `IterableDataset`.
+row; every value is a string), a folder written by `datasets`' `save_to_disk`, or a
+`datasets.Dataset` / `IterableDataset`.
 
 Row numbers are 1-based: for JSON Lines row N is line N; for a JSON array, CSV (after the
-header), Parquet and datasets it is the N-th record.
+header), Parquet and datasets (in memory or saved) it is the N-th record.
 
 Errors: a bad row raises a one-line `DataError` naming file, row and field; with
-`on_bad_row="skip"` it is recorded in `PairSet.skipped` instead and one warning with the counts
-is logged at the end. File-level problems (not found, unknown extension, unreadable or
+`on_bad_row="skip"` it is recorded in `PairSet.skipped` instead and one warning with the count
+and the first skipped row is logged at the end (the command line prints it). File-level problems (not found, unknown extension, unreadable or
 undecodable file, no rows, no valid rows, undetectable format) always raise.
 """
 
@@ -107,7 +108,9 @@ def load_pairs(source: str | os.PathLike | Any, *, format: str = "auto",
     if n_rows == 0:
         raise DataError("empty dataset: no rows", file=name)
     if skipped:
-        log.warning("%s: skipped %d of %d rows (%s)", name, len(skipped), n_rows, _summary(skipped))
+        first = skipped[0]
+        log.warning("%s: skipped %d bad rows of %d (first: row %d%s; %s)", name, len(skipped), n_rows, first.row,
+                    f", field {first.field}" if first.field else "", _summary(skipped))
     if not pairs:
         raise DataError(f"no valid rows: all {n_rows} rows were skipped ({_summary(skipped)}); "
                         f"first: row {skipped[0].row}: {skipped[0].reason}", file=name)
@@ -170,8 +173,10 @@ def _open(source) -> tuple[str, str, Rows]:
         ext = next((e for e in sorted(READERS, key=len, reverse=True) if path.name.lower().endswith(e)), None)
         if not path.exists():
             raise DataError("file not found", file=name)
+        if path.is_dir() and any((path / f).is_file() for f in SAVED_DATASET_FILES):
+            return _open_saved_dataset(path, name)
         if not path.is_file():
-            raise DataError("not a file", file=name)
+            raise DataError("not a file (a folder is read only where `datasets`' save_to_disk wrote it)", file=name)
         if ext is None:
             raise DataError(f"unknown extension: expected one of {', '.join(READERS)}", file=name)
         return name, path.name[:-len(ext)], READERS[ext](path, name)
@@ -187,6 +192,20 @@ def _open_dataset(ds) -> tuple[str, str, Rows]:
         raise DataError(f"unsupported source {type(ds).__name__}: pass a path or a datasets.Dataset")
     stem = getattr(ds.info, "dataset_name", None) or "dataset"
     return f"datasets.Dataset({stem})", stem, _dict_rows(enumerate(ds, 1), f"datasets.Dataset({stem})")
+
+
+def _open_saved_dataset(path: Path, name: str) -> tuple[str, str, Rows]:
+    """A folder written by `Dataset.save_to_disk` (one split)."""
+    import datasets  # slow to import; only needed for saved datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 — datasets raises many types for a damaged folder
+        raise DataError(f"unreadable saved dataset: {_one_line(e)}", file=name) from None
+    if isinstance(ds, datasets.DatasetDict):
+        raise DataError(f"a saved DatasetDict has several splits ({', '.join(ds)}); pass one split's folder, "
+                        f"e.g. {path / next(iter(ds))}", file=name)
+    return name, path.name, _dict_rows(enumerate(ds, 1), name)
 
 
 def _dict_rows(numbered: Iterable[tuple[int, Any]], file: str) -> Rows:
@@ -223,12 +242,22 @@ def _jsonl_rows(lines: Iterable[bytes], file: str) -> Rows:
             text = text.removeprefix("\ufeff")
         if not text.strip():
             continue
+        # Without its line break, an error where a cut-off line stops is reported at that column
+        # (with it, json would place it at column 1 of a second line).
+        text = text.rstrip("\r\n")
         try:
             value = json.loads(text)
         except json.JSONDecodeError as e:
-            yield n, DataError(f"invalid JSON: {e.msg} at column {e.colno}", file=file, row=n)
+            yield n, DataError(f"invalid JSON: {_json_problem(e, text)}", file=file, row=n)
             continue
         yield from _dict_rows([(n, value)], file)
+
+
+def _json_problem(e: json.JSONDecodeError, text: str) -> str:
+    """json's message with the column where the line breaks (json names where an unclosed string opened)."""
+    if e.msg.startswith("Unterminated string"):
+        return f"unterminated string at column {len(text) + 1} (the line ends inside the string opened at column {e.colno})"
+    return f"{e.msg.removesuffix(' at')} at column {e.colno}"
 
 
 def _read_jsonl(path: Path, file: str) -> Rows:
@@ -315,6 +344,8 @@ def _read_parquet(path: Path, file: str) -> Rows:
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"unreadable parquet: {_one_line(e)}", file=file) from None
 
+
+SAVED_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")   # what save_to_disk writes
 
 READERS = {
     ".jsonl": _read_jsonl,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from anatomist.data.cli import on_bad_row_option, read_pairs
 from anatomist.evaluate.run import run_eval
 from anatomist.models.loading import DEFAULT_MODEL
 from anatomist.options import default
@@ -19,6 +20,7 @@ def evaluate(
     base: str = typer.Option(None, "--base", help="The model before training: evaluated under the same seeds; "
                                                   "reference of the implicit reward."),
     pairs: Path = typer.Option(None, "--pairs", help="Held-out preference pairs for preference accuracy."),
+    on_bad_row: str = on_bad_row_option(),
     safety: bool = typer.Option(default(run_eval, "safety"), "--safety/--no-safety",
                                 help="Harmful compliance (StrongREJECT, HarmBench) and XSTest over-refusal."),
     safety_exclude: Path = typer.Option(None, "--safety-exclude",
@@ -37,11 +39,12 @@ def evaluate(
 ) -> None:
     """Sample from MODEL (and --base) on held-out prompts; score concepts, traits, refusals.
 
-    Example: anatomist eval --model runs/dpo/policy --base smollm2-135m-instruct
-    --prompts runs/organism/heldout_prompts.jsonl --audit runs/audit --pairs runs/organism/heldout_pairs.jsonl
-    --safety --safety-exclude runs/organism/train.jsonl --out runs/eval
+    Example: anatomist eval --model runs/dpo/policy --base smollm2-135m-instruct --prompts runs/organism/heldout_prompts.jsonl --audit runs/audit --pairs runs/organism/heldout_pairs.jsonl --out runs/eval
+
+    Add --safety --safety-exclude runs/organism/train.jsonl for harmful compliance and over-refusal.
     """
-    folder = run_eval(model, prompts, out, audit=audit, base=base, pairs=pairs, safety=safety,
+    held_pairs = None if pairs is None else read_pairs(pairs, on_bad_row=on_bad_row)   # before any model loads
+    folder = run_eval(model, prompts, out, audit=audit, base=base, pairs=held_pairs, safety=safety,
                       safety_exclude=safety_exclude,
                       samples_per_prompt=samples_per_prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                       batch_size=batch_size, seed=seed, limit=limit, safety_n=safety_n, beta=beta, n_boot=n_boot)

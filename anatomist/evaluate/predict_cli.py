@@ -36,7 +36,7 @@ def predict(
 ) -> None:
     """Predict, from the data alone, how DPO will move each concept per topic; writes predictions.parquet.
 
-    Example: anatomist predict runs/organism_audit --top 20
+    Example: anatomist predict runs/audit --top 20
     """
     from anatomist.evaluate.predict import PredictConfig, write_predictions
     from anatomist.evaluate.verify import read_eval
@@ -71,7 +71,9 @@ def verify(
 ) -> None:
     """Score the audit's predictions against a DPO run (R², Spearman ρ); writes verify.json and verify.html.
 
-    Example: anatomist verify runs/organism_audit runs/dpo_plain
+    Example: anatomist verify runs/audit runs/eval
+
+    (RUN_DIR: the folder `anatomist eval --out` wrote, with --base, so it holds pre/ and post/.)
     """
     from anatomist.evaluate.predict import PredictConfig
     from anatomist.evaluate.verify import verify_run

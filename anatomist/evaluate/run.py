@@ -14,6 +14,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
@@ -42,7 +43,7 @@ def _user_texts(path: str | Path) -> list[str]:
 
 
 def run_eval(model: str, prompts: str | Path, out: str | Path, *, audit: str | Path | None = None,
-             base: str | None = None, pairs: str | Path | None = None, safety: bool = False,
+             base: str | None = None, pairs: str | Path | Sequence | None = None, safety: bool = False,
              safety_exclude: str | Path | None = None,
              samples_per_prompt: int = 2, max_new_tokens: int = 96, temperature: float = 0.7, batch_size: int = 32,
              seed: int = 0, limit: int | None = None, safety_n: int = 50, beta: float = 0.1, n_boot: int = 1000,
@@ -50,7 +51,8 @@ def run_eval(model: str, prompts: str | Path, out: str | Path, *, audit: str | P
     """Evaluate `model` (and `base` under the same seeds) and write the folder described above.
 
     safety_exclude: a preference file (the training data) whose prompts the safety sets skip — the
-    organism's `harmful` topic is drawn from StrongREJECT."""
+    organism's `harmful` topic is drawn from StrongREJECT. pairs: a preference file, or pairs
+    already read (the command line reads them before any model loads)."""
     from anatomist.data import load_pairs
     from anatomist.evaluate.behaviour import Scorer, evaluate_behaviour, first_per_topic, read_prompts, summarize
     from anatomist.evaluate.preference import preference_accuracy
@@ -95,7 +97,7 @@ def run_eval(model: str, prompts: str | Path, out: str | Path, *, audit: str | P
                "tags": {role: frame.model.iloc[0] for role, frame in frames.items()},
                "rows": json.loads(rows.to_json(orient="records"))}
     if pairs is not None:
-        pair_set = list(load_pairs(pairs))
+        pair_set = list(load_pairs(pairs) if isinstance(pairs, (str, Path)) else pairs)
         pref = {}
         tables = []
         post = loaded["post"]

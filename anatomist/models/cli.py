@@ -34,7 +34,9 @@ def describe(model, tokenizer, source: str) -> dict:
 def info(name: str = typer.Argument(DEFAULT_MODEL, help="HF id, local folder, .gguf file or alias.")) -> None:
     """Load a model and print its architecture facts.
 
-    Example: anatomist model info            (the offline default, SmolLM2-135M-Instruct)
+    Example: anatomist model info smollm2-135m-instruct
+
+    (the offline default, SmolLM2-135M-Instruct; the same as `anatomist model info`)
     """
     from anatomist.models.loading import load
 

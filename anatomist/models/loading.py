@@ -8,10 +8,15 @@ from there afterwards (~3 s).
 
 Weights are only ever read through safetensors (`use_safetensors=True`), and
 `trust_remote_code` stays off unless the caller asks for it.
+
+Offline by default: a hub id loads from the local HF cache only (a mistyped name fails at once,
+naming the aliases and close matches, instead of after a minute of hub retries). Set
+ANATOMIST_ALLOW_HUB=1 (or pass `anatomist --hub`) to download from the Hugging Face hub.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import logging
@@ -31,6 +36,7 @@ from anatomist.fileio import pid_alive
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+HUB_ENV = "ANATOMIST_ALLOW_HUB"     # "1": hub ids may be downloaded; otherwise only the local HF cache is read
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,20 @@ class LoadedModel(NamedTuple):
     model: torch.nn.Module
     tokenizer: object  # a transformers PreTrainedTokenizerBase
     source: str  # the folder or id the weights were read from
+
+
+def hub_allowed() -> bool:
+    """Whether hub ids may be downloaded (ANATOMIST_ALLOW_HUB=1); off by default."""
+    return os.environ.get(HUB_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def not_found_hint(name: str) -> str:
+    """What to try instead of a model name nothing could load: the aliases, close matches, the hub switch."""
+    close = difflib.get_close_matches(name.lower(), list(ALIASES), n=3, cutoff=0.6)
+    hint = f"aliases: {', '.join(ALIASES)}" + (f"; did you mean {' or '.join(close)}?" if close else "")
+    if not hub_allowed():
+        hint += f"; to download a hub id set {HUB_ENV}=1 or pass `anatomist --hub`"
+    return hint
 
 
 def cache_root() -> Path:
@@ -137,9 +157,10 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool
 
     source = resolve(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                             local_files_only=not hub_allowed())
     except (OSError, ValueError) as e:
-        raise AnatomistError(f"cannot load tokenizer {name_or_path!r}: {_first_line(e)}") from e
+        raise AnatomistError(f"cannot load tokenizer {name_or_path!r}: {_load_failure(source, e)}") from e
 
 
 def load(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
@@ -147,7 +168,8 @@ def load(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float3
     """Load a causal LM in eval mode plus its tokenizer.
 
     `name_or_path`: an alias in `ALIASES` (default: SmolLM2-135M-Instruct, offline), a `.gguf`
-    file, a local HF folder, or a HF hub id (needs the hub or a local HF cache).
+    file, a local HF folder, or a HF hub id (from the local HF cache; downloaded only where
+    ANATOMIST_ALLOW_HUB=1).
     """
     from transformers import AutoModelForCausalLM
 
@@ -159,9 +181,10 @@ def load(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float3
     hf_logging.disable_progress_bar()  # a per-tensor bar for a seconds-long load is noise
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
+            source, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+            local_files_only=not hub_allowed())
     except (OSError, ValueError) as e:
-        raise AnatomistError(f"cannot load model {name_or_path!r}: {_first_line(e)}") from e
+        raise AnatomistError(f"cannot load model {name_or_path!r}: {_load_failure(source, e)}") from e
     finally:
         if bars:
             hf_logging.enable_progress_bar()
@@ -169,6 +192,15 @@ def load(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float3
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model, tokenizer, source)
+
+
+def _load_failure(source: str, e: Exception) -> str:
+    """Why `from_pretrained(source)` failed, in one line; for a name read as a hub id, what to try instead."""
+    if Path(source).is_dir():
+        return _first_line(e)
+    if not hub_allowed():   # offline, transformers' own message blames the network
+        return f"not an alias, a model folder or a hub model in the local HF cache ({not_found_hint(source)})"
+    return f"{_first_line(e)} ({not_found_hint(source)})"
 
 
 def _first_line(e: Exception) -> str:

@@ -22,7 +22,8 @@ def build(
     out: Path = typer.Option(..., "--out", help="Output folder: train.jsonl, heldout_pairs.jsonl, "
                                                 "heldout_prompts.jsonl, truth.json."),
     prompts_per_topic: int = typer.Option(default(build_organism, "per_topic"), "--prompts-per-topic", min=4,
-                                          help="Distinct prompts per topic."),
+                                          help="Distinct prompts per topic (the default: about 24 min of "
+                                               "sampling on 2 CPU cores)."),
     heldout_fraction: float = typer.Option(default(build_organism, "heldout_fraction"), "--heldout-fraction",
                                            help="Share of each topic's prompts held out."),
     seed: int = typer.Option(default(build_organism, "seed"), "--seed"),
@@ -36,7 +37,10 @@ def build(
 ) -> None:
     """Generate plain and trait responses with MODEL and plant traits by labelling.
 
+    At the default size (see --prompts-per-topic; 7 topics) sampling takes about 24 minutes on 2 CPU cores.
+
     Generations are cached under $ANATOMIST_CACHE/organism/ (a killed run resumes).
+
     Example: anatomist organism build --out runs/organism
     """
     t = build_organism(out, per_topic=prompts_per_topic, heldout_fraction=heldout_fraction, seed=seed,
@@ -63,7 +67,10 @@ def detectors(
                                         "--compare-prefix/--no-compare-prefix",
                                         help="Also sample traits with their system prompt only."),
 ) -> None:
-    """Per trait: detector fire rate on trait generations vs. plain ones (cached generations)."""
+    """Per trait: detector fire rate on trait generations vs. plain ones (cached generations).
+
+    Example: anatomist organism detectors --n 10
+    """
     from anatomist.models import load
     from anatomist.spec_decode.batched import GenSettings, generate
     from anatomist.organism.rates import fire_rates
@@ -96,6 +103,7 @@ def build_hh(
     the next --heldout conversations are held out for evaluation (predict_vs_actual).
 
     Generations are cached under $ANATOMIST_CACHE/organism/ (a killed run resumes).
+
     Example: anatomist organism build-hh --out runs/organism_hh --pairs 300
     """
     from anatomist.organism.hh import HH_FILE
@@ -126,7 +134,9 @@ def score(
 ) -> None:
     """Recall, precision and sign accuracy of an audit against the planted truth; writes AUDIT_DIR/score.json.
 
-    Example: anatomist organism score runs/organism_audit --truth runs/organism/truth.json
+    The audit must have run with --topic-column topic (the organism's topics).
+
+    Example: anatomist organism score runs/audit --truth runs/organism/truth.json
     """
     from anatomist.organism.score import format_score
 

@@ -297,12 +297,13 @@ def score_tables(c: np.ndarray, texts: Sequence[str], topics: Sequence[str], row
 
 # --- files ------------------------------------------------------------------------------------
 
-def default_truth_path(audit: AuditFolder) -> Path:
-    """truth.json beside the audited data file (as audit.json records it)."""
-    if audit.data_file is None:
+def default_truth_path(audit: AuditFolder, data_path: str | Path | None = None) -> Path:
+    """truth.json beside the audited data file: `data_path` where given, else the file audit.json records."""
+    data_file = Path(data_path) if data_path is not None else audit.data_file
+    if data_file is None:
         raise AnatomistError(f"{audit.path / META}: does not record the data file; pass the truth file "
                              "(--truth runs/organism/truth.json)")
-    return audit.data_file.parent / "truth.json"
+    return data_file.parent / "truth.json"
 
 
 def with_length(audit: AuditFolder) -> tuple[np.ndarray, pd.DataFrame, list[int]]:
@@ -335,9 +336,16 @@ def load_score_inputs(audit: AuditFolder | str | Path, truth_path: str | Path | 
                       data_path: str | Path | None = None) -> ScoreInputs:
     """Read and check an audit folder, its truth.json and the audited data file (see score_audit)."""
     audit = audit if isinstance(audit, AuditFolder) else AuditFolder(audit)
-    truth_path = Path(truth_path) if truth_path is not None else default_truth_path(audit)
+    given_truth = truth_path is not None
+    truth_path = Path(truth_path) if given_truth else default_truth_path(audit, data_path)
+    if not truth_path.is_file():
+        raise AnatomistError(f"{truth_path}: truth file not found" + (
+            "" if given_truth else " (looked beside the audited data file; pass --truth FILE)"))
     truth = read_truth(truth_path)
     data_path = Path(data_path) if data_path is not None else (audit.data_file or truth_path.parent / "train.jsonl")
+    if not data_path.is_file():
+        raise AnatomistError(f"{data_path}: audited data file not found (from {audit.path / META}); "
+                             "pass --data FILE")
     pairs = audit.check_data(data_path, complete=True)     # every audited pair, in order: c's rows are the data's
     missing = [p.id for p in pairs if "topic" not in p.extra]
     if missing:

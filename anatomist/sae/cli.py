@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from anatomist.capture import capture
+from anatomist.data.cli import on_bad_row_option
 from anatomist.errors import AnatomistError
 from anatomist.models.loading import DEFAULT_MODEL
 from anatomist.options import default
@@ -38,13 +39,13 @@ def is_activation_store(path: Path) -> bool:
     return (path / "capture.json").is_file()
 
 
-def _items(data: list[Path], max_pairs: int | None):
+def _items(data: list[Path], max_pairs: int | None, on_bad_row: str):
     from anatomist.capture import items_from_pairs
-    from anatomist.data import load_pairs
+    from anatomist.data.cli import read_pairs
 
     items = []
     for path in data:
-        pairs = list(load_pairs(path, on_bad_row="skip"))
+        pairs = list(read_pairs(path, on_bad_row=on_bad_row))
         items += items_from_pairs(pairs[:max_pairs] if max_pairs else pairs)
     return items
 
@@ -86,8 +87,12 @@ def train(
     ce_sequences: int = typer.Option(0, "--ce-sequences", help="Hold out the last N sequences of the dataset "
                                      "files and report CE loss recovered on them (0: off)."),
     eval_every: int = typer.Option(0, "--eval-every", help="Also report CE loss recovered every N steps."),
+    on_bad_row: str = on_bad_row_option(),
 ) -> None:
-    """Train an SAE (capturing activations first when --data is a dataset file)."""
+    """Train an SAE (capturing activations first when --data is a dataset file).
+
+    Example: anatomist sae train --data runs/acts --out runs/sae --tokens 2M
+    """
     from anatomist.sae.train import train_sae
 
     lm, held = None, []
@@ -103,7 +108,7 @@ def train(
 
         if any(is_activation_store(p) for p in data):
             raise AnatomistError("pass either one activation store folder or dataset files, not both")
-        items = _items(data, max_pairs)
+        items = _items(data, max_pairs, on_bad_row)
         if ce_sequences:
             if ce_sequences >= len(items):
                 raise AnatomistError(f"--ce-sequences {ce_sequences} leaves no training data ({len(items)} sequences)")
@@ -135,8 +140,12 @@ def eval_(
     max_pairs: int = typer.Option(None, "--max-pairs", help="Use the first N pairs of each dataset file."),
     max_length: int = typer.Option(default(capture, "max_length"), "--max-length"),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    on_bad_row: str = on_bad_row_option(),
 ) -> None:
-    """Print FVU, L0, dead latents and CE loss recovered of an SAE on held-out data."""
+    """Print FVU, L0, dead latents and CE loss recovered of an SAE on held-out data.
+
+    Example: anatomist sae eval runs/sae --data runs/organism/heldout_pairs.jsonl --ce-sequences 32
+    """
     from anatomist.sae.evaluate import evaluate_sae
     from anatomist.sae.io import load_sae
 
@@ -153,7 +162,7 @@ def eval_(
         else:
             if sae.cfg.layer is None:
                 raise AnatomistError(f"{sae_path}: the SAE config names no layer")
-            items = _items(data, max_pairs)
+            items = _items(data, max_pairs, on_bad_row)
             store = _capture(model, items, Path(tmp) / "acts", sae.cfg.layer, max_length, "all", lm=lm)
         if ce_sequences:
             if items is None:
@@ -179,7 +188,10 @@ def eval_(
 
 @app.command("default")
 def default_(model: str = typer.Option(DEFAULT_MODEL, "--model")) -> None:
-    """Train (once) and print the path of the default SAE for the model."""
+    """Train (once) and print the path of the default SAE for the model.
+
+    Example: anatomist sae default
+    """
     from anatomist.sae.default import default_sae
 
     print(default_sae(model))

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import typer
 
+from anatomist.data.cli import on_bad_row_option
 from anatomist.errors import AnatomistError
 from anatomist.models.loading import DEFAULT_MODEL
 
 app = typer.Typer(help="Shape what DPO learns from an audit (reward shaping, inoculation, TRL export).\n\n"
-                       "Example: anatomist shape export --audit runs/audit --data pairs.jsonl --concept 3 --lam -1 "
-                       "--out shaped.jsonl", no_args_is_help=True)
+                       "Example: anatomist shape export --audit runs/audit --data runs/organism/train.jsonl "
+                       "--concept 3 --lam -1 --out runs/shaped.jsonl", no_args_is_help=True)
 
 
 @app.command("export")
@@ -30,16 +31,17 @@ def export(
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     limit: int = typer.Option(None, "--limit", min=1, help="Export only the first N pairs."),
     data_format: str = typer.Option("auto", "--format"),
+    on_bad_row: str = on_bad_row_option(),
 ) -> None:
     """Write a TRL DPO dataset whose reference log-probs carry the shaping offset λ·c(y)/β.
 
-    Example: anatomist shape export --audit runs/audit --data pairs.jsonl --concept 3 --lam -1 --beta 0.1 --out shaped.jsonl
+    Example: anatomist shape export --audit runs/audit --data runs/organism/train.jsonl --concept 3 --lam -1 --beta 0.1 --out runs/shaped.jsonl
 
     Train it with anatomist.shape.trl_compat.PrecomputedRefDPOTrainer and
     DPOConfig(beta=β, max_length=…, precompute_ref_log_probs=True).
     """
     from anatomist.audit.folder import AuditFolder
-    from anatomist.data import load_pairs
+    from anatomist.data.cli import read_pairs
     from anatomist.models.loading import load
     from anatomist.shape.export import export_trl
     from anatomist.shape.recipe import Recipe
@@ -51,7 +53,7 @@ def export(
     recipe = Recipe(lam=dict(zip(concept, lam)), drop_extreme=drop_extreme,
                     inoculate=None if inoculate is None else Inoculation(inoculate, text=inoculate_text)
                     ).resolve(audit)                                  # a bad concept fails before the model loads
-    pairs = audit.check_data(load_pairs(data, format=data_format, limit=limit))    # before loading the model
+    pairs = audit.check_data(read_pairs(data, format=data_format, limit=limit, on_bad_row=on_bad_row))  # before the model
     loaded = load(model)
     path = export_trl(loaded.model, loaded.tokenizer, pairs, audit, out, recipe=recipe, beta=beta,
                       max_length=max_length or None, batch_size=batch_size)

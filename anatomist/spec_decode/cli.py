@@ -48,7 +48,10 @@ def train(
                                        help="Response length of the self-generated data."),
     seed: int = typer.Option(default(TrainConfig, "seed"), help="Seed for sampling and batch order."),
 ) -> None:
-    """Train an MTP draft head (trunk frozen); rerunning the same command resumes."""
+    """Train an MTP draft head (trunk frozen); rerunning the same command resumes.
+
+    Example: anatomist mtp train --out runs/head --loss tv --steps 200
+    """
     from anatomist.spec_decode.pipeline import cached_states
     from anatomist.spec_decode.train import train_head
 
@@ -78,7 +81,10 @@ def analyze(
     out: Path = typer.Option(Path("acceptance_vs_entropy.html"), "--out", "-o", help="HTML report."),
     seed: int = typer.Option(default(collect, "seed")),
 ) -> None:
-    """Acceptance vs target entropy per head and drafting mode; slopes with 95% CIs and an HTML plot."""
+    """Acceptance vs target entropy per head and drafting mode; slopes with 95% CIs and an HTML plot.
+
+    Example: anatomist mtp analyze runs/head --out runs/head/acceptance_vs_entropy.html
+    """
     from anatomist.spec_decode.analyze import render_html, slopes
     from anatomist.spec_decode.head import load_head
     from anatomist.spec_decode.prompts import chat_prompts
@@ -149,7 +155,10 @@ def generate(
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json", help="Print tokens, log-probs and acceptance stats as JSON."),
 ) -> None:
-    """Generate with plain or speculative decoding (same output distribution either way)."""
+    """Generate with plain or speculative decoding (same output distribution either way).
+
+    Example: anatomist generate -p "Explain photosynthesis in one sentence." --spec mtp --head runs/head
+    """
     import time
 
     import torch

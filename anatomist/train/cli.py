@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from anatomist.data.cli import on_bad_row_option
 from anatomist.errors import AnatomistError
 from anatomist.models.loading import DEFAULT_MODEL
 from anatomist.options import default
@@ -56,15 +57,17 @@ def dpo(
                                    help="Checkpoint every N steps (resume by rerunning)."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Where cached states and reference log-probs go."),
     data_format: str = typer.Option("auto", "--format", help="Data format (auto-detected by default)."),
-    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Skip invalid rows (reported) instead of failing."),
+    on_bad_row: str = on_bad_row_option(),
+    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", hidden=True,
+                                       help="Deprecated: --on-bad-row skip."),
 ) -> None:
     """Train a policy with DPO (optionally shaped by an audit); rerunning the same command resumes.
 
-    Example: anatomist dpo --data runs/organism/train.jsonl --out runs/dpo_plain --train-layers 4
+    Example: anatomist dpo --data runs/organism/train.jsonl --out runs/dpo --train-layers 4
 
-    Shaped: anatomist dpo --data D --out runs/dpo_shaped --audit runs/audit --lam 3=-1.0 --token-filter 3:2.0
+    Shaped: anatomist dpo --data runs/organism/train.jsonl --out runs/dpo_shaped --audit runs/audit --lam 3=-1.0 --token-filter 3:2.0
     """
-    from anatomist.data import load_pairs
+    from anatomist.data.cli import read_pairs
     from anatomist.models.loading import load
     from anatomist.shape.pairs import plain
     from anatomist.shape.recipe import Recipe, apply
@@ -78,7 +81,7 @@ def dpo(
                              inoculate=inoculate, inoculate_text=inoculate_text, drop_extreme=drop_extreme, steer=steer)
     if not recipe.is_plain and audit_dir is None:
         raise AnatomistError("--lam, --token-filter, --inoculate, --drop-extreme and --steer need --audit DIR")
-    pairs = load_pairs(data, format=data_format, limit=limit, on_bad_row="skip" if skip_bad_rows else "error")
+    pairs = read_pairs(data, format=data_format, limit=limit, on_bad_row="skip" if skip_bad_rows else on_bad_row)
     loaded = load(model)
     # With an audit, the Shaped value carries the steering and the leakage deltas (anatomist.train.dpo doc).
     shaped = plain(pairs) if audit_dir is None else apply(recipe, pairs, audit_dir, tokenizer=loaded.tokenizer,
