@@ -32,8 +32,9 @@ at the default strength and weaker ones, against a random-label baseline from th
    (`organism.power.detection_power`; rows recomputed as the audit computes them, no forward
    pass): P(found) per planted cell and how often a subset meets issue 5's goal (recall 1,
    precision ≥ 0.8). One draw's recall says little when a cell sits near the threshold; this says
-   whether a miss is luck or a weak cell. Measured (session 7, 40 subsets per fraction 0.5 / 0.75
-   / 0.9): on the current draw, flattery/health is found in none, coding/over_formatting in 0.15 /
+   whether a miss is luck or a weak cell. Measured (session 7, this 2-core machine, seed 0, 40
+   subsets per fraction 0.5 / 0.75 / 0.9; a draw differs between machines, issue 20): on that
+   session's draw, flattery/health is found in none, coding/over_formatting in 0.15 /
    0.38 / 0.57, and the goal is met in none; on the older draw the goal is met in 0.25 / 0.88 /
    0.85. Pooling both draws (2× pairs per cell, a scratch audit) finds all 8 cells, at precision
    0.61: with more data the planted traits' side effects (verbosity-tracking concepts in harmful,
