@@ -23,6 +23,7 @@ from anatomist.audit.folder import (
     EXAMPLES,
     FEATURES,
     LATENTS,
+    LOGIT_LENS,
     META,
     PAIRS,
     ROWS,
@@ -118,23 +119,29 @@ def stats_note(groups: np.ndarray | None, n_pairs: int) -> dict:
             "note": f"pairs share prompts: {G} prompts for {n_pairs} pairs; CIs and se clustered by prompt"}
 
 
-def _contexts(latents, tokenizer, items, concepts, c, cfg):
+def concept_contexts(latents, units_of, concepts, c: np.ndarray, *, n_examples: int, seed: int) -> dict:
     """Activating (top c_C) and non-activating (random below-median) responses per cluster, with
-    the cluster's per-token activation Σ_f w_f a_f(t) for labelling and the report's snippets."""
-    from anatomist.audit.labels import Context
+    the cluster's per-token activation Σ_f w_f a_f(t) for labelling and the report's snippets.
 
-    rng = np.random.default_rng(cfg.seed)
-    out = {}
+    c [S, C]: concept scores per latent sequence; units_of(s) → the readable units of sequence s
+    (`labels.token_units` over its token ids), computed once per sequence however many clusters use it.
+    """
+    from anatomist.audit.labels import unit_context
+
+    rng = np.random.default_rng(seed)
+    units, out = {}, {}
     for k in range(concepts.n_clusters):
         order = np.argsort(-c[:, k], kind="stable")
         low = np.flatnonzero(c[:, k] <= np.median(c[:, k]))
-        picks = (order[:cfg.n_examples], rng.choice(low, size=min(cfg.n_examples, len(low)), replace=False))
+        picks = (order[:n_examples], rng.choice(low, size=min(n_examples, len(low)), replace=False))
         members, weights = concepts.members(k), concepts.weights[concepts.labels == k]
 
         def ctx(s):
-            acts = latents.token_acts(int(s), members) @ weights                 # [n_tokens]
-            tokens = tuple(tokenizer.decode([t]) for t in latents.tokens[s])
-            return Context(tokens, tuple(float(v) for v in acts), items[s].id, items[s].side)
+            s = int(s)
+            if s not in units:
+                units[s] = units_of(s)
+            acts = latents.token_acts(s, members) @ weights                     # [n_tokens]
+            return unit_context(units[s], acts, latents.ids[s], latents.sides[s])
         out[k] = tuple([ctx(s) for s in group] for group in picks)
     return out
 
@@ -143,7 +150,8 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
               model_name: str = "", sae_path: str = "", data_path: str = "", progress: bool = True) -> Path:
     """Audit preference `pairs` with `sae` on `model`; write the tables and the report into `out`.
     data_path (recorded in audit.json) lets later stages find the audited file."""
-    from anatomist.audit.labels import label_clusters
+    from anatomist.audit.labels import label_clusters, token_units
+    from anatomist.audit.lens import concept_lens
     from anatomist.audit.length import write_length_tables
 
     out = Path(out)
@@ -184,9 +192,11 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
     timings["stats_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    contexts = _contexts(latents, tokenizer, items, concepts, c, cfg)
+    contexts = concept_contexts(latents, lambda s: token_units(latents.tokens[s], tokenizer.decode), concepts, c,
+                                n_examples=cfg.n_examples, seed=cfg.seed)
     labels = label_clusters(contexts, labeller=cfg.labeller, seed=cfg.seed, progress=progress,
                             **cfg.labeller_kwargs)
+    lens = concept_lens(model, tokenizer.decode, sae.decoder_directions(), concepts)
     timings["labels_s"] = time.perf_counter() - t
 
     overall = rows[rows.topic == "all"].set_index("cluster")
@@ -200,6 +210,7 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
         "mean_delta": overall.loc[np.arange(concepts.n_clusters), "mean"].to_numpy(),
         "q": overall.loc[np.arange(concepts.n_clusters), "q"].to_numpy(),
         "direction": overall.loc[np.arange(concepts.n_clusters), "direction"].to_numpy(),
+        LOGIT_LENS: lens,
     })
     P, C = delta_c.shape
     pair_table = pd.DataFrame({
