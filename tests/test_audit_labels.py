@@ -354,9 +354,8 @@ def test_unit_context_takes_the_peak_of_its_tokens():
     assert ctx.tokens == (" Par", "!") and ctx.acts == (2.0, 0.1)
 
 
-@pytest.mark.parametrize("target,spelled", [(" 🎉🎉 party", "🎉"), (" большое спасибо", "спасибо"),
-                                            ("非常谢谢你", "谢")])
-def test_label_spells_emoji_and_non_latin_words(smol_tokenizer, target, spelled):
+@pytest.mark.parametrize("target", [" 🎉🎉", " большое спасибо", "非常谢谢你"])
+def test_label_spells_emoji_and_non_latin_words(smol_tokenizer, target):
     """On the default tokenizer these split into byte pieces (emoji, CJK) or one-letter tokens
     (Cyrillic); the label built from decoded units spells them."""
     tok, rng = smol_tokenizer, np.random.default_rng(0)
@@ -371,7 +370,10 @@ def test_label_spells_emoji_and_non_latin_words(smol_tokenizer, target, spelled)
     assert any("\ufffd" in tok.decode([t]) or len(tok.decode([t]).strip()) == 1 for t in enc(target))
     lab = label_clusters({0: ([context(i, True) for i in range(20)], [context(i, False) for i in range(20)])},
                          progress=False)[0]
-    assert lab.status == "ok" and spelled in lab.text and "\ufffd" not in lab.text
+    assert lab.status == "ok" and "\ufffd" not in lab.text
+    words = target.lower().split()       # whole words where the script has spaces, else characters
+    spelled = (lambda g: set(g.split()) <= set(words)) if len(words) > 1 else (lambda g: g in words[0])  # noqa: E731
+    assert all(spelled(g) for g in lab.text.split(", ")), lab.text
     assert lab.detection_acc >= 0.9
 
 
@@ -385,3 +387,9 @@ def test_concept_name_says_why_there_is_no_name():
     assert "no label: no n-gram" in failed and "«cannot»" in failed
     assert concept_name(None, "failed: no activating contexts to label from", None, None) == \
         "[no label: no activating contexts to label from; no activating context]"
+
+
+def test_a_degenerate_run_is_cut_into_short_units():
+    ids = list(("Data" + "ka" * 40).encode())
+    units = token_units(ids, _bytes_decode, max_chars=24)
+    assert "".join(t for _, _, t in units) == "Data" + "ka" * 40 and max(len(t) for _, _, t in units) == 24

@@ -107,14 +107,15 @@ def _char_pieces(ids: Sequence[int], decode: Callable[[list[int]], str], max_tok
     return out
 
 
-def token_units(ids: Sequence[int], decode: Callable[[list[int]], str], *,
-                max_tokens: int = 8) -> list[tuple[int, int, str]]:
+def token_units(ids: Sequence[int], decode: Callable[[list[int]], str], *, max_tokens: int = 8,
+                max_chars: int = 24) -> list[tuple[int, int, str]]:
     """(first, last, text) of the readable units of a token-id sequence, in order, covering it.
 
     A unit is a run of whole characters: the token span is decoded as one (`decode`, e.g. the
     tokenizer's), so byte pieces become the emoji or letters they spell; pieces that continue a
     word (word character on both sides, no space between, not a CJK script) join it, so ' Спас'
-    'и' 'бо' is one unit ' Спасибо', and bare whitespace leads the unit after it. A piece's text is decode(previous + piece) minus
+    'и' 'бо' is one unit ' Спасибо' (grown while shorter than `max_chars`), and bare whitespace
+    leads the unit after it. A piece's text is decode(previous + piece) minus
     decode(previous), which keeps the leading space that SentencePiece-style decoders drop from a
     span's first token.
     """
@@ -128,7 +129,9 @@ def token_units(ids: Sequence[int], decode: Callable[[list[int]], str], *,
                 text = both[len(before):]
         prev = (a, b)
         last = units[-1][2] if units else ""
-        if text and last and ((_word_char(last[-1]) and _word_char(text[0])) or (not last.strip() and text.strip())):
+        word = bool(text) and bool(last) and _word_char(last[-1]) and _word_char(text[0]) \
+            and len(last.strip()) < max_chars                  # a degenerate "kakakaka…" run stays short
+        if word or (text.strip() and last and not last.strip()):
             units[-1][1], units[-1][2] = b, last + text
         else:
             units.append([a, b, text])
@@ -273,16 +276,46 @@ def _redundant(g: str, chosen: list[str]) -> bool:
     return any(words & set(c.split()) for c in chosen)
 
 
+def select_by_detection(ranked: list[str], activating: list[set[str]], non_activating: list[set[str]],
+                        top_k: int) -> list[str]:
+    """Greedy forward selection of ≤ top_k n-grams for the rule "a context activates iff it
+    contains one": each step adds the candidate (in `ranked` order on ties) that most raises the
+    balanced accuracy ½·(TPR + TNR) on the labelling contexts (each given as its set of n-grams),
+    and stops when none raises it. [] when no single n-gram beats chance (0.5)."""
+    hit_a, hit_n = np.zeros(len(activating), bool), np.zeros(len(non_activating), bool)
+    has = {g: (np.array([g in c for c in activating], bool), np.array([g in c for c in non_activating], bool))
+           for g in ranked}
+    chosen, best = [], 0.5
+    while len(chosen) < top_k:
+        scores = [(0.5 * (np.mean(hit_a | has[g][0]) + 1 - (np.mean(hit_n | has[g][1]) if len(hit_n) else 0.0)), -i, g)
+                  for i, g in enumerate(ranked) if g not in chosen and not _redundant(g, chosen)]
+        if not scores or max(scores)[0] <= best + 1e-12:
+            break
+        best, _, g = max(scores)
+        chosen.append(g)
+        hit_a, hit_n = hit_a | has[g][0], hit_n | has[g][1]
+    return chosen
+
+
 class OfflineLabeller:
-    """Label = the top `top_k` contrastive n-grams joined by ', ' (e.g. "sorry, cannot, i'm")."""
+    """Label = ≤ `top_k` contrastive n-grams joined by ', ' (e.g. "sorry, cannot, i'm").
+
+    Candidates are n-grams enriched near activation peaks (log-odds δ > 0, z ≥ z_min, near the
+    peak of ≥ min_contexts contexts). select="detection" (default) keeps the ones that together
+    best tell the labelling contexts apart under the detection rule itself (`select_by_detection`;
+    the top-δ n-gram where none beats chance), so the label is what will be scored; select="log-odds"
+    takes the top_k by δ (the labeller before issue 25: frequent words near peaks, such as "and",
+    ranked high and pulled detection to chance)."""
 
     name = "offline"
     max_heldout_per_side: int | None = None
 
     def __init__(self, *, top_k: int = 3, window: int = 2, alpha: float = 0.5, min_contexts: int = 2,
-                 z_min: float = 1.96, n_evidence: int = 10):
+                 z_min: float = 1.96, n_evidence: int = 10, select: str = "detection"):
+        if select not in ("detection", "log-odds"):
+            raise AnatomistError(f"offline labeller: select must be 'detection' or 'log-odds', got {select!r}")
         self.top_k, self.window, self.alpha, self.z_min = top_k, window, alpha, z_min
-        self.min_contexts, self.n_evidence = min_contexts, n_evidence
+        self.min_contexts, self.n_evidence, self.select = min_contexts, n_evidence, select
 
     def describe(self, activating: list[Context], non_activating: list[Context]) -> tuple[str, tuple[str, ...]]:
         if not activating:
@@ -299,7 +332,10 @@ class OfflineLabeller:
         if not ranked:
             raise LabelFailure(f"no n-gram is over-represented near activation peaks (z ≥ {self.z_min:g})")
         chosen: list[str] = []
-        for g in ranked:
+        if self.select == "detection":
+            grams = lambda cs: [{g for _, _, g in ngram_spans(c.tokens)} for c in cs]  # noqa: E731
+            chosen = select_by_detection(ranked, grams(activating), grams(non_activating), self.top_k)
+        for g in ([] if chosen else ranked):
             if len(chosen) == self.top_k:
                 break
             if not _redundant(g, chosen):
