@@ -343,6 +343,13 @@ def test_units_join_byte_pieces_and_word_pieces():
     assert [t for _, _, t in token_units([0xF0, 0x9F], _bytes_decode)] == ["\ufffd", "\ufffd"]  # never completes
 
 
+def test_units_join_contractions_not_quotes():
+    vocab = [" I", "'m", " don", "’", "t", " '", "hi", "'", " ok"]
+    decode = lambda ids: "".join(vocab[i] for i in ids)  # noqa: E731
+    assert [t for _, _, t in token_units(range(len(vocab)), decode)] == [" I'm", " don’t", " '", "hi", "'", " ok"]
+    assert [g for _, _, g in ngram_spans((" don’t",))] == ["don't"]
+
+
 def test_units_keep_the_space_a_sentencepiece_decoder_drops():
     vocab = ["▁Par", "is", "▁is", "▁nice"]
     decode = lambda ids: "".join(vocab[i] for i in ids).replace("▁", " ").lstrip()  # noqa: E731

@@ -91,6 +91,19 @@ def _word_char(ch: str) -> bool:
     return (ch.isalnum() or ch == "_" or unicodedata.category(ch).startswith("M")) and not _unspaced(ch)
 
 
+APOSTROPHES = "'’"
+
+
+def _continues(last: str, text: str, after: str) -> bool:
+    """Whether piece `text` (followed by piece `after`) continues the word `last` ends with:
+    letters on both sides with no space between, or a contraction ("don" + "’" + "t", "I" + "'m");
+    a closing quote ("hi" + "'" + " ok") does not."""
+    if _word_char(last[-1]):
+        return _word_char(text[0]) or (text[0] in APOSTROPHES and (text[1:2] or after[:1]).isalpha())
+    core = last.strip()
+    return core[-1:] in tuple(APOSTROPHES) and len(core) > 1 and _word_char(core[-2]) and text[0].isalpha()
+
+
 def _char_pieces(ids: Sequence[int], decode: Callable[[list[int]], str], max_tokens: int) -> list[tuple[int, int]]:
     """[first, last] token ranges that each decode to whole characters: a span whose decode ends in
     INCOMPLETE grows by one token, up to `max_tokens` (a 4-byte emoji can take 4 byte tokens);
@@ -114,13 +127,12 @@ def token_units(ids: Sequence[int], decode: Callable[[list[int]], str], *, max_t
     A unit is a run of whole characters: the token span is decoded as one (`decode`, e.g. the
     tokenizer's), so byte pieces become the emoji or letters they spell; pieces that continue a
     word (word character on both sides, no space between, not a CJK script) join it, so ' Спас'
-    'и' 'бо' is one unit ' Спасибо' (grown while shorter than `max_chars`), and bare whitespace
-    leads the unit after it. A piece's text is decode(previous + piece) minus
-    decode(previous), which keeps the leading space that SentencePiece-style decoders drop from a
-    span's first token.
+    'и' 'бо' is one unit ' Спасибо', ' don' '’' 't' one unit ' don’t' (a unit grows while
+    shorter than `max_chars`), and bare whitespace leads the unit after it. A piece's text is
+    decode(previous + piece) minus decode(previous), which keeps the leading space that
+    SentencePiece-style decoders drop from a span's first token.
     """
-    units: list[list] = []                # [first, last, text]
-    prev: tuple[int, int] | None = None
+    pieces, prev = [], None                # (first, last, text) of whole-character token spans
     for a, b in _char_pieces(ids, decode, max_tokens):
         text = decode(list(ids[a:b + 1]))
         if prev is not None:
@@ -128,9 +140,11 @@ def token_units(ids: Sequence[int], decode: Callable[[list[int]], str], *, max_t
             if both.startswith(before) and not both.endswith(INCOMPLETE):
                 text = both[len(before):]
         prev = (a, b)
-        last = units[-1][2] if units else ""
-        word = bool(text) and bool(last) and _word_char(last[-1]) and _word_char(text[0]) \
-            and len(last.strip()) < max_chars                  # a degenerate "kakakaka…" run stays short
+        pieces.append((a, b, text))
+    units: list[list] = []                # [first, last, text]
+    for i, (a, b, text) in enumerate(pieces):
+        last, after = units[-1][2] if units else "", pieces[i + 1][2] if i + 1 < len(pieces) else ""
+        word = bool(text) and bool(last) and len(last.strip()) < max_chars and _continues(last, text, after)
         if word or (text.strip() and last and not last.strip()):
             units[-1][1], units[-1][2] = b, last + text
         else:
@@ -218,14 +232,14 @@ def _is_content(token: str) -> bool:
 def ngram_spans(tokens: tuple[str, ...]) -> list[tuple[int, int, str]]:
     """(first, last, text) of every unigram and bigram of content tokens (not pure punctuation,
     whitespace or special tokens). Text is the tokens concatenated as decoded (so subword pieces
-    re-join: ' Par'+'is' → 'paris'), lower-cased, whitespace-collapsed; n-grams with a comma are
+    re-join: ' Par'+'is' → 'paris'), lower-cased, ’ as ', whitespace-collapsed; n-grams with a comma are
     dropped because labels join n-grams with ', '."""
     ok = [_is_content(t) for t in tokens]
     spans = []
     for i in range(len(tokens)):
         for j in (i, i + 1):
             if j < len(tokens) and ok[i] and ok[j]:
-                g = " ".join("".join(tokens[i:j + 1]).lower().split())
+                g = " ".join("".join(tokens[i:j + 1]).lower().replace("’", "'").split())
                 if "," not in g:
                     spans.append((i, j, g))
     return spans
