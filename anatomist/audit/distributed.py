@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--topk", type=int, default=16, help="k of --pooling topk")
     p.add_argument("--topics", type=int, default=None)
     p.add_argument("--topic-method", default="kmeans")
-    p.add_argument("--topic-embedder", default="minilm", help="'minilm' (as `anatomist audit`) or 'model'")
+    p.add_argument("--topic-embedder", default="model")
     p.add_argument("--topic-column", default=None)
     p.add_argument("--leiden-backend", default="sknetwork")
     p.add_argument("--resolution", type=float, default=4.0)

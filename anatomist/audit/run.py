@@ -32,6 +32,8 @@ from anatomist.audit.folder import (
     write_table,
 )
 from anatomist.audit.graph import LEIDEN_BACKENDS
+from anatomist.audit.labels import token_units
+from anatomist.audit.lens import concept_lens
 from anatomist.audit.pool import POOLINGS, pool_features
 from anatomist.audit.rows import topic_cluster_rows
 from anatomist.audit.stats import prompt_clusters
@@ -158,8 +160,7 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
               model_name: str = "", sae_path: str = "", data_path: str = "", progress: bool = True) -> Path:
     """Audit preference `pairs` with `sae` on `model`; write the tables and the report into `out`.
     data_path (recorded in audit.json) lets later stages find the audited file."""
-    from anatomist.audit.labels import label_clusters, token_units
-    from anatomist.audit.lens import concept_lens
+    from anatomist.audit.labels import label_clusters
     from anatomist.audit.length import write_length_tables
 
     out = Path(out)
