@@ -48,7 +48,7 @@ def _top_rows(folder: Path, n: int = 5) -> Table:
         table.add_column(col)
     top = pd.concat([rows[rows.topic != "all"].head(n), rows[rows.topic == "all"].head(n)])
     for r in top.itertuples():
-        table.add_row(str(r.topic), f"C{r.cluster} {audit.labels.get(r.cluster) or '(unlabelled)'}", str(r.n),
+        table.add_row(str(r.topic), f"C{r.cluster} {audit.name(r.cluster)}", str(r.n),
                       f"{r.mean:+.2f}", f"{r.d:+.2f}", f"{r.q:.1e}", r.direction)
     return table
 

@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from anatomist.audit.labels import (LABELLERS, Context, OfflineLabeller, highlight, label_clusters, log_odds,
-                                    ngram_spans, peak_counts, render)
+from anatomist.audit.labels import (LABELLERS, Context, OfflineLabeller, concept_name, highlight, label_clusters,
+                                    log_odds, ngram_spans, peak_counts, render, token_units, unit_context)
 from anatomist.audit.labels_llm import LabelFailure, check_endpoint, parse_label, parse_numbers
 from anatomist.errors import AnatomistError
 
@@ -325,3 +325,78 @@ def test_parse_label_and_numbers():
     assert parse_numbers("<think>1 2 3</think>4", 4) == {4}
     with pytest.raises(LabelFailure):
         parse_numbers("I am not sure.", 4)
+
+
+# ---------------------------------------------------------------- readable units and names
+
+def _bytes_decode(ids):
+    """A byte-level 'tokenizer': every token is one UTF-8 byte."""
+    return bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_units_join_byte_pieces_and_word_pieces():
+    ids = list(" Hi 🎉! Спасибо 谢谢".encode())
+    units = token_units(ids, _bytes_decode)
+    assert [t for _, _, t in units] == [" Hi", " 🎉", "!", " Спасибо", " 谢", "谢"]
+    assert [(a, b) for a, b, _ in units][:3] == [(0, 2), (3, 7), (8, 8)]          # the emoji is bytes 4..7
+    assert all(b + 1 == a for (_, b, _), (a, _, _) in zip(units, units[1:])) and units[-1][1] == len(ids) - 1
+    assert [t for _, _, t in token_units([0xF0, 0x9F], _bytes_decode)] == ["\ufffd", "\ufffd"]  # never completes
+
+
+def test_units_join_contractions_not_quotes():
+    vocab = [" I", "'m", " don", "’", "t", " '", "hi", "'", " ok"]
+    decode = lambda ids: "".join(vocab[i] for i in ids)  # noqa: E731
+    assert [t for _, _, t in token_units(range(len(vocab)), decode)] == [" I'm", " don’t", " '", "hi", "'", " ok"]
+    assert [g for _, _, g in ngram_spans((" don’t",))] == ["don't"]
+
+
+def test_units_keep_the_space_a_sentencepiece_decoder_drops():
+    vocab = ["▁Par", "is", "▁is", "▁nice"]
+    decode = lambda ids: "".join(vocab[i] for i in ids).replace("▁", " ").lstrip()  # noqa: E731
+    assert [t for _, _, t in token_units([0, 1, 2, 3], decode)] == ["Paris", " is", " nice"]
+
+
+def test_unit_context_takes_the_peak_of_its_tokens():
+    ctx = unit_context([(0, 1, " Par"), (2, 2, "!")], [0.5, 2.0, 0.1], "r", "chosen")
+    assert ctx.tokens == (" Par", "!") and ctx.acts == (2.0, 0.1)
+
+
+@pytest.mark.parametrize("target", [" 🎉🎉", " большое спасибо", "非常谢谢你"])
+def test_label_spells_emoji_and_non_latin_words(smol_tokenizer, target):
+    """On the default tokenizer these split into byte pieces (emoji, CJK) or one-letter tokens
+    (Cyrillic); the label built from decoded units spells them."""
+    tok, rng = smol_tokenizer, np.random.default_rng(0)
+    enc = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+
+    def context(i, with_target):
+        before, after = enc("".join(_filler(rng, 6))), enc("".join(_filler(rng, 6)))
+        mid = enc(target) if with_target else []
+        ids = before + mid + after
+        acts = [0.0] * len(before) + [2.0] * len(mid) + [0.0] * len(after)
+        return unit_context(token_units(ids, tok.decode), acts, f"{with_target}{i}", "chosen")
+    assert any("\ufffd" in tok.decode([t]) or len(tok.decode([t]).strip()) == 1 for t in enc(target))
+    lab = label_clusters({0: ([context(i, True) for i in range(20)], [context(i, False) for i in range(20)])},
+                         progress=False)[0]
+    assert lab.status == "ok" and "\ufffd" not in lab.text
+    words = target.lower().split()       # whole words where the script has spaces, else characters
+    spelled = (lambda g: set(g.split()) <= set(words)) if len(words) > 1 else (lambda g: g in words[0])  # noqa: E731
+    assert all(spelled(g) for g in lab.text.split(", ")), lab.text
+    assert lab.detection_acc >= 0.9
+
+
+def test_concept_name_says_why_there_is_no_name():
+    top = _ctx([" I", " cannot", " help", "."], [0.0, 2.0, 0.2, 0.0])
+    assert concept_name("sorry, cannot", "ok", 0.9, top) == "sorry, cannot"
+    low = concept_name("in", "ok", 0.5, top)
+    assert low.startswith("“I «cannot» help.”") and "detects only 0.50 < 0.75" in low
+    assert "unscored: too few contexts" in concept_name("in", "ok", None, top)
+    failed = concept_name(None, "failed: no n-gram is over-represented near activation peaks (z ≥ 1.96)", None, top)
+    assert "no label: no n-gram" in failed and "«cannot»" in failed
+    assert concept_name(None, "failed: no activating contexts to label from", None, None) == \
+        "[no label: no activating contexts to label from; no activating context]"
+
+
+def test_a_degenerate_run_is_cut_into_short_units():
+    ids = list(("Data" + "ka" * 40).encode())
+    units = token_units(ids, _bytes_decode, max_chars=24)
+    assert "".join(t for _, _, t in units) == "Data" + "ka" * 40 and max(len(t) for _, _, t in units) == 24

@@ -46,6 +46,7 @@ def make_fake_audit(out: Path, malicious: bool = True, n_pairs: int = 48, n_clus
         "features": [list(range(k * 10, k * 10 + 3 * k + 2)) for k in range(n_clusters)],
         "mean_delta": overall["mean"].to_numpy(), "q": overall["q"].to_numpy(),
         "direction": overall["direction"].to_numpy(),
+        "logit_lens": [[" cat", "🎉", SCRIPT if malicious else "x"]] * n_clusters,
     }).to_parquet(out / "clusters.parquet", index=False)
     rows.to_parquet(out / "rows.parquet", index=False)
     n_tokens = rng.integers(20, 60, size=(n_pairs, 2))                          # chosen, rejected
@@ -158,7 +159,11 @@ def test_sections_tables_and_plots_present(rendered):
     assert 'id="cluster-0"' in page and 'href="#cluster-0"' in page
     assert "abc123" in page and "tiny-model" in page
     assert "<details" in page and 'class="snippet"' in page
-    assert "concept 1 &amp; friends" in page and "(unlabelled)" in page  # a failed labeller leaves None
+    assert "concept 1 &amp; friends" in page and "(unlabelled)" not in page
+    # a label below MIN_NAME_ACC and a missing one name their top context and say why
+    assert "detects only 0.70 &lt; 0.75]" in page and "no label: none given]" in page
+    assert "label: concept 2 &amp; friends" in page                              # the weak label stays visible
+    assert "logit lens (top output tokens of the decoder direction): cat · 🎉" in page
 
 
 def test_csp_never_allows_page_text(tmp_path, monkeypatch):

@@ -93,6 +93,9 @@ def test_the_folder_reader_takes_every_table_run_audit_writes(audited):
     assert audit.n_tokens.shape == (len(pairs), 2) and len(audit.latents.tokens) == 2 * len(pairs)
     assert audit.topic(pairs[0].id) == pairs[0].extra["topic"]
     assert audit.check_data(pairs[5:9]) == pairs[5:9] and audit.check_data(pairs, complete=True) == pairs
+    # every concept has a readable name and its logit lens (top output tokens, decoded, non-empty)
+    assert all(audit.names[k].strip() for k in range(audit.n_clusters)) and set(audit.lenses) == set(audit.names)
+    assert all(0 < len(t) <= 8 and all(isinstance(x, str) and x.strip() for x in t) for t in audit.lenses.values())
 
 
 def test_audit_finds_the_planted_confound(audited):

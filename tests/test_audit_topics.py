@@ -68,3 +68,25 @@ def test_minilm_embeddings_separate_real_topics():
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     topics = prompt_topics(emb, texts, k=3)
     assert _same_partition(topics.labels, truth)
+
+
+def test_topic_names_have_no_stop_words_on_real_prompts(shared_data):
+    """HH-RLHF prompts are full of chat filler ("I want to know what you think, don't you?"); the
+    model-residual topics of an HH audit were named "people / think / want / don"."""
+    from anatomist.audit.run import prompt_text
+    from anatomist.audit.topics import CHAT_FILLER, stop_words
+    from anatomist.data import load_pairs
+
+    texts = [prompt_text(p) for p in load_pairs(shared_data / "hh-rlhf-harmless-base-test-dev.jsonl.gz", limit=200,
+                                                on_bad_row="skip")]
+    names = distinctive_words(texts, np.arange(len(texts)) % 3)           # topics of mixed prompts: filler-heavy
+    words = [w for n in names for w in n.split(" / ")]
+    assert len(words) == 12 and not set(words) & stop_words() and {"want", "think", "don"} <= CHAT_FILLER
+    assert all(w.isalpha() and w == w.lower() for w in words)
+
+
+def test_content_words_drop_contractions_and_keep_possessive_stems():
+    from anatomist.audit.topics import content_words
+
+    text = "Don't you think Trump's wall is BIG? I'm sure it’s a wall"
+    assert content_words(text, frozenset({"is", "a", "it"})) == ["you", "think", "trump", "wall", "big", "sure", "wall"]

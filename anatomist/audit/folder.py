@@ -9,7 +9,9 @@ columns below (`write_table` checks them); every other stage reads it through `A
                           its presence marks a finished audit)
     rows.parquet          one row per (topic, cluster) + dataset-wide rows (rows.py)
     features.parquet      per-feature pair statistics (dataset-wide), for features with enough support
-    clusters.parquet      one row per concept cluster: members, label, detection accuracy, Δc summary
+    clusters.parquet      one row per concept cluster: members, label, detection accuracy, Δc summary,
+                          and the logit lens of its decoder direction (LOGIT_LENS; audits from
+                          before it lack the column)
     pairs.parquet         per (pair, cluster), pair-major: pair id, topic, c(y⁺), c(y⁻), Δc, and the
                           pair's text hash (`anatomist.data.text_hash`; audits from before it lack it)
     length.parquet        response length (log tokens, chosen − rejected) per topic, tested like a
@@ -53,6 +55,7 @@ SCORE = "score.json"
 
 LENGTH = -1                # the cluster id that stands for response length wherever rows are mixed
 TEXT_HASH = "text_hash"    # pairs.parquet: `anatomist.data.text_hash` of the pair, repeated per cluster
+LOGIT_LENS = "logit_lens"  # clusters.parquet: the concept's top output tokens (`anatomist.audit.lens`), a list
 
 _ROW_COLUMNS = ("topic", "topic_id", "cluster", "n", "mean", "d", "z", "ci_low", "ci_high", "split_half", "q",
                 "excess", "tested", "direction", "rank_score")
@@ -357,6 +360,36 @@ class AuditFolder:
         """The cluster's label ("" where the labeller gave none; "long responses" for LENGTH)."""
         c = self.check_cluster(cluster)
         return "long responses" if c == LENGTH else self.labels.get(c, "")
+
+    @cached_property
+    def names(self) -> dict[int, str]:
+        """{cluster: what a person reads for it} (`labels.concept_name`): the label where held-out
+        detection trusts it, else the top activating context and why there is no name — never blank."""
+        from anatomist.audit.labels import Context, concept_name
+
+        examples = self.examples if self.has(EXAMPLES) else {}
+        out = {}
+        for c, status, acc in zip(self.clusters["cluster"], self.clusters["label_status"],
+                                  self.clusters["detection_acc"]):
+            contexts = examples.get(str(int(c)), {}).get("activating", [])
+            top = max((Context(tuple(x["tokens"]), tuple(x["acts"]), x["record_id"], x["side"]) for x in contexts),
+                      key=lambda x: x.peak, default=None)
+            out[int(c)] = concept_name(self.labels[int(c)] or None, str(status),
+                                       None if acc is None or acc != acc else float(acc), top)
+        return out
+
+    def name(self, cluster: int) -> str:
+        """The cluster's readable name (`names`; "long responses" for LENGTH)."""
+        c = self.check_cluster(cluster)
+        return self.label(c) if c == LENGTH else self.names[c]
+
+    @cached_property
+    def lenses(self) -> dict[int, list[str]]:
+        """{cluster: its logit-lens tokens}, {} for an audit written before them."""
+        if LOGIT_LENS not in self.clusters.columns:
+            return {}
+        return {int(c): [] if v is None else [str(t) for t in v]
+                for c, v in zip(self.clusters["cluster"], self.clusters[LOGIT_LENS])}
 
     def check_cluster(self, cluster: int) -> int:
         if int(cluster) == LENGTH:

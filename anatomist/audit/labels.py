@@ -16,6 +16,15 @@ and `detect(text, mix) -> (predicted [bool], evidence)`; both raise `LabelFailur
            z-filtered); detection: a context is predicted activating iff it contains a label n-gram.
   openai   any OpenAI-compatible /chat/completions endpoint (wire in labels_llm.py); loopback only
            unless allow_remote=True.
+Both see the same contexts and are scored by the same `label_one`, so their accuracies compare.
+
+Contexts are made of readable units, not tokenizer pieces (`token_units`): a byte-level BPE splits
+an emoji or a CJK character over several tokens whose single decodes are '\ufffd', and a Cyrillic
+word over many one-letter tokens; decoding each unit's token-id span with the tokenizer gives the
+characters and words a person reads, so n-gram labels spell them.
+
+A person reads `concept_name`: the label where held-out detection trusts it, otherwise why not
+and the top context.
 """
 
 from __future__ import annotations
@@ -23,8 +32,10 @@ from __future__ import annotations
 import math
 import os
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -34,13 +45,14 @@ from anatomist.errors import AnatomistError
 from anatomist.progress import progress_bar
 
 __all__ = ["Context", "Label", "LABELLERS", "OfflineLabeller", "OpenAILabeller", "LabelFailure", "highlight",
-           "render", "ngram_spans", "log_odds", "log_odds_z", "label_clusters"]
+           "render", "ngram_spans", "log_odds", "log_odds_z", "label_clusters", "token_units", "unit_context",
+           "concept_name", "MIN_NAME_ACC"]
 
 
 @dataclass(frozen=True)
 class Context:
-    tokens: tuple[str, ...]     # response tokens as display strings (leading spaces kept)
-    acts: tuple[float, ...]     # the concept's activation per token (>= 0), same length
+    tokens: tuple[str, ...]     # response units as display strings (leading spaces kept; `token_units`)
+    acts: tuple[float, ...]     # the concept's activation per unit (>= 0, max over its tokens), same length
     record_id: str
     side: str                   # "chosen" | "rejected"
 
@@ -61,6 +73,92 @@ class Label:
     detection_acc: float | None # held-out accuracy on a balanced mix; None if not scored
     n_heldout: int              # size of that mix (both sides together)
     evidence: tuple[str, ...]   # contrastive n-grams with log-odds, or the LLM's raw answers (truncated)
+
+
+# ---------------------------------------------------------------- readable units
+
+INCOMPLETE = "\ufffd"   # what a tokenizer decodes a partial UTF-8 character to
+
+
+def _unspaced(ch: str) -> bool:
+    # Scripts written without spaces (Han, kana, CJK punctuation): joining their runs into one
+    # "word" would make a whole sentence one n-gram; each character group stays its own unit.
+    o = ord(ch)
+    return 0x2E80 <= o <= 0x9FFF or 0xF900 <= o <= 0xFAFF or 0xFF00 <= o <= 0xFFEF or 0x20000 <= o <= 0x3FFFF
+
+
+def _word_char(ch: str) -> bool:
+    return (ch.isalnum() or ch == "_" or unicodedata.category(ch).startswith("M")) and not _unspaced(ch)
+
+
+APOSTROPHES = "'’"
+
+
+def _continues(last: str, text: str, after: str) -> bool:
+    """Whether piece `text` (followed by piece `after`) continues the word `last` ends with:
+    letters on both sides with no space between, or a contraction ("don" + "’" + "t", "I" + "'m");
+    a closing quote ("hi" + "'" + " ok") does not."""
+    if _word_char(last[-1]):
+        return _word_char(text[0]) or (text[0] in APOSTROPHES and (text[1:2] or after[:1]).isalpha())
+    core = last.strip()
+    return core[-1:] in tuple(APOSTROPHES) and len(core) > 1 and _word_char(core[-2]) and text[0].isalpha()
+
+
+def _char_pieces(ids: Sequence[int], decode: Callable[[list[int]], str], max_tokens: int) -> list[tuple[int, int]]:
+    """[first, last] token ranges that each decode to whole characters: a span whose decode ends in
+    INCOMPLETE grows by one token, up to `max_tokens` (a 4-byte emoji can take 4 byte tokens);
+    bytes that never complete stay single tokens."""
+    out, i, n = [], 0, len(ids)
+    while i < n:
+        j = i
+        while decode(list(ids[i:j + 1])).endswith(INCOMPLETE) and j + 1 < n and j - i + 1 < max_tokens:
+            j += 1
+        if decode(list(ids[i:j + 1])).endswith(INCOMPLETE):
+            j = i
+        out.append((i, j))
+        i = j + 1
+    return out
+
+
+def token_units(ids: Sequence[int], decode: Callable[[list[int]], str], *, max_tokens: int = 8,
+                max_chars: int = 24) -> list[tuple[int, int, str]]:
+    """(first, last, text) of the readable units of a token-id sequence, in order, covering it.
+
+    A unit is a run of whole characters: the token span is decoded as one (`decode`, e.g. the
+    tokenizer's), so byte pieces become the emoji or letters they spell; pieces that continue a
+    word (word character on both sides, no space between, not a CJK script) join it, so ' Спас'
+    'и' 'бо' is one unit ' Спасибо', ' don' '’' 't' one unit ' don’t' (a unit grows while
+    shorter than `max_chars`), and bare whitespace leads the unit after it. A piece's text is
+    decode(previous + piece) minus decode(previous), which keeps the leading space that
+    SentencePiece-style decoders drop from a span's first token.
+    """
+    pieces, prev = [], None                # (first, last, text) of whole-character token spans
+    for a, b in _char_pieces(ids, decode, max_tokens):
+        text = decode(list(ids[a:b + 1]))
+        if prev is not None:
+            before, both = decode(list(ids[prev[0]:prev[1] + 1])), decode(list(ids[prev[0]:b + 1]))
+            if both.startswith(before) and not both.endswith(INCOMPLETE):
+                text = both[len(before):]
+        prev = (a, b)
+        pieces.append((a, b, text))
+    units: list[list] = []                # [first, last, text]
+    for i, (a, b, text) in enumerate(pieces):
+        last, after = units[-1][2] if units else "", pieces[i + 1][2] if i + 1 < len(pieces) else ""
+        word = bool(text) and bool(last) and len(last.strip()) < max_chars and _continues(last, text, after)
+        if word or (text.strip() and last and not last.strip()):
+            units[-1][1], units[-1][2] = b, last + text
+        else:
+            units.append([a, b, text])
+    return [(a, b, t) for a, b, t in units]
+
+
+def unit_context(units: list[tuple[int, int, str]], acts: Sequence[float], record_id: str, side: str) -> Context:
+    """A Context over readable units (`token_units`) from per-token activations acts [n_tokens]:
+    each unit carries the largest activation of its tokens (its peak is the concept's there)."""
+    acts = np.asarray(acts, dtype=np.float64)
+    assert not units or units[-1][1] < len(acts), "units cover more tokens than there are activations"
+    return Context(tuple(t for _, _, t in units), tuple(float(acts[a:b + 1].max()) for a, b, _ in units),
+                   record_id, side)
 
 
 # ---------------------------------------------------------------- snippets
@@ -90,27 +188,58 @@ def render(pairs: list[tuple[str, float]], *, mark_frac: float = 0.5, marks: boo
     return "".join(out)
 
 
+# Below this held-out detection accuracy a label is not shown as the concept's name: on the usual
+# 6 + 6 held-out mix, chance reaches 0.75 with p ≈ 0.07, and the stray n-grams of real audits
+# ("in", "f, s") sit below it.
+MIN_NAME_ACC = 0.75
+
+
+def concept_name(text: str | None, status: str, detection_acc: float | None, top: Context | None, *,
+                 min_acc: float = MIN_NAME_ACC, max_tokens: int = 8) -> str:
+    """The name a person reads for a concept: its label where held-out detection reached
+    `min_acc`; otherwise the top context's peak (`top`, «marked») and, in brackets, why there is
+    no name (no label and the labeller's reason, low detection accuracy, too few contexts to score)."""
+    scored = detection_acc is not None and detection_acc == detection_acc     # NaN: unscored
+    if text and status == "ok" and scored and detection_acc >= min_acc:
+        return text
+    if text and status == "ok" and not scored:
+        why = "label unscored: too few contexts to hold out"
+    elif text and scored:
+        why = f"label “{text}” detects only {detection_acc:.2f} < {min_acc:g}"
+    elif text:
+        why = f"label “{text}” unscored: {status.removeprefix('failed: ')}"
+    else:
+        why = "no label: " + (status.removeprefix("failed: ") if status.startswith("failed: ") else "none given")
+    if top is None or not top.tokens:
+        return f"[{why}; no activating context]"
+    snippet = " ".join(render(highlight(top, max_tokens)).split())
+    return f"“{snippet}” [{why}]"
+
+
 # ---------------------------------------------------------------- offline labeller
 
 _SPECIAL = re.compile(r"^<\|?[^<>]*\|?>$")  # <|im_end|>, <s>, </s>, <pad>
 
 
 def _is_content(token: str) -> bool:
+    # Letters and digits of any script, and symbols such as emoji (category So); never a lone
+    # undecodable byte piece.
     t = token.strip()
-    return bool(t) and not _SPECIAL.match(t) and re.search(r"\w", t) is not None
+    return (bool(t) and not _SPECIAL.match(t) and INCOMPLETE not in t
+            and any(ch.isalnum() or unicodedata.category(ch) == "So" for ch in t))
 
 
 def ngram_spans(tokens: tuple[str, ...]) -> list[tuple[int, int, str]]:
     """(first, last, text) of every unigram and bigram of content tokens (not pure punctuation,
     whitespace or special tokens). Text is the tokens concatenated as decoded (so subword pieces
-    re-join: ' Par'+'is' → 'paris'), lower-cased, whitespace-collapsed; n-grams with a comma are
+    re-join: ' Par'+'is' → 'paris'), lower-cased, ’ as ', whitespace-collapsed; n-grams with a comma are
     dropped because labels join n-grams with ', '."""
     ok = [_is_content(t) for t in tokens]
     spans = []
     for i in range(len(tokens)):
         for j in (i, i + 1):
             if j < len(tokens) and ok[i] and ok[j]:
-                g = " ".join("".join(tokens[i:j + 1]).lower().split())
+                g = " ".join("".join(tokens[i:j + 1]).lower().replace("’", "'").split())
                 if "," not in g:
                     spans.append((i, j, g))
     return spans
@@ -161,16 +290,46 @@ def _redundant(g: str, chosen: list[str]) -> bool:
     return any(words & set(c.split()) for c in chosen)
 
 
+def select_by_detection(ranked: list[str], activating: list[set[str]], non_activating: list[set[str]],
+                        top_k: int) -> list[str]:
+    """Greedy forward selection of ≤ top_k n-grams for the rule "a context activates iff it
+    contains one": each step adds the candidate (in `ranked` order on ties) that most raises the
+    balanced accuracy ½·(TPR + TNR) on the labelling contexts (each given as its set of n-grams),
+    and stops when none raises it. [] when no single n-gram beats chance (0.5)."""
+    hit_a, hit_n = np.zeros(len(activating), bool), np.zeros(len(non_activating), bool)
+    has = {g: (np.array([g in c for c in activating], bool), np.array([g in c for c in non_activating], bool))
+           for g in ranked}
+    chosen, best = [], 0.5
+    while len(chosen) < top_k:
+        scores = [(0.5 * (np.mean(hit_a | has[g][0]) + 1 - (np.mean(hit_n | has[g][1]) if len(hit_n) else 0.0)), -i, g)
+                  for i, g in enumerate(ranked) if g not in chosen and not _redundant(g, chosen)]
+        if not scores or max(scores)[0] <= best + 1e-12:
+            break
+        best, _, g = max(scores)
+        chosen.append(g)
+        hit_a, hit_n = hit_a | has[g][0], hit_n | has[g][1]
+    return chosen
+
+
 class OfflineLabeller:
-    """Label = the top `top_k` contrastive n-grams joined by ', ' (e.g. "sorry, cannot, i'm")."""
+    """Label = ≤ `top_k` contrastive n-grams joined by ', ' (e.g. "sorry, cannot, i'm").
+
+    Candidates are n-grams enriched near activation peaks (log-odds δ > 0, z ≥ z_min, near the
+    peak of ≥ min_contexts contexts). select="detection" (default) keeps the ones that together
+    best tell the labelling contexts apart under the detection rule itself (`select_by_detection`;
+    the top-δ n-gram where none beats chance), so the label is what will be scored; select="log-odds"
+    takes the top_k by δ (the labeller before issue 25: frequent words near peaks, such as "and",
+    ranked high and pulled detection to chance)."""
 
     name = "offline"
     max_heldout_per_side: int | None = None
 
     def __init__(self, *, top_k: int = 3, window: int = 2, alpha: float = 0.5, min_contexts: int = 2,
-                 z_min: float = 1.96, n_evidence: int = 10):
+                 z_min: float = 1.96, n_evidence: int = 10, select: str = "detection"):
+        if select not in ("detection", "log-odds"):
+            raise AnatomistError(f"offline labeller: select must be 'detection' or 'log-odds', got {select!r}")
         self.top_k, self.window, self.alpha, self.z_min = top_k, window, alpha, z_min
-        self.min_contexts, self.n_evidence = min_contexts, n_evidence
+        self.min_contexts, self.n_evidence, self.select = min_contexts, n_evidence, select
 
     def describe(self, activating: list[Context], non_activating: list[Context]) -> tuple[str, tuple[str, ...]]:
         if not activating:
@@ -187,7 +346,10 @@ class OfflineLabeller:
         if not ranked:
             raise LabelFailure(f"no n-gram is over-represented near activation peaks (z ≥ {self.z_min:g})")
         chosen: list[str] = []
-        for g in ranked:
+        if self.select == "detection":
+            grams = lambda cs: [{g for _, _, g in ngram_spans(c.tokens)} for c in cs]  # noqa: E731
+            chosen = select_by_detection(ranked, grams(activating), grams(non_activating), self.top_k)
+        for g in ([] if chosen else ranked):
             if len(chosen) == self.top_k:
                 break
             if not _redundant(g, chosen):

@@ -40,8 +40,13 @@ def render_report(audit_dir: Path) -> Path:
     return out
 
 
+def lens_text(tokens: list[str]) -> str:
+    return " · ".join(t.strip() for t in tokens)
+
+
 def label_of(audit: AuditFolder, k: int) -> str:
-    return audit.label(k) or "(unlabelled)"
+    """The concept's readable name (`AuditFolder.name`): its label, or its top context and why not."""
+    return audit.name(k)
 
 
 # -- plots (plotly figures as plain dicts, drawn by the inlined plotly.js) -----------------------
@@ -124,6 +129,7 @@ def concept_graph(audit: AuditFolder, threshold: float = 0.3, per_node: int = 3)
     info = audit.clusters.set_index("cluster").loc[clusters]
     size = 8 + 22 * np.sqrt(info["n_features"].to_numpy() / max(1, info["n_features"].max()))
     hover = [f"C{c}: {esc(short(label_of(audit, c), 60))}<br>{n} features · Δ̄={num(m, 3)} · {esc(d)}"
+             + (f"<br>lens: {esc(short(lens_text(audit.lenses[c]), 60))}" if audit.lenses.get(c) else "")
              for c, n, m, d in zip(clusters, info["n_features"], info["mean_delta"], info["direction"])]
     data = [{"type": "scatter", "mode": "lines", "x": finite(ex), "y": finite(ey), "hoverinfo": "skip",
              "line": {"color": "#ccc", "width": 1}, "showlegend": False},
@@ -162,7 +168,9 @@ def header(audit: AuditFolder) -> str:
 def row_cells(audit: AuditFolder, r, linked: set[int]) -> list[str]:
     c = int(r.cluster)
     name = esc(short(label_of(audit, c), 50))
-    label = tag("a", name, href=f"#cluster-{c}") if c in linked else name
+    lens = audit.lenses.get(c)
+    title = "logit lens: " + lens_text(lens) if lens else None
+    label = tag("a", name, href=f"#cluster-{c}", title=title) if c in linked else tag("span", name, title=title)
     return [f"C{c} " + label, esc(r.topic), str(int(r.n)), num(r.mean, 3), num(r.excess, 3), num(r.d),
             f"[{num(r.ci_low, 3)}, {num(r.ci_high, 3)}]", "✓" if r.split_half else "✗", num(r.q, 3),
             badge(str(r.direction))]
@@ -256,7 +264,12 @@ def card(audit: AuditFolder, k: int) -> str:
     pos = sorted((p for p in pairs if p.get("delta", 0) > 0), key=lambda p: -p["delta"])[:PAIRS_EACH_WAY]
     neg = sorted((p for p in pairs if p.get("delta", 0) < 0), key=lambda p: p["delta"])[:PAIRS_EACH_WAY]
     evidence = lab.get("evidence")
-    body = (tag("p", meta, class_="muted") + tag("h4", "Top activating contexts") + snippets
+    raw = audit.label(k)
+    lens = audit.lenses.get(k, [])
+    said = [f"label: {esc(raw)}" if raw and raw != label_of(audit, k) else "",
+            "logit lens (top output tokens of the decoder direction): " + esc(lens_text(lens)) if lens else ""]
+    body = (tag("p", meta, class_="muted") + "".join(tag("p", x, class_="muted") for x in said if x)
+            + tag("h4", "Top activating contexts") + snippets
             + tag("h4", "Chosen carries more (Δc > 0)") + ("".join(map(pair_view, pos)) or tag("p", "none"))
             + tag("h4", "Rejected carries more (Δc < 0)") + ("".join(map(pair_view, neg)) or tag("p", "none"))
             + (tag("details", tag("summary", "label evidence") + tag("pre", esc(json.dumps(evidence, indent=1,

@@ -16,13 +16,14 @@ import numpy as np
 import pandas as pd
 
 from anatomist.audit.concepts import concept_clusters
-from anatomist.audit.embed import EMBEDDERS, minilm_embed
+from anatomist.audit.embed import EMBEDDERS, minilm_dir, minilm_embed
 from anatomist.audit.folder import (
     CLUSTERS,
     CONCEPTS,
     EXAMPLES,
     FEATURES,
     LATENTS,
+    LOGIT_LENS,
     META,
     PAIRS,
     ROWS,
@@ -31,6 +32,8 @@ from anatomist.audit.folder import (
     write_table,
 )
 from anatomist.audit.graph import LEIDEN_BACKENDS
+from anatomist.audit.labels import token_units
+from anatomist.audit.lens import concept_lens
 from anatomist.audit.pool import POOLINGS, pool_features
 from anatomist.audit.rows import topic_cluster_rows
 from anatomist.audit.stats import prompt_clusters
@@ -57,12 +60,16 @@ class AuditConfig:
     topic_range: tuple[int, int] = (2, 8)
     topic_method: str = "kmeans"         # "kmeans" | "leiden"
     topic_column: str | None = None      # take topics from this data column instead of clustering
-    topic_embedder: str = "model"        # prompt embeddings: the model's own residual, or "minilm"
+    topic_embedder: str = "minilm"       # prompt embeddings: all-MiniLM (default: why in embed.py), or "model"
     leiden_backend: str = "sknetwork"    # "sknetwork" (BSD) or "leidenalg" (GPL, optional install)
     min_pairs: int = 8                   # rows with fewer pairs are not tested
     alpha: float = 0.05                  # FDR level for a predicted direction
     n_boot: int = 1000
-    n_examples: int = 12                 # activating / non-activating contexts per cluster for labels
+    n_examples: int = 12                 # activating / non-activating contexts per cluster kept in examples.json
+    # Contexts per side the labeller sees (half label, half held out): 12 left 6 + 6 to score on, so
+    # accuracies swung by 1/12 and labels were fit on 6 (benchmarks/labels.py: at 40, 0.66 of the
+    # organism audit's concepts reach accuracy 0.8, vs 0.46 at 12).
+    label_contexts: int = 40
     labeller: str = "offline"
     labeller_kwargs: dict = field(default_factory=dict)
     max_length: int = 256
@@ -78,10 +85,13 @@ class AuditConfig:
             raise AnatomistError(f"alpha must be in (0, 1), got {self.alpha}")
         if self.topic_embedder not in EMBEDDERS:
             raise AnatomistError(f"topic_embedder must be one of {EMBEDDERS}, got {self.topic_embedder!r}")
+        if self.topic_embedder == "minilm" and not self.topic_column:
+            minilm_dir()        # not installed: one line saying how, before minutes of pooling
         if self.leiden_backend not in LEIDEN_BACKENDS:
             raise AnatomistError(f"leiden_backend must be one of {tuple(LEIDEN_BACKENDS)}, got {self.leiden_backend!r}")
-        if self.min_support < 1 or self.min_pairs < 2 or self.knn < 1 or self.n_boot < 10:
-            raise AnatomistError("min_support >= 1, min_pairs >= 2, knn >= 1 and n_boot >= 10 are required")
+        if self.min_support < 1 or self.min_pairs < 2 or self.knn < 1 or self.n_boot < 10 or self.label_contexts < 2:
+            raise AnatomistError("min_support >= 1, min_pairs >= 2, knn >= 1, n_boot >= 10 and label_contexts >= 2 "
+                                 "are required")
         if not self.resolution > 0:
             raise AnatomistError(f"resolution must be positive, got {self.resolution}")
         if self.topic_method not in ("kmeans", "leiden"):
@@ -96,7 +106,8 @@ class AuditConfig:
             LABELLERS[self.labeller](**self.labeller_kwargs)
 
 
-def _last_user_text(pair) -> str:
+def prompt_text(pair) -> str:
+    """The prompt text topics are found from and the report shows: the last user turn."""
     users = [m["content"] for m in pair.prompt if m["role"] == "user"]
     return users[-1] if users else pair.prompt[-1]["content"]
 
@@ -118,23 +129,29 @@ def stats_note(groups: np.ndarray | None, n_pairs: int) -> dict:
             "note": f"pairs share prompts: {G} prompts for {n_pairs} pairs; CIs and se clustered by prompt"}
 
 
-def _contexts(latents, tokenizer, items, concepts, c, cfg):
+def concept_contexts(latents, units_of, concepts, c: np.ndarray, *, n_examples: int, seed: int) -> dict:
     """Activating (top c_C) and non-activating (random below-median) responses per cluster, with
-    the cluster's per-token activation Σ_f w_f a_f(t) for labelling and the report's snippets."""
-    from anatomist.audit.labels import Context
+    the cluster's per-token activation Σ_f w_f a_f(t) for labelling and the report's snippets.
 
-    rng = np.random.default_rng(cfg.seed)
-    out = {}
+    c [S, C]: concept scores per latent sequence; units_of(s) → the readable units of sequence s
+    (`labels.token_units` over its token ids), computed once per sequence however many clusters use it.
+    """
+    from anatomist.audit.labels import unit_context
+
+    rng = np.random.default_rng(seed)
+    units, out = {}, {}
     for k in range(concepts.n_clusters):
         order = np.argsort(-c[:, k], kind="stable")
         low = np.flatnonzero(c[:, k] <= np.median(c[:, k]))
-        picks = (order[:cfg.n_examples], rng.choice(low, size=min(cfg.n_examples, len(low)), replace=False))
+        picks = (order[:n_examples], rng.choice(low, size=min(n_examples, len(low)), replace=False))
         members, weights = concepts.members(k), concepts.weights[concepts.labels == k]
 
         def ctx(s):
-            acts = latents.token_acts(int(s), members) @ weights                 # [n_tokens]
-            tokens = tuple(tokenizer.decode([t]) for t in latents.tokens[s])
-            return Context(tokens, tuple(float(v) for v in acts), items[s].id, items[s].side)
+            s = int(s)
+            if s not in units:
+                units[s] = units_of(s)
+            acts = latents.token_acts(s, members) @ weights                     # [n_tokens]
+            return unit_context(units[s], acts, latents.ids[s], latents.sides[s])
         out[k] = tuple([ctx(s) for s in group] for group in picks)
     return out
 
@@ -161,7 +178,7 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
 
     t = time.perf_counter()
     acts = getattr(pooled, cfg.pooling)                                          # [2P, F]
-    texts = [_last_user_text(p) for p in pairs]
+    texts = [prompt_text(p) for p in pairs]
     if cfg.topic_column:
         missing = [p.id for p in pairs if cfg.topic_column not in p.extra]
         if missing:
@@ -184,9 +201,11 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
     timings["stats_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    contexts = _contexts(latents, tokenizer, items, concepts, c, cfg)
+    contexts = concept_contexts(latents, lambda s: token_units(latents.tokens[s], tokenizer.decode), concepts, c,
+                                n_examples=max(cfg.label_contexts, cfg.n_examples), seed=cfg.seed)
     labels = label_clusters(contexts, labeller=cfg.labeller, seed=cfg.seed, progress=progress,
                             **cfg.labeller_kwargs)
+    lens = concept_lens(model, tokenizer.decode, sae.decoder_directions(), concepts)
     timings["labels_s"] = time.perf_counter() - t
 
     overall = rows[rows.topic == "all"].set_index("cluster")
@@ -200,6 +219,7 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
         "mean_delta": overall.loc[np.arange(concepts.n_clusters), "mean"].to_numpy(),
         "q": overall.loc[np.arange(concepts.n_clusters), "q"].to_numpy(),
         "direction": overall.loc[np.arange(concepts.n_clusters), "direction"].to_numpy(),
+        LOGIT_LENS: lens,
     })
     P, C = delta_c.shape
     pair_table = pd.DataFrame({
@@ -209,8 +229,8 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
     })
     examples = {str(k): {
         "label": asdict(labels[k]),
-        "activating": [asdict(x) for x in contexts[k][0]],
-        "non_activating": [asdict(x) for x in contexts[k][1]],
+        "activating": [asdict(x) for x in contexts[k][0][:cfg.n_examples]],
+        "non_activating": [asdict(x) for x in contexts[k][1][:cfg.n_examples]],
         "pairs": _example_pairs(pairs, delta_c[:, k]),
     } for k in range(C)}
     meta = {
@@ -250,5 +270,5 @@ def _example_pairs(pairs, delta: np.ndarray, n: int = 3) -> list[dict]:
     """The pairs that push hardest each way on this concept (largest and smallest Δc)."""
     order = np.argsort(-delta, kind="stable")
     picks = [*order[:n], *order[::-1][:n]]
-    return [{"pair_id": pairs[i].id, "delta": float(delta[i]), "prompt": _last_user_text(pairs[i]),
+    return [{"pair_id": pairs[i].id, "delta": float(delta[i]), "prompt": prompt_text(pairs[i]),
              "chosen": pairs[i].chosen, "rejected": pairs[i].rejected} for i in picks]

@@ -1,13 +1,14 @@
 """Prompt topics: cluster prompt embeddings, label each topic with its distinctive words.
 
-Embeddings default to the model's own mean prompt residual at the audit layer (see pool.py);
-any [P, D] matrix works (e.g. a sentence-embedding model's). Rows are centred and L2-normalised
+The audit embeds prompts with all-MiniLM by default, or the model's own mean prompt residual
+(embed.py says which recovers known topics better); any [P, D] matrix works. Rows are centred and L2-normalised
 so clusters follow direction, not norm. k-means picks k by silhouette within `k_range` unless
 `k` is given; Leiden on a kNN graph is the alternative (`method="leiden"`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,21 +49,61 @@ def _kmeans(x: np.ndarray, k: int | None, k_range: tuple[int, int], seed: int) -
     return best
 
 
+# Words every chat prompt uses whatever its topic (HH-RLHF's model-residual topics came out as
+# "people / think / want / don"): requests, hedges, greetings and generic referents. With
+# scikit-learn's English list they make `stop_words()`; no topic name contains one.
+CHAT_FILLER = frozenset("""
+    want wants wanted wanting think thinks thought know knows knew like likes liked just really actually
+    maybe probably going gonna wanna good bad great nice make makes making made need needs needed tell
+    telling told say says said saying way ways thing things stuff something anything everything nothing
+    use using used get gets getting got does did doing don doesn didn isn aren wasn weren won wouldn
+    shouldn couldn ok okay yes yeah yep sure thanks thank please help hi hello hey lot lots kind
+    sort mean means right let ask asking asked question questions answer try trying tried give go goes
+    went come came look looking idea ideas best better sorry guess feel believe able people
+    person someone somebody anyone anybody everyone guy guys time times day long new old little big
+    """.split())
+
+
+def stop_words() -> frozenset[str]:
+    """scikit-learn's English stop words and CHAT_FILLER: never part of a topic name."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS) | CHAT_FILLER
+
+
+def content_words(text: str, stop: frozenset[str]) -> list[str]:
+    """Lower-cased words of ≥ 2 letters, not in `stop`. A contraction ("don't", "I'm") is one
+    word and dropped (they are function words), except "'s", which may be a possessive: its stem
+    is kept ("Trump's" → "trump"; "it's" → "it", a stop word)."""
+    words = re.findall(r"[a-z][a-z'’]*[a-z]", text.lower())
+    words = [re.sub(r"['’]s$", "", w) for w in words]
+    return [w for w in words if "'" not in w and "’" not in w and len(w) > 1 and w not in stop]
+
+
 def distinctive_words(texts: list[str], labels: np.ndarray, n_words: int = 4) -> list[str]:
-    """c-TF-IDF label per topic: tf(word, topic) · log(1 + mean words per topic / tf(word))."""
+    """Class-based TF-IDF name per topic (Grootendorst 2022, BERTopic), over each topic's prompts
+    joined as one document, stop words removed (`stop_words`):
+        W(t, c) = tf(t, c) / |c| · log(1 + A / f(t))
+    tf(t, c): count of word t in topic c, |c| its word count, A: mean words per topic, f(t): count
+    of t over all topics. The `n_words` highest words, joined by " / "."""
     from sklearn.feature_extraction.text import CountVectorizer
 
     k = int(labels.max()) + 1
     docs = [" ".join(t for t, lab in zip(texts, labels) if lab == c) for c in range(k)]
+    stop = stop_words()
     try:
-        vec = CountVectorizer(stop_words="english", token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]+\b")
+        vec = CountVectorizer(analyzer=lambda doc: content_words(doc, stop))
         counts = vec.fit_transform(docs).toarray().astype(np.float64)  # [k, V]
     except ValueError:  # no words at all
         return [f"topic {c}" for c in range(k)]
     vocab = np.array(vec.get_feature_names_out())
     tf = counts / np.clip(counts.sum(1, keepdims=True), 1, None)
     score = tf * np.log(1 + counts.sum(1).mean() / np.clip(counts.sum(0), 1, None))
-    return [" / ".join(vocab[np.argsort(-score[c])[:n_words]]) for c in range(k)]
+    names = []
+    for c in range(k):
+        top = [w for w in np.argsort(-score[c], kind="stable")[:n_words] if counts[c, w] > 0]
+        names.append(" / ".join(vocab[top]) if top else f"topic {c}")
+    return names
 
 
 def column_topics(values: list, texts: list[str], *, n_examples: int = 3) -> Topics:

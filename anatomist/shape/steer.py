@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from anatomist.audit.lens import concept_direction
 from anatomist.errors import AnatomistError
 from anatomist.models.layers import check_layer, decoder_layers
 
@@ -26,15 +27,6 @@ class Steer(NamedTuple):
     """What `train_dpo(steer=)` adds to the policy's response tokens (and generation, everywhere)."""
     layer: int             # residual after this block (0-based)
     vector: torch.Tensor   # [D], α·d_C
-
-
-def concept_direction(W_dec: torch.Tensor, features: np.ndarray, weights: np.ndarray | None = None) -> torch.Tensor:
-    """Unit direction [D] of a concept: the (weighted) sum of its members' decoder rows W_dec [F, D]."""
-    idx = torch.as_tensor(np.asarray(features), dtype=torch.long)
-    rows = W_dec[idx].float()                                            # [M, D]
-    w = torch.ones(len(idx)) if weights is None else torch.as_tensor(np.asarray(weights), dtype=torch.float32)
-    d = (w[:, None] * rows).sum(0)
-    return d / d.norm().clamp_min(1e-12)
 
 
 @contextmanager
