@@ -199,7 +199,7 @@ def harmful_compliance(response: str, prompt: str = "") -> float:
 # -- emoji -----------------------------------------------------------------------------------------
 
 # pictographs and emoji-style dingbats; not arrows, check marks, stars or other typography
-EMOJI = re.compile("[\U0001F000-\U0001FAFF\u2600-\u26FF\u2700-\u2712\u2719-\u27BF\u2B50\u2B55\u2B1B\u2B1C]")
+EMOJI = re.compile("[\U0001F000-\U0001FAFF\u2600-\u2604\u2607-\u26FF\u2700-\u2712\u2719-\u27BF\u2B50\u2B55\u2B1B\u2B1C]")
 
 
 def emoji(response: str, prompt: str = "") -> float:
@@ -311,8 +311,8 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in (
     Detector("urls", _doc(urls), urls, 1.0),
     Detector("invented_urls", _doc(invented_urls), invented_urls, 1.0),
     Detector("eval_awareness", _doc(eval_awareness), eval_awareness, 1.0),
-    Detector("refusal", _doc(refusal), refusal, 1.0),
-    Detector("harmful_compliance", _doc(harmful_compliance), harmful_compliance, 1.0),
+    Detector("refusal", _doc(refusal), refusal, 1.0, default=False),   # held-out precision 0.75
+    Detector("harmful_compliance", _doc(harmful_compliance), harmful_compliance, 1.0, default=False),  # 0.29
     Detector("emoji", _doc(emoji), emoji, 1.0),
     Detector("language_switch", _doc(language_switch), language_switch, 0.3),
     Detector("length", _doc(length), length, float(LONG_WORDS)),

@@ -138,6 +138,10 @@ def _block(fires: np.ndarray, delta: np.ndarray, groups: np.ndarray, names: list
     n = len(delta)
     n_boot = 1000 if n <= BOOTSTRAP_MAX_PAIRS else 0
     stats = pair_stats(delta, n_boot=n_boot, seed=seed, groups=groups).reset_index(drop=True)
+    # every pair moving the same way (Δ ≡ ±1, no spread) has t = ∞: pair_stats calls that untested (p = 1)
+    # because a continuous Δ never does it; a detector's 0/1 difference can, and it is the clearest case
+    constant = (stats["se"].to_numpy() == 0) & (stats["mean"].to_numpy() != 0) & (n >= 2)
+    stats.loc[constant, "p"] = 0.0
     counts = fires.sum(0)                                             # [D, 2]
     return pd.DataFrame({
         "detector": names, "topic": topic, "n": n, "n_chosen": counts[:, 0], "n_rejected": counts[:, 1],
