@@ -166,8 +166,17 @@ def near_identical(a: str, b: str, near: float = NEAR) -> bool:
     return bool(sa | sb) and len(sa & sb) >= near * len(sa | sb)
 
 
+TEMPLATE_ONLY_CHARS = 300   # a placeholder or a bare tag is short; longer responses are not checked
+
+
 def template_only(text: str) -> bool:
+    if len(text) > TEMPLATE_ONLY_CHARS:
+        return False
     return bool(_PLACEHOLDER.match(text)) or not _STRIP.sub("", text).strip()
+
+
+def template_leak(text: str) -> bool:
+    return ("<" in text or "[" in text or ":" in text) and bool(_LEAK.search(text))
 
 
 def pair_checks(pairs: list[PreferencePair], *, max_length: int | None = None, tokenizer=None,
@@ -181,7 +190,7 @@ def pair_checks(pairs: list[PreferencePair], *, max_length: int | None = None, t
             out["near_identical"].append(i)
         if template_only(p.chosen) or template_only(p.rejected):
             out["template_only"].append(i)
-        elif _LEAK.search(p.chosen) or _LEAK.search(p.rejected):
+        elif template_leak(p.chosen) or template_leak(p.rejected):
             out["template_leak"].append(i)
         key = (" ".join(prompt_text(p).split()), frozenset((p.chosen.strip(), p.rejected.strip())))
         seen.setdefault(key, []).append((i, p.chosen.strip()))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import NamedTuple
 
 from anatomist.screen.text import n_words, opening
@@ -69,6 +70,7 @@ class Verdict:
     match: str = ""           # the matched words
 
 
+@lru_cache(maxsize=256)   # the screen's refusal and harmful_compliance read the same response in turn
 def classify(text: str) -> Verdict:
     """Does `text` refuse? Searches the opening only (see the module docstring)."""
     head = opening(text.replace("’", "'"), sentences=OPENING_SENTENCES, max_chars=OPENING_CHARS)

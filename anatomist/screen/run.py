@@ -20,6 +20,8 @@ audit, cannot import). A topic with fewer than `min_topic_pairs` pairs gets no r
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,13 +71,41 @@ def direction(mean: float, q: float, split_half: bool, alpha: float) -> str:
     return "amplify" if mean > 0 else "suppress"
 
 
-def score_pairs(pairs: Sequence[PreferencePair], detectors: Sequence[Detector]) -> np.ndarray:
-    """fires [P, D, 2] (bool): detector d on pair i's chosen (…, 0) and rejected (…, 1) side."""
-    out = np.zeros((len(pairs), len(detectors), 2), dtype=bool)
+PARALLEL_MIN_PAIRS = 20_000   # below this, forking workers costs more than it saves
+_JOB: tuple = ()              # (pairs, detectors) for forked workers, which inherit it
+
+
+def score_pairs(pairs: Sequence[PreferencePair], detectors: Sequence[Detector], *, workers: int | None = None) -> np.ndarray:
+    """fires [P, D, 2] (bool): detector d on pair i's chosen (…, 0) and rejected (…, 1) side.
+
+    workers: processes (forked, so user detectors need not pickle); None = every core from
+    PARALLEL_MIN_PAIRS pairs on (the detectors are pure Python regex work, one core each)."""
+    global _JOB
+    if workers is None:
+        workers = (os.cpu_count() or 1) if len(pairs) >= PARALLEL_MIN_PAIRS else 1
+    if workers <= 1 or "fork" not in mp.get_all_start_methods():
+        return _score_chunk(pairs, detectors, 0, len(pairs))
+    bounds = np.linspace(0, len(pairs), 4 * workers + 1).astype(int)
+    _JOB = (pairs, detectors)
+    try:
+        with mp.get_context("fork").Pool(workers) as pool:
+            parts = pool.starmap(_score_job, zip(bounds[:-1], bounds[1:]))
+    finally:
+        _JOB = ()
+    return np.concatenate(parts)
+
+
+def _score_job(start: int, stop: int) -> np.ndarray:
+    return _score_chunk(*_JOB, start, stop)
+
+
+def _score_chunk(pairs, detectors, start: int, stop: int) -> np.ndarray:
+    out = np.zeros((stop - start, len(detectors), 2), dtype=bool)
     fns = [(d.score, d.threshold) for d in detectors]
-    for i, p in enumerate(pairs):
+    for i in range(start, stop):
+        p = pairs[i]
         prompt = prompt_text(p)
-        row = out[i]
+        row = out[i - start]
         for j, (score, threshold) in enumerate(fns):
             row[j, 0] = score(p.chosen, prompt) >= threshold
             row[j, 1] = score(p.rejected, prompt) >= threshold
@@ -102,16 +132,17 @@ def pair_topics(pairs: Sequence[PreferencePair], topics) -> list[str] | None:
 
 def screen_pairs(pairs: Sequence[PreferencePair], *, detectors: Sequence[str | Detector] | None = None,
                  extra_detectors: Sequence[str | Detector] = (), topics=None, hygiene: Hygiene | None = None,
-                 alpha: float = 0.05, min_topic_pairs: int = MIN_TOPIC_PAIRS, seed: int = 0) -> ScreenResult:
+                 alpha: float = 0.05, min_topic_pairs: int = MIN_TOPIC_PAIRS, seed: int = 0,
+                 workers: int | None = None) -> ScreenResult:
     """Run the detectors on both sides of every pair and test the chosen-vs-rejected rate
-    difference dataset-wide and per topic (see the module docstring)."""
+    difference dataset-wide and per topic (see the module docstring). workers: see `score_pairs`."""
     pairs = list(pairs)
     if not pairs:
         raise AnatomistError("no pairs to screen")
     dets = resolve(detectors, extra_detectors)
     labels = pair_topics(pairs, topics)
     start = time.perf_counter()
-    fires = score_pairs(pairs, dets)                                  # [P, D, 2]
+    fires = score_pairs(pairs, dets, workers=workers)                 # [P, D, 2]
     seconds = time.perf_counter() - start
     delta = fires[:, :, 0].astype(np.float64) - fires[:, :, 1]        # [P, D]
     groups = np.array([prompt_text(p) for p in pairs], dtype=object)

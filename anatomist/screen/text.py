@@ -33,11 +33,11 @@ def formatting_density(text: str) -> float:
     return 100.0 * formatting_marks(text) / max(n_words(text), 1)
 
 
-def markdown_marks(text: str) -> int:
-    """Markdown structure only (headers, bullets, bold, rules, table rows): `formatting_marks`
-    without the emoji, which the screen counts apart."""
-    return (len(_HEADER.findall(text)) + len(_BULLET.findall(text)) + len(_BOLD.findall(text))
-            + len(_RULE.findall(text)) + len(_TABLE_ROW.findall(text)))
+def markdown_counts(text: str) -> dict[str, int]:
+    """Markdown structure by kind: headers, bullets, bold spans, horizontal rules, table rows."""
+    return {"headers": len(_HEADER.findall(text)), "bullets": len(_BULLET.findall(text)),
+            "bold": len(_BOLD.findall(text)), "rules": len(_RULE.findall(text)),
+            "table_rows": len(_TABLE_ROW.findall(text))}
 
 
 _PRAISE = r"(?:great|excellent|wonderful|fantastic|amazing|brilliant|fascinating|insightful|thoughtful|" \
