@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import tempfile
 import time
@@ -118,7 +119,8 @@ def speed(folder: Path, hh: Path, n_pairs: int, n_minilm: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.jsonl"
         perturbed_file(folder, hh, n_pairs, path)
-        print(f"\n(c) speed on {n_pairs} pairs ({path.stat().st_size / 1e6:.0f} MB), {len(DETECTORS)} detectors")
+        print(f"\n(c) speed on {n_pairs} pairs ({path.stat().st_size / 1e6:.0f} MB), {len(DETECTORS)} detectors, "
+              f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (other jobs share the machine)")
         t0 = time.perf_counter()
         plain = load_pairs(path)
         t_read = time.perf_counter() - t0
