@@ -9,9 +9,10 @@
 (b) the real HH-RLHF dev file (../shared/data): the screen's findings and the hygiene counts.
 (c) speed: a file of --pairs pairs made by repeating the organism and HH pairs with perturbed
     ids, prompts and responses; the time to merely read and validate it (`load_pairs`) against
-    the whole screen (hygiene read + every registered detector + statistics), topics from a column
-    and none; all-MiniLM prompt embedding timed apart on --minilm prompts (the audit's embedder,
-    which the screen leaves to its caller).
+    the whole screen (hygiene read + detectors + statistics), topics from a column
+    and none, with the default detectors (what `anatomist screen` runs) and with every registered
+    one; all-MiniLM prompt embedding timed apart on --minilm prompts (the audit's embedder, which
+    the screen leaves to its caller).
 (d) precision / recall of every registered detector on the dev and held-out halves of the
     hand-labelled set (tests/data/screen_labels.jsonl).
 """
@@ -67,8 +68,12 @@ def organism(folder: Path) -> None:
             continue
         total += 1
         key = (r.topic, trait)
-        hits += key in measured.index and bool(measured.loc[key, "present"]) and \
+        hit = key in measured.index and bool(measured.loc[key, "present"]) and \
             int(measured.loc[key, "sign"]) == SIGN[r.direction]
+        hits += hit
+        if not hit:
+            print(f"    flagged but not in the measured truth: {r.detector} in {r.topic} ({r.direction}, "
+                  f"diff {r.diff:+.3f}, q {r.q:.2g})")
     print(f"    precision against the measured truth: {hits}/{total} flagged (detector, topic) rows of "
           "traits with a detector are present there with the same sign")
 
@@ -126,15 +131,17 @@ def speed(folder: Path, hh: Path, n_pairs: int, n_minilm: int) -> None:
         t_read = time.perf_counter() - t0
         print(f"    read + validate (load_pairs):             {t_read:6.1f} s  {len(plain) / t_read:8.0f} pairs/s")
         del plain
-        for topics in ("topic", None):
+        default = [d.name for d in DETECTORS.values() if d.default]
+        runs = [("default", default, "topic"), ("default", default, None), ("all registered", list(DETECTORS), "topic")]
+        for label, names, topics in runs:
             t0 = time.perf_counter()
             pairs, h = read_with_hygiene(path)
             t_hyg = time.perf_counter() - t0
-            result = screen_pairs(pairs.pairs, detectors=list(DETECTORS), topics=topics, hygiene=h)
+            result = screen_pairs(pairs.pairs, detectors=names, topics=topics, hygiene=h)
             total = time.perf_counter() - t0
-            print(f"    screen, topics {'from a column' if topics else 'none':<13}: {total:6.1f} s  "
-                  f"{n_pairs / total:8.0f} pairs/s  ({total / t_read:.1f}× read+validate; hygiene read "
-                  f"{t_hyg:.1f} s, detectors {result.seconds:.1f} s, stats {total - t_hyg - result.seconds:.1f} s)")
+            print(f"    screen, {label} detectors ({len(names)}), topics {'from a column' if topics else 'none':<13}: "
+                  f"{total:6.1f} s  {n_pairs / total:6.0f} pairs/s  ({total / t_read:.1f}× read+validate; hygiene "
+                  f"read {t_hyg:.1f} s, detectors {result.seconds:.1f} s, stats {total - t_hyg - result.seconds:.1f} s)")
         if n_minilm:
             try:
                 from anatomist.audit.embed import minilm_embed
