@@ -25,8 +25,9 @@ def screen(
                                                         "malformed row; skip: count it and go on. Identical or "
                                                         "empty sides are always counted, never fatal."),
     fmt: str = typer.Option("auto", "--format", "-f", help=f"auto, or one of: {', '.join(FORMATS)}."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", min=1, help="The training max length: flags "
-                                             "pairs whose sides are the same after truncation."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", min=1, help="The training max length (tokens "
+                                             "with --tokenizer, else characters): flags pairs whose sides are the "
+                                             "same once prompt + response is cut to it."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer for --max-length (HF id, folder, "
                                             "or smollm2-135m-instruct); characters without one."),
     alpha: float = typer.Option(0.05, "--alpha", help="FDR level for a direction."),

@@ -14,7 +14,7 @@ ids (and row numbers) they concern:
     truncated_same     the same text after truncation to the model's max length: the response
                        budget max_length − prompt length (TRL truncates prompt + response from the
                        end), in tokens with a tokenizer, else in characters; only with max_length
-    contradictory      the same prompt with the same two responses preferred both ways
+    contradictory      the same prompt (exactly) with the same two responses preferred both ways
     template_only      a response that is only chat-template tokens, role tags or a placeholder
                        ("<|im_end|>", "Assistant:", "{response}", "[INSERT ANSWER]")
     template_leak      chat-template tokens or role tags inside a response (<|im_start|>, [INST],
@@ -172,7 +172,11 @@ TEMPLATE_ONLY_CHARS = 300   # a placeholder or a bare tag is short; longer respo
 def template_only(text: str) -> bool:
     if len(text) > TEMPLATE_ONLY_CHARS:
         return False
-    return bool(_PLACEHOLDER.match(text)) or not _STRIP.sub("", text).strip()
+    if _PLACEHOLDER.match(text):
+        return True
+    if not any(c in text for c in "<[:"):      # no tag and no role marker: template-only iff no word
+        return not any(ch.isalnum() for ch in text)
+    return not _STRIP.sub("", text).strip()
 
 
 def template_leak(text: str) -> bool:
@@ -192,7 +196,7 @@ def pair_checks(pairs: list[PreferencePair], *, max_length: int | None = None, t
             out["template_only"].append(i)
         elif template_leak(p.chosen) or template_leak(p.rejected):
             out["template_leak"].append(i)
-        key = (" ".join(prompt_text(p).split()), frozenset((p.chosen.strip(), p.rejected.strip())))
+        key = (prompt_text(p), frozenset((p.chosen.strip(), p.rejected.strip())))
         seen.setdefault(key, []).append((i, p.chosen.strip()))
     for group in seen.values():
         if len({c for _, c in group}) > 1:     # both responses were chosen somewhere: contradictory

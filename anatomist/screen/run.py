@@ -36,7 +36,7 @@ from anatomist.screen.hygiene import Hygiene, prompt_text
 from anatomist.stats import add_q, pair_stats
 
 ALL = "all"
-BOOTSTRAP_MAX_PAIRS = 5000
+BOOTSTRAP_MAX_PAIRS = 2000
 MIN_TOPIC_PAIRS = 10
 COLUMNS = ("detector", "topic", "n", "n_chosen", "n_rejected", "rate_chosen", "rate_rejected", "diff", "ci_low",
            "ci_high", "se", "d", "split_half", "p", "q", "direction")
