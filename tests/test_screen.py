@@ -181,3 +181,5 @@ def test_cli(tmp_path):
     same = _cli(src, "--write-clean", src, cwd=tmp_path)
     assert same.returncode == 2 and "that is the input file" in same.stderr
     assert "Example" in _cli("--help", cwd=tmp_path).stdout
+    topic = _cli(src, "--topic-column", "topic", "--out", tmp_path / "o2", cwd=tmp_path)
+    assert topic.returncode == 2 and f'{src}: field "topic": missing topic column in pair \'ok1\'' in topic.stderr

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from anatomist.data.formats import FORMATS
+from anatomist.errors import DataError
 
 
 def screen(
@@ -54,7 +55,10 @@ def screen(
         check_clean_target(data, write_clean)
     pairs, hygiene = read_with_hygiene(data, format=fmt, on_bad_row=on_bad_row, max_length=max_length,
                                        tokenizer=tokenizer)
-    result = screen_pairs(pairs.pairs, extra_detectors=extra, topics=topic_column, hygiene=hygiene, alpha=alpha)
+    try:
+        result = screen_pairs(pairs.pairs, extra_detectors=extra, topics=topic_column, hygiene=hygiene, alpha=alpha)
+    except DataError as e:   # a pair without the topic column: name the file too
+        raise DataError(e.reason, file=str(data), row=e.row, field=e.field) from None
     console = Console(highlight=False, width=max(Console().width, 120))
     render(result, console)
     paths = save(result, out, title=f"anatomist screen: {data.name}")
