@@ -81,7 +81,7 @@ _DECOR_BULLET = re.compile(r"^\s*[-*+•]\s+[^\w\s\x00-\x7f]", re.M)   # a bulle
 def over_formatting(response: str, prompt: str = "") -> float:
     """Decorative markdown per 100 words: a header counts 2 (a header over a few sentences is the
     surest sign), bold, rules, table rows and emoji-led bullets 1 each; plain bullets and numbered
-    items are not counted (a list the question asks for is written as a list). 0 below MIN_MARKS
+    items are not counted (a list the question asks for is written as a list). 0 below 2 (MIN_MARKS)
     marks. Fires at >= 2.5: bold step titles or a header on a short answer."""
     decorated = 0 if response.isascii() else len(_DECOR_BULLET.findall(response))
     if not decorated and not any(c in response for c in "*#|_") and "---" not in response:
