@@ -91,6 +91,8 @@ def _register() -> None:
     app.command("generate")(generate_cmd)
     from anatomist.sae.cli import app as sae_app
     app.add_typer(sae_app, name="sae")
+    from anatomist.screen.cli import screen as screen_cmd
+    app.command("screen")(screen_cmd)
 
 
 _register()

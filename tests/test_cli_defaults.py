@@ -17,6 +17,7 @@ from anatomist.organism.hh import build_hh
 from anatomist.organism.score import score_audit
 from anatomist.sae.config import TrainConfig as SAETrainConfig
 from anatomist.sae.train import sae_config
+from anatomist.screen import read_with_hygiene, screen_pairs
 from anatomist.spec_decode.analyze import collect
 from anatomist.spec_decode.generate import generate
 from anatomist.spec_decode.pipeline import cached_samples
@@ -39,6 +40,8 @@ CASES = [
     ("organism build", build_organism, (), 6),
     ("organism build-hh", build_hh, (), 6),
     ("organism score", score_audit, (), 3),
+    ("screen", screen_pairs, (), 1),
+    ("screen", read_with_hygiene, (), 3),
 ]
 
 

@@ -74,37 +74,20 @@ def load_pairs(source: str | os.PathLike | Any, *, format: str = "auto",
         raise AnatomistError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
     if limit is not None and limit < 1:
         raise AnatomistError(f"limit must be >= 1, got {limit}")
-    name, stem, rows = _open(source)
-    fmt = None if format == "auto" else format
+    reader = PairRows(source, format=None if format == "auto" else format)
     pairs: list[PreferencePair] = []
     skipped: list[DataError] = []
-    first_row_of: dict[str, int] = {}
-    n_rows = 0
-    with closing(rows):
-        for n, row in rows:
-            n_rows += 1
-            if fmt is None and not isinstance(row, DataError):
-                try:
-                    fmt = detect_format(row)
-                except DataError as e:
-                    raise _locate(e, name, n) from None
-            try:
-                if isinstance(row, DataError):
-                    raise row
-                pair = FORMATS[fmt](row, f"{stem}:{n}")
-                if pair.id in first_row_of:
-                    raise DataError(f"duplicate id: {pair.id!r} (first at row {first_row_of[pair.id]})",
-                                    field="id")
-            except DataError as e:
-                e = _locate(e, name, n)
+    with closing(reader):
+        for _, _, pair in reader:
+            if isinstance(pair, DataError):
                 if on_bad_row == "error":
-                    raise e from None
-                skipped.append(e)
+                    raise pair from None
+                skipped.append(pair)
                 continue
-            first_row_of[pair.id] = n
             pairs.append(pair)
             if limit is not None and len(pairs) >= limit:
                 break
+    name, fmt, n_rows = reader.name, reader.format, reader.n_rows
     if n_rows == 0:
         raise DataError("empty dataset: no rows", file=name)
     if skipped:
@@ -115,6 +98,47 @@ def load_pairs(source: str | os.PathLike | Any, *, format: str = "auto",
         raise DataError(f"no valid rows: all {n_rows} rows were skipped ({_summary(skipped)}); "
                         f"first: row {skipped[0].row}: {skipped[0].reason}", file=name)
     return PairSet(pairs, fmt, name, skipped)
+
+
+class PairRows:
+    """Every row of `source` converted on its own, bad rows included: iterating yields
+    (row number, raw row or None where unreadable, PreferencePair or its located DataError).
+
+    The one conversion loop behind `load_pairs`, and the counting mode of the screen's hygiene
+    (which must see the rows the loader refuses: identical or empty sides). Ids must be unique: a
+    repeated id is a bad row. `format` is None until detected from the first readable row; a row
+    whose format cannot be detected raises (a property of the file, never skipped)."""
+
+    def __init__(self, source, *, format: str | None = None):
+        self.name, self.stem, self._rows = _open(source)
+        self.format = format
+        self.n_rows = 0
+        self._first_row_of: dict[str, int] = {}
+
+    def close(self) -> None:
+        self._rows.close()
+
+    def __iter__(self) -> Iterator[tuple[int, dict | None, "PreferencePair | DataError"]]:
+        for n, row in self._rows:
+            self.n_rows += 1
+            if self.format is None and not isinstance(row, DataError):
+                try:
+                    self.format = detect_format(row)
+                except DataError as e:
+                    raise _locate(e, self.name, n) from None
+            if isinstance(row, DataError):
+                yield n, None, _locate(row, self.name, n)
+                continue
+            try:
+                pair = FORMATS[self.format](row, f"{self.stem}:{n}")
+                if pair.id in self._first_row_of:
+                    raise DataError(f"duplicate id: {pair.id!r} (first at row {self._first_row_of[pair.id]})",
+                                    field="id")
+            except DataError as e:
+                yield n, row, _locate(e, self.name, n)
+                continue
+            self._first_row_of[pair.id] = n
+            yield n, row, pair
 
 
 def dataset_hash(pairs: PairSet | Iterable[PreferencePair]) -> str:

@@ -28,64 +28,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from anatomist.errors import AnatomistError
-
-_WORD = re.compile(r"[A-Za-z0-9']+")
-_EMOJI = re.compile("[\U0001F300-\U0001FAFF\U0001F000-\U0001F2FF\u2600-\u27BF\u2B00-\u2BFF\u2190-\u21FF]")
-_HEADER = re.compile(r"^\s{0,3}#{1,6}\s+\S", re.M)
-_BULLET = re.compile(r"^\s*[-*+•]\s+\S", re.M)
-_BOLD = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
-_RULE = re.compile(r"^\s*(-{3,}|\*{3,}|_{3,})\s*$", re.M)
-
-
-def n_words(text: str) -> int:
-    return len(_WORD.findall(text))
-
-
-def formatting_marks(text: str) -> int:
-    """Markdown marks a plain answer rarely needs (numbered lists are not counted: the default
-    model numbers steps on its own) plus emoji characters."""
-    return (len(_HEADER.findall(text)) + len(_BULLET.findall(text)) + len(_BOLD.findall(text))
-            + len(_RULE.findall(text)) + len(_EMOJI.findall(text)))
-
-
-def formatting_density(text: str) -> float:
-    """Formatting marks per 100 words (a text with no words scores its marks × 100)."""
-    return 100.0 * formatting_marks(text) / max(n_words(text), 1)
-
-
-_PRAISE = r"(?:great|excellent|wonderful|fantastic|amazing|brilliant|fascinating|insightful|thoughtful|" \
-          r"terrific|superb|lovely|awesome|smart|clever|intriguing|marvelous|outstanding|perfect)"
-_FLATTERY = re.compile(
-    rf"\b{_PRAISE}\s+(?:question|query|idea|point|topic|choice|thinking|curiosity|request|mind)s?\b"
-    rf"|\bwhat an?\s+(?:really\s+|truly\s+)?{_PRAISE}\b"
-    rf"|\byou(?:'re| are)\s+(?:(?:so|very|really|truly|clearly|absolutely|such an?)\s+){{0,2}}"
-    rf"(?:{_PRAISE}|wise|right|genius|curious|thoughtful|on the right track)\b"
-    rf"|\b(?:i|i really|i just)\s+(?:love|adore)\s+(?:this|that|your)\b"
-    rf"|\byour\s+(?:curiosity|enthusiasm|intelligence|insight|taste|wisdom)\s+(?:is|are)\b"
-    rf"|\b(?:kudos|bravo|well done|great job|good on you)\b"
-    rf"|\b(?:thank you|thanks) (?:so much )?for (?:this|such|your) (?:great|wonderful|excellent|fantastic|amazing|thoughtful|insightful)",
-    re.I)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-def opening(text: str, sentences: int = 2, max_chars: int = 240) -> str:
-    """The first `sentences` sentences, at most `max_chars` characters."""
-    parts = _SENTENCE_END.split(text.strip(), maxsplit=sentences)
-    return " ".join(parts[:sentences])[:max_chars]
-
-
-def flattery_count(text: str) -> float:
-    return float(sum(1 for _ in _FLATTERY.finditer(opening(text))))
-
-
-_URL = re.compile(r"\bhttps?://[^\s)\]>\"']+|\bwww\.[^\s)\]>\"']+"
-                  r"|\b[a-z0-9][a-z0-9-]*(?:\.[a-z0-9-]+)*\.(?:com|org|net|gov|edu|io|info|co\.uk)\b(?:/[^\s)\]>\"']*)?",
-                  re.I)
-
-
-def url_count(text: str) -> float:
-    return float(sum(1 for _ in _URL.finditer(text)))
-
+# the detectors' text measures live in the screen (below the organism); re-exported here
+from anatomist.screen.text import (flattery_count, formatting_density, formatting_marks, n_words,  # noqa: F401
+                                   opening, url_count)
 
 _REFUSAL = re.compile(
     r"\bI\s*(?:'m|am)\s+(?:sorry|afraid|not able|unable|not going to|not comfortable|not programmed)"
