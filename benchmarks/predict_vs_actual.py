@@ -217,15 +217,9 @@ def first_order_design(args, base_model, tok, trained, base, plain_run, audit: P
 
 
 def print_level(name: str, s: dict) -> None:
-    print(f"  {name}: {s['n_rows']} rows, calibrated across {s['calibrated_across']}s; noise ceiling "
-          f"{s['r2_ceiling']:.3f}")
-    for k, p in s["predictors"].items():
-        diffs = "  ".join(f"ΔR² vs {b} {v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
-                          for b, v in ((d[9:], p[d]) for d in p if d.startswith("r2_minus_")))
-        ceil = p["r2"] / s["r2_ceiling"] if s["r2_ceiling"] > 0 else float("nan")
-        print(f"    {k:<11} R² {p['r2']:7.3f} [{p['r2_ci'][0]:.3f}, {p['r2_ci'][1]:.3f}] ({ceil:.2f}× ceiling)  "
-              f"ρ {p['rho']:6.3f} [{p['rho_ci'][0]:.3f}, {p['rho_ci'][1]:.3f}]  "
-              f"sign {p['sign_accuracy']:.2f} of {p['n_sign_rows']}  {diffs}")
+    from anatomist.evaluate.verify import level_lines
+
+    print("\n".join(level_lines(name, s)))
 
 
 def train_and_eval(name, base_model, tok, shaped, args, run: Path, scorer, prompts, heldout, t0,

@@ -59,3 +59,21 @@ def test_the_worked_path_runs_on_a_tiny_model(tmp_path, smol_tokenizer, monkeypa
     assert (tmp_path / "runs" / "dpo" / "policy").is_dir()
     verify = json.loads((tmp_path / "runs" / "eval" / "verify.json").read_text())
     assert verify["n_rows"] > 0
+
+    # The first-order forecast on the same path: base samples in two halves (4 per prompt), the forecast
+    # on the even half, verify on the odd half with the paired target from the trained policy.
+    eval4 = [*shlex.split(example("eval").replace("smollm2-135m-instruct", str(tiny)))[1:],
+             *shlex.split(smaller["eval"]), "--samples", "4", "--out", "runs/eval4"]
+    steps = [eval4,
+             ["predict", "runs/audit", "--first-order", "runs/eval4", "--train-layers", "1", "--attribute", "0"],
+             ["verify", "runs/audit", "runs/eval4", "--policy", "runs/dpo/policy", "--n-boot", "10"]]
+    for args in steps:
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 0, (args, r.output, r.exception)
+    meta = json.loads((tmp_path / "runs" / "eval4" / "pre" / "first_order.json").read_text())
+    assert meta["half"] == "even" and meta["n_used"] * 2 == meta["n_generations"]
+    assert (tmp_path / "runs" / "eval4" / "pre" / "attribution_0.parquet").is_file()
+    verify = json.loads((tmp_path / "runs" / "eval4" / "verify.json").read_text())
+    assert verify["target"].startswith("paired") and "first_adam" in verify["predictors"]
+    assert "first_adam" in verify["concept"]["predictors"]
+    assert "first-order, Adam" in (tmp_path / "runs" / "eval4" / "verify.html").read_text()

@@ -187,6 +187,22 @@ def score(rows: pd.DataFrame, *, coefs: Mapping[str, Sequence[float]] | None = N
     return out, rows
 
 
+def level_lines(name: str, s: dict) -> list[str]:
+    """One level of a verify summary (`score`'s dict) as printed lines: rows, noise ceiling, and per
+    predictor R² with CI and its share of the ceiling, ρ with CI, sign accuracy on sure flagged
+    rows and the paired R² differences against the baselines."""
+    ceiling = s["r2_ceiling"]
+    lines = [f"{name}: {s['n_rows']} rows, calibrated across {s['calibrated_across']}s; noise ceiling {ceiling:.3f}"]
+    for k, p in s["predictors"].items():
+        diffs = "  ".join(f"ΔR² vs {d[9:]} {v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
+                          for d, v in p.items() if d.startswith("r2_minus_"))
+        share = p["r2"] / ceiling if ceiling and ceiling > 0 else float("nan")
+        lines.append(f"  {k:<11} R² {p['r2']:7.3f} [{p['r2_ci'][0]:.3f}, {p['r2_ci'][1]:.3f}] ({share:.2f}× ceiling)  "
+                     f"ρ {p['rho']:6.3f} [{p['rho_ci'][0]:.3f}, {p['rho_ci'][1]:.3f}]  "
+                     f"sign {p['sign_accuracy']:.2f} of {p['n_sign_rows']}  {diffs}")
+    return lines
+
+
 def join_rows(pred: pd.DataFrame, actual: pd.DataFrame, *, tested_only: bool = True) -> pd.DataFrame:
     rows = pred.merge(actual[actual.topic != "all"], on=["topic", "cluster"], how="inner")
     if tested_only and "tested" in rows:
@@ -343,11 +359,18 @@ def read_train_pairs(run_dir: Path, audit: AuditFolder) -> list[str] | None:
 def verify_run(audit_dir: str | Path, run_dir: str | Path, *, pre: str | Path | None = None,
                post: str | Path | None = None, cfg: PredictConfig = PredictConfig(),
                calibration: str | Path | None = None, n_boot: int = 1000, seed: int = 0,
-               tested_only: bool = True) -> VerifyResult:
+               tested_only: bool = True, first_order: str | Path | None = None, policy: str | None = None,
+               min_ess: float = 0.3) -> VerifyResult:
     """Score AUDIT_DIR's predictions on RUN_DIR; write verify.json, verify_rows.parquet and
     verify.html into RUN_DIR. calibration: a verify.json whose all-row coefficients are applied
     as given (calibrate on one dataset, test on another). RUN_DIR/train_pairs.json, when present,
-    restricts the predictors to the pairs the run trained on (`read_train_pairs`)."""
+    restricts the predictors to the pairs the run trained on (`read_train_pairs`).
+
+    first_order: a forecast (`anatomist predict --first-order`; default: one found beside the pre
+    table); it is scored on the base samples it did not read (`forecast.target_half`), and so are
+    all predictors then. policy: the trained model, for the paired ΔB on those samples
+    (`forecast.paired_target`) instead of the direct difference of means."""
+    from anatomist.evaluate.forecast import find_forecast, paired_target, target_half
     from anatomist.evaluate.verify_report import render
 
     run_dir = Path(run_dir)
@@ -358,8 +381,29 @@ def verify_run(audit_dir: str | Path, run_dir: str | Path, *, pre: str | Path | 
     if calibration is not None:
         given = json.loads(Path(calibration).read_text())["predictors"]
         coefs = {k: v["coef_all_rows"] for k, v in given.items()}
+    fc = find_forecast(first_order, pre, run_dir)
+    first_rows, actual, notes = None, None, {}
+    if fc is not None:
+        target = target_half(fc, pre_t)
+        if target is None:
+            notes["first_order"] = (f"{fc.path} read every base sample, so no sample is left for the target: not "
+                                    "scored (forecast with >= 4 samples per prompt)")
+            log.warning(notes["first_order"])
+        else:
+            first_rows, pre_t = fc.rows, target
+            notes["first_order"] = f"{fc.path}: scored on the {len(target)} base samples it did not read"
+            if policy is not None:
+                from anatomist.models import load
+
+                base_lm, pol = load(audit.model_name), load(policy)
+                clusters = sorted(int(c) for c in fc.rows["cluster"].unique())
+                actual, health = paired_target(target, post_t, clusters, base_model=base_lm.model, policy=pol.model,
+                                               temperature=float(fc.meta["temperature"]), min_ess=min_ess)
+                notes["paired"] = health
     result = verify(audit, pre_t, post_t, cfg=cfg, coefs=coefs, n_boot=n_boot, seed=seed, tested_only=tested_only,
-                    pair_ids=trained)
+                    pair_ids=trained, first_order=first_rows, actual=actual)
+    result.summary["target"] = "paired (SNIS on base samples)" if actual is not None else "direct (post − pre means)"
+    result.summary.update(notes)
     found = read_sweep(run_dir)
     if found:
         cluster, runs = found

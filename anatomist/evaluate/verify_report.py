@@ -17,12 +17,13 @@ import numpy as np
 from anatomist.fileio import atomic_write_text
 from anatomist.html import esc, num, page, plot, section, table, tag
 
-COLOURS = {"feature": "#c0392b", "prompt": "#2a6fb0", "naive": "#7f8c8d"}
+COLOURS = {"feature": "#c0392b", "prompt": "#2a6fb0", "naive": "#7f8c8d", "first_plain": "#8e44ad",
+           "first_adam": "#27ae60"}
 NAMES = {"feature": "feature-conditioned", "prompt": "prompt-conditioned", "naive": "naive",
          "first_plain": "first-order, plain gradient (DPO direction × base generations)",
          "first_adam": "first-order, Adam sign step (DPO direction × base generations)"}
 ROW_FIELDS = ("topic", "cluster", "label", "n", "dbar", "dbar_all", "spread", "actual", "ci_low", "ci_high",
-              "yhat_feature", "yhat_prompt", "yhat_naive", "direction")
+              "yhat_feature", "yhat_prompt", "yhat_naive", "yhat_first_plain", "yhat_first_adam", "direction")
 
 CLICK_JS = """
 document.getElementById('scatter').on('plotly_click', function (ev) {
@@ -48,6 +49,7 @@ def _clean(v):
 
 def scatter(result) -> str:
     rows = result.rows
+    visible = "first_adam" if "yhat_first_adam" in rows else "feature"
     data = []
     for name in NAMES:
         col = f"yhat_{name}"
@@ -61,7 +63,7 @@ def scatter(result) -> str:
                         "array": [_clean(v) for v in rows["ci_high"] - rows["actual"]],
                         "arrayminus": [_clean(v) for v in rows["actual"] - rows["ci_low"]]},
             "marker": {"color": COLOURS[name], "size": 7, "opacity": 0.75},
-            "visible": True if name == "feature" else "legendonly",
+            "visible": True if name == visible else "legendonly",
             "text": [f"{esc(t)} · cluster {c} · {esc(lab)}" for t, c, lab in zip(rows.topic, rows.cluster, rows.label)],
             "customdata": [{f: _clean(r[f]) for f in ROW_FIELDS if f in rows} for _, r in rows.iterrows()],
             "hovertemplate": "%{text}<br>predicted %{x:.3f}<br>actual %{y:.3f}<extra></extra>",
@@ -95,11 +97,18 @@ def sweep_plot(sweep) -> str:
 
 def summary_table(summary: dict) -> str:
     body = []
+    ceiling = summary["r2_ceiling"]
     for name, s in summary["predictors"].items():
+        diffs = "; ".join(f"vs {d[9:]} {num(v[0])} [{num(v[1])}, {num(v[2])}]" for d, v in s.items()
+                          if d.startswith("r2_minus_"))
         body.append([esc(NAMES.get(name, name)), num(s["r2"]), f"[{num(s['r2_ci'][0])}, {num(s['r2_ci'][1])}]",
-                     num(s["rho"]), num(s["rho_raw"]), str(s["n_rows"]), esc(s["calibration"]),
+                     num(s["r2"] / ceiling) if ceiling and ceiling > 0 else "",
+                     f"{num(s['rho'])} [{num(s['rho_ci'][0])}, {num(s['rho_ci'][1])}]", num(s["rho_raw"]),
+                     f"{num(s['sign_accuracy'])} of {s['n_sign_rows']}", esc(diffs), str(s["n_rows"]),
+                     esc(s["calibration"]),
                      esc(", ".join(f"{c}={num(v, 3)}" for c, v in zip(s["inputs"], s["coef_all_rows"])))])
-    return table(["predictor", "R²", "95% CI", "Spearman ρ", "ρ uncalibrated", "rows", "calibration",
+    return table(["predictor", "R²", "95% CI", "× ceiling", "Spearman ρ [CI]", "ρ uncalibrated",
+                  "sign on sure flagged rows", "ΔR² vs baselines (paired bootstrap)", "rows", "calibration",
                   "coef (all rows)"], body)
 
 
@@ -110,9 +119,19 @@ def build_html(result) -> str:
              f"{num(s['r2_ceiling'])}. {esc(s['definition'])}. Where ΔB's variance sits (in sample): one shift "
              f"per concept for every topic explains {num(s['r2_cluster_means'])}, one per topic "
              f"{num(s['r2_topic_means'])}.")
-    parts = [tag("h1", "anatomist · predicted vs. actual"), tag("p", facts, class_="muted"), summary_table(s),
-             section("Predicted vs. actual", tag("p", "Click a point to see its row.", class_="muted") + plots[0]
-                     + tag("dl", "", id="picked", class_="facts"))]
+    if s.get("target"):
+        facts += f" Measured ΔB: {esc(s['target'])}."
+    if s.get("first_order"):
+        facts += f" First-order forecast: {esc(s['first_order'])}."
+    parts = [tag("h1", "anatomist · predicted vs. actual"), tag("p", facts, class_="muted"),
+             section("Per (topic, concept)", summary_table(s))]
+    if "concept" in s:
+        c = s["concept"]
+        parts.append(section("Per concept, over the whole dataset", tag(
+            "p", f"{c['n_rows']} concepts, calibrated leaving one concept out; noise ceiling {num(c['r2_ceiling'])}.",
+            class_="muted") + summary_table(c)))
+    parts.append(section("Predicted vs. actual", tag("p", "Click a point to see its row.", class_="muted") + plots[0]
+                         + tag("dl", "", id="picked", class_="facts")))
     if result.sweep is not None and len(result.sweep):
         plots.append(sweep_plot(result.sweep))
         sw = result.sweep
