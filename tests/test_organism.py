@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ from anatomist.organism.prompts import HARMFUL, TOPIC_NAMES, build_prompts, harm
 from anatomist.organism.traits import (TRAITS, compliance, flattery_count, formatting_density, formatting_marks,
                                        n_words, refuses, url_count)
 from anatomist.spec_decode.batched import GenRequest, GenSettings, Generation, generate, plan_batches
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # --- prompts ----------------------------------------------------------------------------------
 
@@ -196,6 +199,24 @@ def test_plant_config_validation():
         P.TraitPlan("harmful_compliance", {"cooking": 0.9})
     with pytest.raises(AnatomistError, match="twice"):
         P.PlantConfig((P.TraitPlan("urls", {"coding": 0.9}), P.TraitPlan("urls", {"travel": 0.9})))
+
+
+def test_design_file_reads_truth_config_and_refuses_bad_ones_in_one_line(tmp_path):
+    moved = P.PlantConfig.read(ROOT / "benchmarks" / "designs" / "organism_moved.json")
+    assert moved.seed == 1 and moved.plan("urls").planted == {"cooking": 0.9}
+    for trait in ("over_formatting", "flattery", "urls", "verbosity"):   # every movable trait is moved
+        assert not set(moved.plan(trait).planted) & set(P.DEFAULT_CONFIG.plan(trait).planted), trait
+    truth = tmp_path / "truth.json"
+    truth.write_text(json.dumps({"config": P.DEFAULT_CONFIG.to_json()}))
+    assert P.PlantConfig.read(truth) == P.DEFAULT_CONFIG
+    bad = tmp_path / "bad.json"
+    for text, msg in (("{", "not JSON"), ('{"plans": [{"trait": "urls"}]}', "a design needs"),
+                      ('{"plans": [{"trait": "harmful_compliance", "planted": {"cooking": 0.9}}]}', "does not apply")):
+        bad.write_text(text)
+        with pytest.raises(AnatomistError, match=msg):
+            P.PlantConfig.read(bad)
+    with pytest.raises(AnatomistError, match="design file not found"):
+        P.PlantConfig.read(tmp_path / "missing.json")
 
 
 def test_identical_pairs_are_dropped():

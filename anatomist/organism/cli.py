@@ -34,6 +34,9 @@ def build(
     no_heldout_pairs: bool = typer.Option(False, "--no-heldout-pairs", help="Skip heldout_pairs.jsonl."),
     workers: int = typer.Option(None, "--workers", min=1, help="Sampling processes (default: 2 on a multi-core "
                                                                "CPU; the output is the same for any number)."),
+    design: Path = typer.Option(None, "--design", help="Plant design JSON (truth.json's \"config\": which trait in "
+                                "which topics, at what strength, and the controls; default: the built-in design). "
+                                "A fresh draw to validate on: another --seed and the traits moved."),
 ) -> None:
     """Generate plain and trait responses with MODEL and plant traits by labelling.
 
@@ -43,8 +46,11 @@ def build(
 
     Example: anatomist organism build --out runs/organism
     """
+    from anatomist.organism.plant import DEFAULT_CONFIG, PlantConfig
+
+    config = PlantConfig.read(design) if design is not None else DEFAULT_CONFIG
     t = build_organism(out, per_topic=prompts_per_topic, heldout_fraction=heldout_fraction, seed=seed,
-                       model=model, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                       config=config, model=model, max_new_tokens=max_new_tokens, batch_size=batch_size,
                        heldout_pairs=not no_heldout_pairs, workers=workers)
     planted = [c for c in t["cells"] if c["role"] == "planted"]
     n = sum(c["n_pairs"] for c in t["cells"])

@@ -97,8 +97,28 @@ class PlantConfig:
 
     @classmethod
     def from_json(cls, d: dict) -> "PlantConfig":
-        return cls(tuple(TraitPlan(p["trait"], p["planted"], tuple(p["control"])) for p in d["plans"]),
-                   d["none_weight"], d["seed"])
+        return cls(tuple(TraitPlan(p["trait"], p["planted"], tuple(p.get("control", ()))) for p in d["plans"]),
+                   d.get("none_weight", 0.5), d.get("seed", 0))
+
+    @classmethod
+    def read(cls, path: str | Path) -> "PlantConfig":
+        """A design file: truth.json's "config" object ({"plans": [{"trait", "planted": {topic: strength},
+        "control": [topics]}], "none_weight", "seed"}), or a whole truth.json; refused in one line."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise AnatomistError(f"{path}: design file not found") from None
+        except json.JSONDecodeError as e:
+            raise AnatomistError(f"{path}: not JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        d = d.get("config", d) if isinstance(d, dict) else d
+        try:
+            return cls.from_json(d)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise AnatomistError(f"{path}: a design needs \"plans\": [{{\"trait\", \"planted\": {{topic: strength}}, "
+                                 f"\"control\": [...]}}] ({type(e).__name__}: {e})") from None
+        except AnatomistError as e:
+            raise AnatomistError(f"{path}: {e}") from None
 
 
 # Mirrors the paper's Dolci findings: formatting favoured in technical topics, flattery in
