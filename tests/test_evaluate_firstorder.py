@@ -272,3 +272,23 @@ def test_first_order_rows_need_token_ids_and_concepts(smol_tokenizer):
         generation_seqs(old)
     with pytest.raises(AnatomistError, match="concept columns"):
         first_order_rows(model, smol_tokenizer, pairs, DPOConfig(), old.drop(columns=["c_0"]), temperature=T)
+
+
+def test_steps_variant_after_one_step_is_the_adam_prediction_and_leaves_the_model(smol_tokenizer, tmp_path, one_thread):
+    """first_steps with k = 1 is one real AdamW step: δ ≈ lr·D_sign(g) log π_T, on a copy."""
+    from anatomist.evaluate.firstorder import run_directional_logps, steps_logps
+
+    model, _, pairs, gen = _real_setup(smol_tokenizer)
+    lr = 2e-4
+    cfg = DPOConfig(steps=50, batch_size=len(pairs), grad_accum=1, lr=lr, warmup_ratio=0.0, schedule="constant",
+                    train_layers=2, max_length=64, max_response_tokens=16)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    pred = lr * run_directional_logps(model, smol_tokenizer, pairs, cfg, gen, temperature=T, preconditions=("adam",),
+                                      cache_dir=tmp_path / "cache", progress=False)["adam"]
+    delta = steps_logps(model, smol_tokenizer, pairs, cfg, gen, steps=1, temperature=T, work_dir=tmp_path / "k1",
+                        cache_dir=tmp_path / "cache", progress=False)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert np.abs(delta).max() > 1e-3
+    np.testing.assert_allclose(delta, pred, rtol=0.05, atol=0.02 * np.abs(delta).max())
+    with pytest.raises(Exception, match="steps must be >= 1"):
+        steps_logps(model, smol_tokenizer, pairs, cfg, gen, steps=0, temperature=T, work_dir=tmp_path / "k0")

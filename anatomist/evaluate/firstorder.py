@@ -26,12 +26,17 @@ Details that decide whether the numbers mean anything:
 - AdamW's first step is m̂/(√v̂ + ε) = g/|g| elementwise, a sign step: `PRECONDITIONERS["adam"]`
   is that direction, pre-registered beside the plain gradient;
 - over a whole epoch sequence log-probs move far past the linear regime; `tilt_shift` is the
-  exponential-tilt form E_{π·e^{sδ}}[c] − E_π[c] with self-normalised weights within a prompt.
+  exponential-tilt form E_{π·e^{sδ}}[c] − E_π[c] with self-normalised weights within a prompt;
+- the multi-step variant (`steps_logps`, predictor "first_steps") replaces the JVP by k real
+  optimizer steps of the run's own DPO on a subsample, δ = log π_k − log π_0 on the same
+  generations (two plain forwards): Adam's actual trajectory instead of its first step, and no
+  forward-mode pass. Measured as a separate predictor, as the issue asks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -47,7 +52,7 @@ from anatomist.train.split import SplitLM, StateCache, to_device
 
 __all__ = ["PRECONDITIONERS", "dpo_direction", "tempered_sequence_logps", "eager_attention", "directional_logps",
            "per_prompt_shift", "covariance_shift", "tilt_shift", "generation_seqs",
-           "run_directional_logps", "generation_logps", "first_order_columns", "first_order_rows"]
+           "run_directional_logps", "generation_logps", "steps_logps", "first_order_columns", "first_order_rows"]
 
 
 def _plain(grads: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -211,17 +216,19 @@ def generation_seqs(base: pd.DataFrame) -> list[Seq]:
 
 def run_directional_logps(model, tokenizer, pairs: Sequence[ShapedPair], cfg: DPOConfig, gen: Sequence[Seq], *,
                           temperature: float, preconditions: Sequence[str] = ("plain",), steer: Steer | None = None,
-                          cache_dir=None, device="cpu", batch_size: int = 8, progress: bool = True
-                          ) -> dict[str, np.ndarray]:
+                          cache_dir=None, device="cpu", batch_size: int = 8, progress: bool = True,
+                          timings: dict | None = None) -> dict[str, np.ndarray]:
     """{preconditioner: D_d log π_T [N]} of the sequences `gen`, d = the direction of the DPO run
     `cfg` would take on `pairs` (the shaped pairs it trains on: offsets and token masks included)
     at the reference `model`, over the blocks that run trains, preconditioned each way in
     `preconditions` (one gradient pass serves them all). `model` is left as it was (trainable
-    flags restored)."""
+    flags restored). timings: filled with seconds — "gradient" (reference forward and gradient
+    pass) and "jvp_<p>" per preconditioner."""
     unknown = [p for p in preconditions if p not in PRECONDITIONERS]
     if unknown or not preconditions:
         raise AnatomistError(f"preconditions must be among {', '.join(PRECONDITIONERS)}, got {list(preconditions)}")
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    t0 = time.perf_counter()
     try:
         prep = prepare(model, tokenizer, pairs, cfg, cache_dir=cache_dir, device=device, steer=steer, progress=progress)
         make_trainable(model, prep.split, cfg)
@@ -229,9 +236,16 @@ def run_directional_logps(model, tokenizer, pairs: Sequence[ShapedPair], cfg: DP
         offsets = torch.tensor([float(p.offset) for p in pairs], dtype=torch.float32)
         g = dpo_direction(prep.split, prep.cache, prep.seqs, offsets, cfg, params, pad_id=prep.pad_id, device=device,
                           batch_size=batch_size, steer=steer)
-        return {name: directional_logps(prep.split, gen, PRECONDITIONERS[name](g), params, temperature=temperature,
-                                        pad_id=prep.pad_id, batch_size=batch_size, device=device).numpy()
-                for name in preconditions}
+        if timings is not None:
+            timings["gradient"] = time.perf_counter() - t0
+        out = {}
+        for name in preconditions:
+            t = time.perf_counter()
+            out[name] = directional_logps(prep.split, gen, PRECONDITIONERS[name](g), params, temperature=temperature,
+                                          pad_id=prep.pad_id, batch_size=batch_size, device=device).numpy()
+            if timings is not None:
+                timings[f"jvp_{name}"] = time.perf_counter() - t
+        return out
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(flags[n])
@@ -252,6 +266,28 @@ def generation_logps(model, gen: Sequence[Seq], *, temperature: float, pad_id: i
         final = split.top(split.bottom(batch.input_ids, batch.attention_mask), batch.attention_mask)
         out[start:start + len(rows)] = tempered_sequence_logps(split, final, batch, temperature).double().cpu().numpy()
     return out
+
+
+def steps_logps(model, tokenizer, pairs: Sequence[ShapedPair], cfg: DPOConfig, gen: Sequence[Seq], *, steps: int,
+                temperature: float, work_dir, cache_dir=None, device="cpu", progress: bool = True) -> np.ndarray:
+    """δ_k(y) = log π_k,T(y) − log π_0,T(y) [N] of the sequences `gen`: π_k is a copy of `model`
+    after `steps` optimizer steps of the DPO run `cfg` (its optimizer, schedule and trained blocks,
+    compressed to `steps`) on `pairs` (a subsample of the run's shaped pairs), π_0 = `model`, left
+    untouched. work_dir holds the short run's checkpoint (a killed call resumes)."""
+    import copy
+    from dataclasses import replace
+
+    from anatomist.train.dpo import train_dpo
+
+    if steps < 1:
+        raise AnatomistError(f"steps must be >= 1, got {steps}")
+    policy = copy.deepcopy(model)
+    train_dpo(policy, tokenizer, pairs, replace(cfg, steps=steps), work_dir, cache_dir=cache_dir, save_model=False,
+              progress=progress)
+    policy.eval()
+    after = generation_logps(policy, gen, temperature=temperature, device=device)
+    del policy
+    return after - generation_logps(model, gen, temperature=temperature, device=device)
 
 
 def first_order_columns(base: pd.DataFrame, dlogp: dict[str, np.ndarray]) -> pd.DataFrame:

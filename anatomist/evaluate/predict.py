@@ -62,6 +62,8 @@ PREDICTORS: dict[str, tuple[tuple[str, ...], str]] = {
     # `verify` is given its rows
     "first_plain": (("x_first_plain",), "x_first_plain"),
     "first_adam": (("x_first_adam",), "x_first_adam"),
+    # multi-step variant: δ = log π_k − log π_0 after k real steps of the run's DPO on a subsample
+    "first_steps": (("x_first_steps",), "x_first_steps"),
 }
 
 
