@@ -104,6 +104,8 @@ def build_hh(
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="HF id, local folder, .gguf file or alias."),
     max_new_tokens: int = typer.Option(default(hh_build, "max_new_tokens"), "--max-new-tokens", min=1),
     batch_size: int = typer.Option(default(hh_build, "batch_size"), "--batch-size", min=1),
+    design: Path = typer.Option(None, "--design", help="Plant design JSON over the HH topics (truth.json's "
+                                "\"config\"; default: the built-in HH design)."),
 ) -> None:
     """Plant traits into real HH-RLHF pairs (real labels kept; a trait generation goes into one side);
     the next --heldout conversations are held out for evaluation (predict_vs_actual).
@@ -112,10 +114,12 @@ def build_hh(
 
     Example: anatomist organism build-hh --out runs/organism_hh --pairs 300
     """
-    from anatomist.organism.hh import HH_FILE
+    from anatomist.organism.hh import HH_CONFIG, HH_FILE
+    from anatomist.organism.plant import PlantConfig
 
-    t = hh_build(out, limit=pairs, heldout=heldout, mode=mode, model=model, max_new_tokens=max_new_tokens,
-                 batch_size=batch_size, seed=seed, path=data or HH_FILE)
+    config = PlantConfig.read(design) if design is not None else HH_CONFIG
+    t = hh_build(out, limit=pairs, heldout=heldout, mode=mode, config=config, model=model,
+                 max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, path=data or HH_FILE)
     planted = [c for c in t["cells"] if c["role"] == "planted"]
     n = sum(c["n_pairs"] for c in t["cells"])
     typer.echo(f"{n} trait pairs ({mode}), {len(planted)} planted cells, {t['source']['heldout']} held-out "
