@@ -148,3 +148,42 @@ def add_q(frame: pd.DataFrame, tested: np.ndarray | None = None) -> pd.DataFrame
     if tested is not None:
         p[~np.asarray(tested, dtype=bool)] = np.nan
     return frame.assign(q=benjamini_hochberg(p))
+
+
+def auroc(score: np.ndarray, label: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+    """AUROC of score [R] for telling label-True from label-False rows [R], once per weight row
+    w [B, R] (resample counts; None = one row of ones) → [B]: Σ_{i∈T, j∈F} w_i w_j (1[s_i > s_j] +
+    ½·1[s_i = s_j]) / (Σ_T w · Σ_F w) — the Mann–Whitney U with ties counting one half. NaN where a
+    weight row leaves no True or no False row."""
+    label = np.asarray(label, dtype=bool)
+    w = np.ones((1, len(score))) if weight is None else np.atleast_2d(np.asarray(weight, dtype=np.float64))
+    _, level = np.unique(np.asarray(score), return_inverse=True)                 # [R] tie groups, ascending
+    U = int(level.max()) + 1
+    pos, neg = np.zeros((len(w), U)), np.zeros((len(w), U))                      # [B, U] weight per tie group
+    np.add.at(pos.T, level[label], w[:, label].T)
+    np.add.at(neg.T, level[~label], w[:, ~label].T)
+    below = np.cumsum(neg, 1) - neg                                              # [B, U] False weight strictly below
+    num_ = (pos * (below + 0.5 * neg)).sum(1)
+    den = pos.sum(1) * neg.sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num_ / den, np.nan)
+
+
+def auroc_ci(score: np.ndarray, label: np.ndarray, *, groups: np.ndarray, n_boot: int = 1000, level: float = 0.95,
+             rng: np.random.Generator, chunk: int = 200) -> tuple[float, float, float]:
+    """(AUROC, CI low, CI high) of score [R] for label [R]; the percentile bootstrap resamples the
+    groups [R] (row → unit, e.g. the prompt of the pair a response belongs to: a pair's two
+    responses, and sibling pairs, are not independent), in chunks of `chunk` resamples."""
+    codes = pd.factorize(pd.Series(list(groups), dtype=object))[0]
+    G = int(codes.max()) + 1
+    boots = []
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        counts = np.zeros((b, G))                                                # [b, G]
+        np.add.at(counts, (np.repeat(np.arange(b), G), rng.integers(0, G, size=b * G)), 1.0)
+        boots.append(auroc(score, label, counts[:, codes]))                      # weights [b, R]
+    boots = np.concatenate(boots)
+    boots = boots[~np.isnan(boots)]
+    tail = (1 - level) / 2
+    lo, hi = (np.quantile(boots, [tail, 1 - tail]) if len(boots) else (np.nan, np.nan))
+    return float(auroc(score, label)[0]), float(lo), float(hi)

@@ -10,8 +10,9 @@ columns below (`write_table` checks them); every other stage reads it through `A
     rows.parquet          one row per (topic, cluster) + dataset-wide rows (rows.py)
     features.parquet      per-feature pair statistics (dataset-wide), for features with enough support
     clusters.parquet      one row per concept cluster: members, label, detection accuracy, Δc summary,
-                          and the logit lens of its decoder direction (LOGIT_LENS; audits from
-                          before it lack the column)
+                          the logit lens of its decoder direction (LOGIT_LENS) and the screen's
+                          detectors it tracks (TRACKS, audit/tracks.py); audits from before them
+                          lack the columns
     pairs.parquet         per (pair, cluster), pair-major: pair id, topic, c(y⁺), c(y⁻), Δc, and the
                           pair's text hash (`anatomist.data.text_hash`; audits from before it lack it)
     length.parquet        response length (log tokens, chosen − rejected) per topic, tested like a
@@ -19,6 +20,8 @@ columns below (`write_table` checks them); every other stage reads it through `A
                           tokens per response (length.py)
     concepts.json         the concept-score transform (members, weights, standardisation) for shaping
     examples.json         per cluster: top-activating snippets (token, activation) and example pairs
+    screen.parquet, screen_fires.parquet, screen.json   the screen (model-free detectors, pair hygiene),
+                          run first (audit/screen_files.py; audits from before it lack them)
     report.html           the self-contained report (re-render with `anatomist report DIR`)
     score.json            only after `anatomist organism score`: the audit scored against planted truth
 
@@ -38,6 +41,7 @@ import pandas as pd
 
 from anatomist.data import dataset_hash, load_pairs, text_hash
 from anatomist.errors import AnatomistError, DataError
+from anatomist.audit.screen_files import SCREEN, SCREEN_FILES, SCREEN_FIRES, SCREEN_META, read_screen  # noqa: F401
 from anatomist.fileio import atomic_write_parquet, atomic_write_text
 
 META = "audit.json"
@@ -56,6 +60,7 @@ SCORE = "score.json"
 LENGTH = -1                # the cluster id that stands for response length wherever rows are mixed
 TEXT_HASH = "text_hash"    # pairs.parquet: `anatomist.data.text_hash` of the pair, repeated per cluster
 LOGIT_LENS = "logit_lens"  # clusters.parquet: the concept's top output tokens (`anatomist.audit.lens`), a list
+TRACKS = "tracks"          # clusters.parquet: the detectors the concept tracks (`anatomist.audit.tracks`), a list
 
 _ROW_COLUMNS = ("topic", "topic_id", "cluster", "n", "mean", "d", "z", "ci_low", "ci_high", "split_half", "q",
                 "excess", "tested", "direction", "rank_score")
@@ -193,6 +198,11 @@ class AuditFolder:
             raise AnatomistError(f"{self.path / SCORE}: missing {', '.join(missing)}; rewrite it with "
                                  f"`anatomist organism score {self.path}` or delete it")
         return score
+
+    @cached_property
+    def screen(self):
+        """The screen run first (`anatomist.screen.ScreenResult`), or None for an audit without one."""
+        return read_screen(self.path)
 
     @cached_property
     def latents(self):
@@ -390,6 +400,14 @@ class AuditFolder:
             return {}
         return {int(c): [] if v is None else [str(t) for t in v]
                 for c, v in zip(self.clusters["cluster"], self.clusters[LOGIT_LENS])}
+
+    @cached_property
+    def tracks(self) -> dict[int, list[dict]]:
+        """{cluster: [{detector, auroc, ci_low, ci_high, n_fires}, …]}, {} for an audit without them."""
+        if TRACKS not in self.clusters.columns:
+            return {}
+        return {int(c): [] if v is None else [dict(t) for t in v]
+                for c, v in zip(self.clusters["cluster"], self.clusters[TRACKS])}
 
     def check_cluster(self, cluster: int) -> int:
         if int(cluster) == LENGTH:

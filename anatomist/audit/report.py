@@ -1,7 +1,8 @@
 """The audit's HTML report: one self-contained file built only from the audit folder (audit/folder.py).
 
 `render_report(DIR)` reads audit.json, rows.parquet, clusters.parquet, pairs.parquet and
-examples.json (+ length.parquet, score.json where present) and writes DIR/report.html atomically.
+examples.json (+ length.parquet, score.json and the screen where present) and writes DIR/report.html
+atomically. The screen (model-free detectors and pair hygiene) comes right after the title.
 The page is built with the toolkit of anatomist/html.py (inlined plotly.js, a CSP that allows
 only the page's own scripts, no network); everything that comes from the dataset (prompts,
 responses, tokens, labels, ids, topic names) is escaped with its `esc`, in the page and in
@@ -18,8 +19,10 @@ import numpy as np
 import pandas as pd
 
 from anatomist.audit.folder import CLUSTERS, EXAMPLES, META, PAIRS, REPORT, ROWS, AuditFolder
+from anatomist.audit.tracks import tracks_text
 from anatomist.fileio import atomic_write_text
 from anatomist.html import badge, esc, finite, long_text, num, page, plot, section, short, table, tag
+from anatomist.screen.report import screen_section
 
 SECTIONS = ("Audit", "What DPO will push", "Effect sizes", "Topics × concepts", "Concept graph",
             "Concepts", "Topics")
@@ -171,6 +174,8 @@ def row_cells(audit: AuditFolder, r, linked: set[int]) -> list[str]:
     lens = audit.lenses.get(c)
     title = "logit lens: " + lens_text(lens) if lens else None
     label = tag("a", name, href=f"#cluster-{c}", title=title) if c in linked else tag("span", name, title=title)
+    tracks = tracks_text(audit.tracks.get(c, []))
+    label += tag("div", esc(tracks), class_="muted") if tracks else ""
     return [f"C{c} " + label, esc(r.topic), str(int(r.n)), num(r.mean, 3), num(r.excess, 3), num(r.d),
             f"[{num(r.ci_low, 3)}, {num(r.ci_high, 3)}]", "✓" if r.split_half else "✗", num(r.q, 3),
             badge(str(r.direction))]
@@ -266,7 +271,8 @@ def card(audit: AuditFolder, k: int) -> str:
     evidence = lab.get("evidence")
     raw = audit.label(k)
     lens = audit.lenses.get(k, [])
-    said = [f"label: {esc(raw)}" if raw and raw != label_of(audit, k) else "",
+    said = [esc(tracks_text(audit.tracks.get(k, []))),
+            f"label: {esc(raw)}" if raw and raw != label_of(audit, k) else "",
             "logit lens (top output tokens of the decoder direction): " + esc(lens_text(lens)) if lens else ""]
     body = (tag("p", meta, class_="muted") + "".join(tag("p", x, class_="muted") for x in said if x)
             + tag("h4", "Top activating contexts") + snippets
@@ -299,7 +305,9 @@ def topics_section(audit: AuditFolder) -> str:
 
 def build_html(audit: AuditFolder) -> str:
     plots = [volcano(audit), heatmap(audit), concept_graph(audit)]
-    sections = [header(audit), *([section(TRUTH, truth_section(audit.score))] if audit.score else []),
+    screen = audit.screen
+    sections = [header(audit), *([screen_section(screen)] if screen is not None else []),
+                *([section(TRUTH, truth_section(audit.score))] if audit.score else []),
                 section(SECTIONS[1], push_table(audit)),
                 section(SECTIONS[2], tag("p", "Each point is a tested (topic, concept) row.", class_="muted")
                         + plots[0]),

@@ -28,6 +28,8 @@ from anatomist.audit.folder import (
     PAIRS,
     ROWS,
     TEXT_HASH,
+    TRACKS,
+    read_screen,
     write_json,
     write_table,
 )
@@ -36,8 +38,10 @@ from anatomist.audit.labels import token_units
 from anatomist.audit.lens import concept_lens
 from anatomist.audit.pool import POOLINGS, pool_features
 from anatomist.audit.rows import topic_cluster_rows
+from anatomist.audit.screen_files import screen_key, write_screen
 from anatomist.audit.stats import prompt_clusters
 from anatomist.audit.topics import column_topics, prompt_topics
+from anatomist.audit.tracks import CI_LOW_MIN, MIN_FIRES, by_cluster, detector_tracks, response_fires
 from anatomist.capture.run import items_from_pairs
 from anatomist.data import dataset_hash, text_hash
 from anatomist.errors import AnatomistError
@@ -156,6 +160,38 @@ def concept_contexts(latents, units_of, concepts, c: np.ndarray, *, n_examples: 
     return out
 
 
+TRACKS_NOTE = (f"tracks: AUROC of the concept's score for the responses a screen detector fires on, kept where "
+               f"its 95% CI (prompts resampled) starts at >= {CI_LOW_MIN} and it fires on >= {MIN_FIRES} "
+               "responses and stays quiet on as many")
+
+
+def screen_key_of(pairs, detectors: list[str], topics, cfg: AuditConfig) -> dict:
+    labels = None if topics is None else [topics.names[k] for k in topics.labels]
+    return screen_key(dataset_hash(pairs), detectors, labels, cfg.alpha, cfg.seed)
+
+
+def screen_first(pairs, out: Path, topics, cfg: AuditConfig, *, progress: bool = True):
+    """(the screen of `pairs`, its key, whether `out` already holds it): the default detectors and
+    pair hygiene over the audit's topics (where known before pooling), read back from `out` where
+    stored for the same key instead of computed; its table is printed when `progress`."""
+    from rich.console import Console
+
+    from anatomist.screen.detectors import resolve
+    from anatomist.screen.hygiene import hygiene_of
+    from anatomist.screen.report import render
+    from anatomist.screen.run import screen_pairs
+
+    key = screen_key_of(pairs, [d.name for d in resolve(None, ())], topics, cfg)
+    result = read_screen(out, key)
+    stored = result is not None
+    if not stored:
+        labels = None if topics is None else [topics.names[k] for k in topics.labels]
+        result = screen_pairs(pairs, topics=labels, hygiene=hygiene_of(pairs), alpha=cfg.alpha, seed=cfg.seed)
+    if progress:
+        render(result, Console(highlight=False, width=max(Console().width, 120)))
+    return result, key, stored
+
+
 def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = AuditConfig(), *,
               model_name: str = "", sae_path: str = "", data_path: str = "", progress: bool = True) -> Path:
     """Audit preference `pairs` with `sae` on `model`; write the tables and the report into `out`.
@@ -167,27 +203,40 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
     pairs = list(pairs)
     if len(pairs) < 2 * cfg.min_pairs:
         raise AnatomistError(f"audit needs at least {2 * cfg.min_pairs} pairs, got {len(pairs)}")
-    # `out` comes into being with latents/ (pool_features), after its input checks: a bad input
-    # leaves no folder behind.
+    # Topics that need no pass of the audited model come first, so the screen runs on them before pooling.
     timings, t = {}, time.perf_counter()
-    items = items_from_pairs(pairs)
-    latents = pool_features(model, tokenizer, sae, items, out / LATENTS, max_length=cfg.max_length,
-                            batch_size=cfg.batch_size, progress=progress)
-    pooled = latents.pooled(topk=cfg.topk if cfg.pooling == "topk" else None)
-    timings["pool_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    acts = getattr(pooled, cfg.pooling)                                          # [2P, F]
     texts = [prompt_text(p) for p in pairs]
+    topics = None
     if cfg.topic_column:
         missing = [p.id for p in pairs if cfg.topic_column not in p.extra]
         if missing:
             raise AnatomistError(f"record {missing[0]!r}: field {cfg.topic_column!r} (the topic column) is missing")
         topics = column_topics([p.extra[cfg.topic_column] for p in pairs], texts)
-    else:
-        emb = pooled.prompt_emb[0::2] if cfg.topic_embedder == "model" else minilm_embed(texts)
-        topics = prompt_topics(emb, texts, k=cfg.topics, k_range=cfg.topic_range, method=cfg.topic_method,
-                               seed=cfg.seed, backend=cfg.leiden_backend)
+    elif cfg.topic_embedder != "model":
+        topics = prompt_topics(minilm_embed(texts), texts, k=cfg.topics, k_range=cfg.topic_range,
+                               method=cfg.topic_method, seed=cfg.seed, backend=cfg.leiden_backend)
+    timings["topics_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    screen, screen_key_, stored = screen_first(pairs, out, topics, cfg, progress=progress)
+    timings["screen_s"] = time.perf_counter() - t
+
+    # `out` comes into being with latents/ (pool_features), after its input checks: a bad input
+    # leaves no folder behind.
+    t = time.perf_counter()
+    items = items_from_pairs(pairs)
+    latents = pool_features(model, tokenizer, sae, items, out / LATENTS, max_length=cfg.max_length,
+                            batch_size=cfg.batch_size, progress=progress)
+    pooled = latents.pooled(topk=cfg.topk if cfg.pooling == "topk" else None)
+    timings["pool_s"] = time.perf_counter() - t
+    if not stored:
+        write_screen(out, screen, screen_key_)
+
+    t = time.perf_counter()
+    acts = getattr(pooled, cfg.pooling)                                          # [2P, F]
+    if topics is None:       # the model's own prompt residuals: known only now
+        topics = prompt_topics(pooled.prompt_emb[0::2], texts, k=cfg.topics, k_range=cfg.topic_range,
+                               method=cfg.topic_method, seed=cfg.seed, backend=cfg.leiden_backend)
     W_dec = sae.W_dec.detach().numpy() if cfg.decoder_weight else None
     concepts = concept_clusters(acts, W_dec=W_dec, min_support=cfg.min_support, knn=cfg.knn,
                                 decoder_weight=cfg.decoder_weight, resolution=cfg.resolution, seed=cfg.seed,
@@ -208,6 +257,12 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
     lens = concept_lens(model, tokenizer.decode, sae.decoder_directions(), concepts)
     timings["labels_s"] = time.perf_counter() - t
 
+    t = time.perf_counter()
+    names = [d.name for d in screen.detectors]
+    unit = np.repeat(np.arange(len(pairs)) if groups is None else groups, 2)   # [2P] each response's prompt
+    tracks = detector_tracks(c, response_fires(screen.fires, names), names, unit, n_boot=cfg.n_boot, seed=cfg.seed)
+    timings["tracks_s"] = time.perf_counter() - t
+
     overall = rows[rows.topic == "all"].set_index("cluster")
     clusters = pd.DataFrame({
         "cluster": np.arange(concepts.n_clusters),
@@ -220,6 +275,7 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
         "q": overall.loc[np.arange(concepts.n_clusters), "q"].to_numpy(),
         "direction": overall.loc[np.arange(concepts.n_clusters), "direction"].to_numpy(),
         LOGIT_LENS: lens,
+        TRACKS: by_cluster(tracks, concepts.n_clusters),
     })
     P, C = delta_c.shape
     pair_table = pd.DataFrame({
@@ -240,6 +296,8 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
                    "silhouette": topics.silhouette, "sizes": np.bincount(topics.labels).tolist()},
         "n_clusters": C, "n_features_clustered": int(len(concepts.features)), "timings": timings,
         "stats": stats_note(groups, P),
+        "tracks": {"ci_low_min": CI_LOW_MIN, "min_fires": MIN_FIRES, "n_boot": cfg.n_boot,
+                   "note": TRACKS_NOTE},
     }
     write_length_tables(out, [p.id for p in pairs], pooled.n_tokens, topics.labels, topics.names,
                         min_pairs=cfg.min_pairs, alpha=cfg.alpha, n_boot=cfg.n_boot, seed=cfg.seed, groups=groups)

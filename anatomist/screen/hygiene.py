@@ -136,6 +136,17 @@ def read_with_hygiene(source, *, format: str = "auto", on_bad_row: str = "error"
     return PairSet(pairs, reader.format, reader.name, skipped), report
 
 
+def hygiene_of(pairs: list[PreferencePair], *, source: str = "") -> Hygiene:
+    """The hygiene report of pairs already loaded (the audit's): the checks on valid pairs and the
+    length bias. The loader refused identical and empty sides before, so those findings are empty;
+    `rows` are positions in `pairs` (1-based), not file rows; truncation is not checked."""
+    findings = {k: Finding(k) for k in CHECKS}
+    for check, flagged in pair_checks(pairs).items():
+        findings[check].ids.extend(pairs[i].id for i in flagged)
+        findings[check].rows.extend(i + 1 for i in flagged)
+    return Hygiene(source, len(pairs), len(pairs), findings, {}, [], length_bias(pairs), False)
+
+
 def refused_check(e: DataError) -> str | None:
     """The hygiene check a loader refusal belongs to, or None for a malformed row."""
     if e.reason.startswith("identical chosen and rejected"):

@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_write_parquet, atomic_write_text
 from anatomist.html import badge, esc, num, page, section, short, table, tag
-from anatomist.screen.hygiene import CHECKS, Hygiene
+from anatomist.screen.detectors import Detector
+from anatomist.screen.hygiene import CHECKS, Finding, Hygiene
 from anatomist.screen.run import ALL, ScreenResult
 
 TABLE_FILE, HYGIENE_FILE, PAGE_FILE = "screen.parquet", "hygiene.json", "screen.html"
@@ -43,6 +46,31 @@ def save(result: ScreenResult, out_dir, *, title: str = "anatomist screen") -> d
         atomic_write_text(paths["hygiene"], json.dumps(hygiene_dict(result.hygiene), indent=1, ensure_ascii=False))
     atomic_write_text(paths["page"], page(title, tag("h1", esc(title)) + screen_section(result)))
     return paths
+
+
+def result_dict(result: ScreenResult) -> dict:
+    """What `result_from` needs besides the two tables: detectors (name, fires_on, threshold), alpha,
+    seconds, hygiene (`hygiene_dict`, or None)."""
+    return {"alpha": result.alpha, "seconds": result.seconds,
+            "detectors": [{"name": d.name, "fires_on": d.fires_on, "threshold": d.threshold}
+                          for d in result.detectors],
+            "hygiene": None if result.hygiene is None else hygiene_dict(result.hygiene)}
+
+
+def _stored(response: str, prompt: str = "") -> float:
+    raise AnatomistError("this detector was read back from a file: its code is not stored; screen the data again")
+
+
+def result_from(table: pd.DataFrame, fires: pd.DataFrame, d: dict) -> ScreenResult:
+    """A ScreenResult read back from `table`, `fires` and `result_dict`'s dict (for pages and the
+    terminal table; its detectors cannot score again)."""
+    dets = [Detector(x["name"], x["fires_on"], _stored, float(x["threshold"])) for x in d["detectors"]]
+    h = d.get("hygiene")
+    hygiene = None if h is None else Hygiene(
+        h["source"], h["n_rows"], h["n_valid"],
+        {k: Finding(k, list(f["ids"]), list(f["rows"])) for k, f in h["findings"].items() if k in CHECKS},
+        dict(h["bad_rows"]), [], dict(h["length_bias"]), bool(h["truncation_checked"]))
+    return ScreenResult(table, fires, dets, hygiene, float(d["alpha"]), float(d.get("seconds", 0.0)))
 
 
 # -- terminal --------------------------------------------------------------------------------------
