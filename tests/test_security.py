@@ -200,7 +200,8 @@ def test_report_of_a_real_audit_escapes_dataset_text(tmp_path, smol_tokenizer, o
         p.relative_to(tmp_path) for p in out.rglob("*") if p.is_file()}
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["audit.json", "clusters.parquet", "concepts.json", "examples.json", "features.parquet", "latents",
-         "length.parquet", "length_pairs.parquet", "pairs.parquet", "report.html", "rows.parquet"])
+         "length.parquet", "length_pairs.parquet", "pairs.parquet", "report.html", "rows.parquet", "screen.json",
+         "screen.parquet", "screen_fires.parquet"])
 
 
 # --- the LLM labeller: no dataset text to a remote host without consent ---------------------------

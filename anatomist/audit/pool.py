@@ -160,10 +160,9 @@ def token_activations(model, tokenizer, sae, items: Sequence[CaptureItem], featu
 
 
 @torch.no_grad()
-def pool_features(model, tokenizer, sae, items: Sequence[CaptureItem], out: str | Path, *, layer: int | None = None,
-                  batch_size: int = 8, max_length: int = 256, shard_rows: int = 1 << 18,
-                  progress: bool = True) -> Latents:
-    """Store the SAE latents of every item's response tokens in `out` (rerun to resume)."""
+def check_pool_inputs(model, tokenizer, sae, items: Sequence[CaptureItem], *, layer: int | None = None,
+                      max_length: int = 256) -> int:
+    """Refuse, in one line and before any file exists, what `pool_features` cannot pool; returns the layer."""
     layer = sae.cfg.layer if layer is None else layer
     if layer is None:
         raise AnatomistError("the SAE config has no layer; pass layer=")
@@ -174,6 +173,14 @@ def pool_features(model, tokenizer, sae, items: Sequence[CaptureItem], out: str 
                              f"width {model.config.hidden_size}: the SAE was trained on another model")
     check_layer(model, layer)
     encode_batch(tokenizer, items[:1], max_length)  # a tokenizer without chat template fails before any file exists
+    return int(layer)
+
+
+def pool_features(model, tokenizer, sae, items: Sequence[CaptureItem], out: str | Path, *, layer: int | None = None,
+                  batch_size: int = 8, max_length: int = 256, shard_rows: int = 1 << 18,
+                  progress: bool = True) -> Latents:
+    """Store the SAE latents of every item's response tokens in `out` (rerun to resume)."""
+    layer = check_pool_inputs(model, tokenizer, sae, items, layer=layer, max_length=max_length)
     settings = dict(layer=int(layer), d_sae=sae.cfg.d_sae, sae_model=sae.cfg.model, max_length=max_length,
                     n_sequences=len(items), items_hash=items_hash(items),
                     sae_hash=tensor_hash(sae.W_enc), model=getattr(model.config, "_name_or_path", ""))

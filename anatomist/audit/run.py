@@ -36,7 +36,7 @@ from anatomist.audit.folder import (
 from anatomist.audit.graph import LEIDEN_BACKENDS
 from anatomist.audit.labels import token_units
 from anatomist.audit.lens import concept_lens
-from anatomist.audit.pool import POOLINGS, pool_features
+from anatomist.audit.pool import POOLINGS, check_pool_inputs, pool_features
 from anatomist.audit.rows import topic_cluster_rows
 from anatomist.audit.screen_files import screen_key, write_screen
 from anatomist.audit.stats import prompt_clusters
@@ -203,6 +203,9 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
     pairs = list(pairs)
     if len(pairs) < 2 * cfg.min_pairs:
         raise AnatomistError(f"audit needs at least {2 * cfg.min_pairs} pairs, got {len(pairs)}")
+    items = items_from_pairs(pairs)
+    # what pooling would refuse is refused before the topics and the screen (seconds to minutes of work)
+    check_pool_inputs(model, tokenizer, sae, items, max_length=cfg.max_length)
     # Topics that need no pass of the audited model come first, so the screen runs on them before pooling.
     timings, t = {}, time.perf_counter()
     texts = [prompt_text(p) for p in pairs]
@@ -224,7 +227,6 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
     # `out` comes into being with latents/ (pool_features), after its input checks: a bad input
     # leaves no folder behind.
     t = time.perf_counter()
-    items = items_from_pairs(pairs)
     latents = pool_features(model, tokenizer, sae, items, out / LATENTS, max_length=cfg.max_length,
                             batch_size=cfg.batch_size, progress=progress)
     pooled = latents.pooled(topk=cfg.topk if cfg.pooling == "topk" else None)
