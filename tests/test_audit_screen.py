@@ -105,7 +105,7 @@ def test_the_report_shows_the_screen_first_and_the_tracks(audited, tmp_path):
     assert "Screen: known risks" not in render_report(old).read_text()
 
 
-def test_a_rerun_reuses_the_stored_screen(audited, tmp_path, monkeypatch):
+def test_a_rerun_reuses_the_stored_screen(audited, tmp_path, monkeypatch, capsys):
     out, model, sae, tok, cfg = audited
     again = tmp_path / "again"
     shutil.copytree(out, again)
@@ -113,7 +113,9 @@ def test_a_rerun_reuses_the_stored_screen(audited, tmp_path, monkeypatch):
     import anatomist.screen.run as screen_run
 
     monkeypatch.setattr(screen_run, "screen_pairs", lambda *a, **k: pytest.fail("the screen ran again"))
-    run_audit(model, tok, sae, url_pairs(), again, cfg, model_name="tiny", progress=False)
+    run_audit(model, tok, sae, url_pairs(), again, cfg, model_name="tiny", progress=True)
+    printed = capsys.readouterr().out                   # the stored screen's table, printed first
+    assert "screen: 72 pairs" in printed and "urls" in printed and "pair hygiene" in printed
     assert {n: (again / n).stat().st_mtime_ns for n in before} == before
     # other data: the stored screen is not reused
     monkeypatch.undo()

@@ -48,6 +48,10 @@ def audit(
 ) -> None:
     """Find the latent concepts that separate chosen from rejected responses, per prompt topic.
 
+    The screen runs first (`anatomist screen`'s default detectors and pair hygiene, on the audit's
+    topics, in seconds) and is printed before the model pools; each concept then lists the
+    detectors it tracks (AUROC with CI) beside its label.
+
     Example: anatomist audit --data runs/organism/train.jsonl --out runs/audit --topic-column topic
 
     (--topic-column topic: the organism's topics, which `anatomist organism score` needs.)
