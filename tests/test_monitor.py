@@ -193,3 +193,41 @@ def test_callback_values_reach_trl_dpo_log_history(tmp_path, smol_tokenizer, one
     assert sum("rewards/margins" in h for h in hist) == 4
     assert [r["step"] for r in read_points(tmp_path / "trl")] == [0, 2, 4]
     assert (tmp_path / "trl" / "monitor.html").is_file()
+
+
+# -- the monitor inside anatomist's DPO loop -----------------------------------------------------------
+
+class RisingScorer:
+    """Concept scores that rise by 1 per point (plus a fixed per-item wobble): an alarm that must fire."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def scores(self, items, folder, progress=True):
+        self.calls += 1
+        wobble = np.array([(i % 3) * 0.1 for i in range(len(items))])
+        return np.stack([self.calls + wobble, wobble], axis=1)
+
+
+def test_dpo_stops_at_the_checkpoint_after_an_alarm_and_trains_as_if_unwatched(tmp_path, smol_tokenizer, one_thread):
+    from test_train_dpo import _model, _pairs
+
+    from anatomist.train.dpo import DPOConfig, train_dpo
+
+    make_audit(tmp_path / "audit", tokens=None)
+    cfg = DPOConfig(beta=0.5, lr=5e-3, steps=8, batch_size=2, grad_accum=1, ckpt_every=4, train_layers=2)
+    kw = {"cache_dir": tmp_path / "cache", "save_model": False, "progress": False}
+
+    def watch(stop):
+        return ConceptMonitor(tmp_path / "audit", PROMPTS, every=2, concepts=[0], detectors=[], samples=1,
+                              max_new_tokens=4, alarms=["bold / emoji>0.5"], stop_on_alarm=stop, scorer=RisingScorer())
+
+    plain = train_dpo(_model(), smol_tokenizer, _pairs(), cfg, tmp_path / "plain", **kw)
+    stopped = train_dpo(_model(), smol_tokenizer, _pairs(), cfg, tmp_path / "run", monitor=watch(True), **kw)
+    assert stopped.stopped_at == 4 and len(stopped.history) == 4       # alarm at step 2, next checkpoint at 4
+    assert [r["alarms"] for r in read_points(tmp_path / "run")] == [[], ["bold / emoji>0.5"], ["bold / emoji>0.5"]]
+    assert not (tmp_path / "run" / "summary.json").exists()
+    done = train_dpo(_model(), smol_tokenizer, _pairs(), cfg, tmp_path / "run", monitor=watch(False), **kw)
+    assert done.stopped_at is None and [r["step"] for r in read_points(tmp_path / "run")] == [0, 2, 4, 6, 8]
+    # the monitor's sampling leaves training untouched: the same losses as the unwatched run
+    assert [h["dpo/loss"] for h in done.history] == [h["dpo/loss"] for h in plain.history]
