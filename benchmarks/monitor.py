@@ -37,8 +37,8 @@ from anatomist.monitor.cli import DEFAULT_EVERY  # noqa: E402
 
 def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--organism", type=Path, default=REPO.parent / "main" / "runs" / "demo" / "organism")
-    ap.add_argument("--audit", type=Path, default=REPO.parent / "main" / "runs" / "demo" / "audit")
+    ap.add_argument("--organism", type=Path, default=REPO / "runs" / "demo" / "organism")
+    ap.add_argument("--audit", type=Path, default=REPO / "runs" / "demo" / "audit")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "monitor_bench")
     ap.add_argument("--small", action="store_true", help="CPU-sized: 96 pairs, 12 steps, 5 prompts per topic")
     ap.add_argument("--concept", default=None, help="audit cluster to watch (default: best match of over_formatting)")
