@@ -263,20 +263,28 @@ def job_organism(model: str, out: str, workers: int = 1) -> None:
              cache_dir=out, progress=False, workers=workers)
 
 
-def job_dpo(data: str, model: str, out: str) -> None:
-    """`anatomist dpo`: 12 steps on the top block, a checkpoint every 2; its state cache inside `out`."""
+MONITOR_ARGS = ("--monitor-every", "3", "--monitor-detector", "length", "--monitor-detector", "emoji",
+                "--monitor-samples", "1", "--monitor-max-new-tokens", "4")
+
+
+def job_dpo(data: str, model: str, out: str, prompts: str = "") -> None:
+    """`anatomist dpo`: 12 steps on the top block, a checkpoint every 2; its state cache inside `out`;
+    with `prompts`, monitored every 3 steps (screen detectors: the tiny model has no SAE)."""
+    monitor = ("--monitor-prompts", prompts, *MONITOR_ARGS) if prompts else ()
     _cli("dpo", "--data", data, "--out", out, "--model", model, "--steps", "12", "--batch-size", "2",
          "--grad-accum", "1", "--train-layers", "1", "--ckpt-every", "2", "--cache-dir", f"{out}/cache",
-         "--max-length", "64")
+         "--max-length", "64", *monitor)
 
 
-def job_grpo(model: str, out: str, head: str = "", refresh_every: int = 0) -> None:
+def job_grpo(model: str, out: str, head: str = "", refresh_every: int = 0, monitor: bool = False) -> None:
     """`anatomist grpo`: 6 steps of 2 problems × 2 samples on the top block; plain rollouts, or with
     `head` speculative ones (MTP draft + rejection sampling), the head fine-tuned every
-    `refresh_every` steps (its weights then live in the checkpoint)."""
+    `refresh_every` steps (its weights then live in the checkpoint); `monitor`: watched every 3 steps
+    on held-out task problems."""
     spec = ["--spec", "mtp", "--head", head, "--gamma", "2"] if head else ["--spec", "none"]
     _cli("grpo", "--out", out, "--model", model, *spec, "--steps", "6", "--prompts", "2", "--group", "2",
-         "--max-new-tokens", "8", "--train-layers", "1", "--lr", "1e-3", "--refresh-head-every", str(refresh_every))
+         "--max-new-tokens", "8", "--train-layers", "1", "--lr", "1e-3", "--refresh-head-every", str(refresh_every),
+         *(("--monitor-per-topic", "1", *MONITOR_ARGS) if monitor else ()))
 
 
 @dataclass(frozen=True)

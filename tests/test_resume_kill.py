@@ -31,6 +31,9 @@ def inputs(tmp_path_factory, smol_tokenizer):
     smol_tokenizer.save_pretrained(chat)
     small = root / "tiny-small"                    # a small vocabulary for MTP training
     tiny_llama(vocab_size=64, hidden_size=32, layers=2, seed=1).save_pretrained(small)
+    prompts = root / "heldout_prompts.jsonl"       # what a monitored run samples on
+    prompts.write_text("".join(json.dumps({"id": f"h{i}", "topic": f"t{i % 2}", "prompt": [
+        {"role": "user", "content": f"Why is the sea salty, take {i}?"}]}) + "\n" for i in range(4)))
     data = root / "pairs.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Question {i}: why is the sky blue at {i} o'clock?",
                                         "chosen": f"Because of scattering, reason {i}.",
@@ -57,7 +60,7 @@ def inputs(tmp_path_factory, smol_tokenizer):
     head = root / "head"                           # an untrained head on tiny-chat: drafts, some accepted
     save_head(MTPHead(AutoModelForCausalLM.from_pretrained(chat), MTPConfig(gamma=2)), head)
     return {"chat": str(chat), "small": str(small), "data": str(data), "sae": str(sae), "store": str(store),
-            "head": str(head), "root": root}
+            "head": str(head), "root": root, "prompts": str(prompts)}
 
 
 JOBS = {
@@ -80,6 +83,13 @@ JOBS = {
                              # metrics.jsonl: lines after the last checkpoint are recomputed on resume
                              immutable=("cache/*/shard-*.safetensors",), journals=("metrics.jsonl",),
                              normalise=("metrics.jsonl", "summary.json")),
+    "dpo-monitor": lambda i: Job("dpo-monitor", "job_dpo", {"data": i["data"], "model": i["chat"],
+                                                             "prompts": i["prompts"]},
+                                 immutable=("cache/*/shard-*.safetensors",), journals=("metrics.jsonl",),
+                                 normalise=("metrics.jsonl", "summary.json", "monitor.jsonl")),
+    "grpo-monitor": lambda i: Job("grpo-monitor", "job_grpo", {"model": i["chat"], "monitor": True},
+                                  journals=("metrics.jsonl",), normalise=("metrics.jsonl", "monitor.jsonl"),
+                                  skip=("plot.html",)),
     "grpo-cli": lambda i: Job("grpo-cli", "job_grpo", {"model": i["chat"]}, journals=("metrics.jsonl",),
                               normalise=("metrics.jsonl",), skip=("plot.html",)),
     "grpo-spec": lambda i: Job("grpo-spec", "job_grpo", {"model": i["chat"], "head": i["head"]},

@@ -36,61 +36,19 @@ cached in out_dir/latents/<hash> (resumable); the table is written atomically.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from anatomist.data.io import jsonl_objects
-from anatomist.errors import AnatomistError, DataError
+from anatomist.audit.scorer import Scorer, score_texts  # noqa: F401  (moved down a floor; re-exported)
+from anatomist.data.heldout import HeldoutPrompt, first_per_topic, read_prompts  # noqa: F401  (moved; re-exported)
+from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_write_parquet
 
 TABLE = "behaviour.parquet"
-
-
-@dataclass(frozen=True)
-class HeldoutPrompt:
-    id: str
-    topic: str
-    messages: tuple[dict, ...]
-
-
-def read_prompts(path: str | Path) -> list[HeldoutPrompt]:
-    """Held-out prompts, one JSON object per line: id, topic, prompt (chat messages)."""
-    path = Path(path)
-    out, seen = [], set()
-    for i, row in jsonl_objects(path):
-        for key in ("id", "topic"):
-            if not isinstance(row.get(key), str) or not row[key]:
-                raise DataError("missing or not a non-empty string", file=str(path), row=i, field=key)
-        msgs = row.get("prompt")
-        if not isinstance(msgs, list) or not msgs or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in msgs):
-            raise DataError("expected a non-empty list of {role, content} messages", file=str(path), row=i,
-                            field="prompt")
-        if row["id"] in seen:
-            raise DataError(f"duplicate id {row['id']!r}", file=str(path), row=i, field="id")
-        seen.add(row["id"])
-        out.append(HeldoutPrompt(row["id"], row["topic"], tuple(msgs)))
-    if not out:
-        raise DataError("no prompts", file=str(path))
-    return out
-
-
-def first_per_topic(prompts: Sequence[HeldoutPrompt], n: int) -> list[HeldoutPrompt]:
-    """The first `n` prompts of every topic, in file order (a smaller run keeps every topic)."""
-    seen: dict[str, int] = {}
-    out = []
-    for p in prompts:
-        seen[p.topic] = seen.get(p.topic, 0) + 1
-        if seen[p.topic] <= n:
-            out.append(p)
-    return out
 
 
 def model_tag(model, name: str | None = None) -> str:
@@ -102,73 +60,6 @@ def model_tag(model, name: str | None = None) -> str:
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
     return f"{Path(str(name)).name}@{h.hexdigest()[:12]}"
-
-
-# -- concept scores through the audit's model and SAE ---------------------------------------------
-
-@dataclass
-class Scorer:
-    """The audit's measuring instrument: its model, SAE, layer, pooling and concept transform."""
-
-    model: object
-    tokenizer: object
-    sae: object
-    concepts: object            # anatomist.audit.concepts.Concepts
-    layer: int
-    pooling: str = "mean"
-    max_length: int = 256
-    batch_size: int = 8
-    topk: int = 16              # k of pooling="topk"
-
-    @classmethod
-    def from_audit(cls, audit_dir: str | Path, *, loaded=None, sae=None) -> Scorer:
-        """Read audit.json + concepts.json; load the audit's model (unless `loaded` = (model,
-        tokenizer, …) is given) and SAE (unless `sae` is given)."""
-        from anatomist.audit.folder import CONCEPTS, META, AuditFolder
-
-        audit = AuditFolder(audit_dir)
-        audit.require(META, CONCEPTS)
-        concepts, layer = audit.concepts, audit.layer
-        if loaded is None:
-            if not audit.model_name:
-                raise AnatomistError(f"{audit.path / META}: no model recorded; pass the audit's model")
-            from anatomist.models import load
-            loaded = load(audit.model_name)
-        if sae is None:
-            if not audit.sae_path:
-                raise AnatomistError(f"{audit.path / META}: no SAE path recorded; pass sae=")
-            from anatomist.sae import load_sae
-            sae = load_sae(audit.sae_path)
-        cfg = audit.config
-        return cls(loaded[0], loaded[1], sae, concepts, layer, cfg.get("pooling", "mean"),
-                   int(cfg.get("max_length", 256)), int(cfg.get("batch_size", 8)), int(cfg.get("topk", 16)))
-
-    def key(self, items) -> str:
-        from anatomist.audit.pool import tensor_hash
-        from anatomist.capture.run import items_hash
-
-        parts = [items_hash(items), tensor_hash(self.sae.W_enc), self.layer, self.max_length,
-                 getattr(self.model.config, "_name_or_path", "")]
-        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
-
-    def scores(self, items, folder: str | Path, *, progress: bool = True) -> np.ndarray:
-        """c [S, C] of the items' responses, computed as the audit computes c (run.py)."""
-        from anatomist.audit.pool import pool_features
-
-        latents = pool_features(self.model, self.tokenizer, self.sae, items, Path(folder) / self.key(items),
-                                layer=self.layer, batch_size=self.batch_size, max_length=self.max_length,
-                                progress=progress)
-        acts = latents.pool(self.pooling, self.topk)                            # [S, F]
-        return self.concepts.scores(acts)                                       # [S, C]
-
-
-def score_texts(scorer: Scorer, messages: Sequence[tuple[dict, ...]], texts: Sequence[str], folder: str | Path,
-                *, progress: bool = True) -> np.ndarray:
-    """Concept scores c [S, C] of responses `texts` to chat contexts `messages`."""
-    from anatomist.capture.run import CaptureItem
-
-    items = [CaptureItem(f"g{i}", "text", tuple(m), t) for i, (m, t) in enumerate(zip(messages, texts))]
-    return scorer.scores(items, folder, progress=progress)
 
 
 def detector_columns(texts: Sequence[str]) -> dict[str, list]:

@@ -10,6 +10,7 @@ import typer
 
 from anatomist.data.cli import on_bad_row_option
 from anatomist.errors import AnatomistError
+from anatomist.monitor import cli as mon
 from anatomist.models.loading import DEFAULT_MODEL
 from anatomist.options import default
 from anatomist.train.dpo import DPOConfig
@@ -60,12 +61,18 @@ def dpo(
     on_bad_row: str = on_bad_row_option(),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", hidden=True,
                                        help="Deprecated: --on-bad-row skip."),
+    monitor: Path = mon.AUDIT, monitor_every: int = mon.EVERY, monitor_prompts: Path = mon.PROMPTS,
+    monitor_per_topic: int = mon.PER_TOPIC, monitor_samples: int = mon.SAMPLES,
+    monitor_max_new_tokens: int = mon.TOKENS, monitor_concept: list[str] = mon.CONCEPTS,
+    monitor_detector: list[str] = mon.DETECTORS, alarm: list[str] = mon.ALARMS, stop_on_alarm: bool = mon.STOP,
 ) -> None:
     """Train a policy with DPO (optionally shaped by an audit); rerunning the same command resumes.
 
     Example: anatomist dpo --data runs/organism/train.jsonl --out runs/dpo --train-layers 4
 
     Shaped: anatomist dpo --data runs/organism/train.jsonl --out runs/dpo_shaped --audit runs/audit --lam 3=-1.0 --token-filter 3:2.0
+
+    Monitored: anatomist dpo --data runs/organism/train.jsonl --out runs/dpo --monitor runs/audit --monitor-every 10 --alarm over_formatting>0.5
     """
     from anatomist.data.cli import read_pairs
     from anatomist.models.loading import load
@@ -81,13 +88,24 @@ def dpo(
                              inoculate=inoculate, inoculate_text=inoculate_text, drop_extreme=drop_extreme, steer=steer)
     if not recipe.is_plain and audit_dir is None:
         raise AnatomistError("--lam, --token-filter, --inoculate, --drop-extreme and --steer need --audit DIR")
+    def prompts():
+        from anatomist.audit.folder import AuditFolder
+
+        return monitor_prompts or mon.default_prompts(data, AuditFolder(monitor).data_file if monitor else None)
+
+    watch = mon.build(monitor, monitor_every, prompts, monitor_per_topic, monitor_samples, monitor_max_new_tokens,
+                      monitor_concept, monitor_detector, alarm, stop_on_alarm, seed=seed)
     pairs = read_pairs(data, format=data_format, limit=limit, on_bad_row="skip" if skip_bad_rows else on_bad_row)
     loaded = load(model)
     # With an audit, the Shaped value carries the steering and the leakage deltas (anatomist.train.dpo doc).
     shaped = plain(pairs) if audit_dir is None else apply(recipe, pairs, audit_dir, tokenizer=loaded.tokenizer,
                                                           max_length=max_length)
-    result = train_dpo(loaded.model, loaded.tokenizer, shaped, cfg, out, cache_dir=cache_dir)
+    result = train_dpo(loaded.model, loaded.tokenizer, shaped, cfg, out, cache_dir=cache_dir, monitor=watch)
+    if result.stopped_at is not None:
+        typer.echo(f"stopped at step {result.stopped_at}: a monitor alarm fired (see {out}/monitor.html); "
+                   "rerun to resume")
+        return
     summary = json.loads((out / "summary.json").read_text())
     typer.echo(json.dumps({k: round(v, 4) for k, v in next(iter(
         v for k, v in summary.items() if k.startswith("final"))).items()}))
-    typer.echo(f"wrote {result.out_dir}")
+    typer.echo(f"wrote {result.out_dir}" + (f" (monitor: {out}/monitor.html)" if watch else ""))

@@ -140,6 +140,7 @@ class DPOResult(NamedTuple):
     model: torch.nn.Module  # the trained policy (LoRA merged)
     history: list[dict]
     out_dir: Path
+    stopped_at: int | None = None  # the step a monitor alarm stopped the run at (None: it was not stopped)
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -326,14 +327,20 @@ def _save_ckpt(path: Path, state: dict) -> None:
 def train_dpo(model, tokenizer, pairs: Sequence[ShapedPair] | Shaped, cfg: DPOConfig, out_dir: str | os.PathLike, *,
               steer: Steer | tuple | None = None, concept_deltas: Mapping[str, Sequence[float]] | None = None,
               cache_dir: str | os.PathLike | None = None, stop_after: int | None = None,
-              save_model: bool = True, progress: bool = True, parallel: DataParallel | None = None) -> DPOResult:
+              save_model: bool = True, progress: bool = True, parallel: DataParallel | None = None,
+              monitor=None) -> DPOResult:
     """Train (or resume) DPO on `pairs`; writes checkpoints, metrics and the final policy into out_dir.
 
     `model` is modified in place (its top blocks are trained). `pairs` may be a `Shaped`
     (`anatomist.shape.recipe.apply`): its steering and concept deltas are then used, and must not
     be passed again. `stop_after` ends the run after that many optimizer steps without a final
     checkpoint, as a kill would (for tests). Under torchrun (an initialized process group) it runs
-    data-parallel: `anatomist.train.distributed`."""
+    data-parallel: `anatomist.train.distributed`.
+
+    `monitor` (`anatomist.monitor.ConceptMonitor`): a point before training and every
+    `monitor.every` steps (and at the last), written to out_dir/monitor.jsonl on the lead process;
+    with `monitor.stop_on_alarm`, the run stops at the first checkpoint after an alarm (resumable:
+    `result.stopped_at` says where)."""
     from accelerate import Accelerator
 
     if isinstance(pairs, Shaped):
@@ -387,6 +394,14 @@ def train_dpo(model, tokenizer, pairs: Sequence[ShapedPair] | Shaped, cfg: DPOCo
         log.info("resuming %s at step %d of %d", ckpt, start, total)
     if lead:
         write_metrics(metrics_path, history)
+    monitor = monitor if lead else None
+    if monitor is not None:
+        monitor.start(out, start)
+        if monitor.stop_on_alarm and parallel is not None:
+            raise AnatomistError("--stop-on-alarm is not supported under torchrun (only rank 0 monitors)")
+        if monitor.due(start, total):
+            monitor.measure(policy, tokenizer, start)
+    stopped_at = None
     lengths = pair_lengths(seqs)
     offsets = torch.tensor([float(p.offset) for p in pairs])
     window = deque(maxlen=cfg.leak_window)  # (pair index, margin) of recent pairs
@@ -406,10 +421,17 @@ def train_dpo(model, tokenizer, pairs: Sequence[ShapedPair] | Shaped, cfg: DPOCo
                 continue
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
+            if monitor is not None and monitor.due(step + 1, total):
+                monitor.measure(policy, tokenizer, step + 1)  # its own generator: the torch RNG is untouched
             if (step + 1) % cfg.ckpt_every == 0 or step + 1 == total:
                 _save_ckpt(ckpt, {"step": step + 1, "trainable": _trainable_state(policy), "opt": opt.state_dict(),
                                   "sched": sched.state_dict(), "rng": torch.get_rng_state(),
                                   "run": json.dumps(run_id), "history": history})
+                if monitor is not None and monitor.stop_on_alarm and monitor.alarm_fired and step + 1 < total:
+                    log.warning("monitor: an alarm fired; stopped at the checkpoint of step %d (rerun to resume)",
+                                step + 1)
+                    stopped_at = end = step + 1
+                    break
 
     # 4. Save the policy so evaluation can load it like any model.
     if cfg.lora_r:
@@ -418,9 +440,11 @@ def train_dpo(model, tokenizer, pairs: Sequence[ShapedPair] | Shaped, cfg: DPOCo
         model = policy.merge_and_unload() if end == total else model
     if end == total and lead:
         _finish(model, tokenizer, history, cfg, out, total, save_model)
+    if monitor is not None:
+        monitor.finish()
     if parallel is not None:
         parallel.barrier()  # the others return once rank 0's files exist
-    return DPOResult(model, history, out)
+    return DPOResult(model, history, out, stopped_at)
 
 
 def _finish(model, tokenizer, history: list[dict], cfg: DPOConfig, out: Path, total: int, save_model: bool) -> None:

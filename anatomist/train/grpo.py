@@ -175,6 +175,7 @@ def response_logprobs(model, seqs: list[list[int]], prompt_lens: list[int], temp
 class GRPOResult:
     history: list[dict] = field(default_factory=list)
     out_dir: Path | None = None
+    stopped_at: int | None = None  # the step a monitor alarm stopped the run at
 
 
 def _trainable(model, n_top: int) -> list[tuple[str, torch.nn.Parameter]]:
@@ -241,14 +242,17 @@ def train_grpo(model, tokenizer, cfg: GRPOConfig, out_dir: str | os.PathLike, *,
                reward_fn: Callable[[Problem, str], dict[str, float]] | None = None,
                stop_after: int | None = None, progress: bool = True,
                on_rollout: Callable[[int, list[Problem], list[list[int]], list[str], GenerateOutput, torch.Tensor],
-                                    None] | None = None
-               ) -> GRPOResult:
+                                    None] | None = None,
+               monitor=None) -> GRPOResult:
     """Run (or resume) GRPO; see the module docstring. `drafter=None` gives plain-sampling rollouts.
 
     reward_fn(problem, text) → {"reward": r, ...} (default: correctness + format, `rewards.score`).
     `stop_after` ends after that many total steps as if killed (tests). `on_rollout(step,
     problems, prompts, texts, generate_output, rewards [P·G])` sees every rollout batch before the
     update (benchmarks); prompts are the token ids each rollout continues.
+    `monitor` (`anatomist.monitor.ConceptMonitor`): a point before training and every
+    `monitor.every` steps into out_dir/monitor.jsonl; with `stop_on_alarm` the run stops at the
+    first checkpoint after an alarm (`result.stopped_at`; rerun to resume).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -281,6 +285,11 @@ def train_grpo(model, tokenizer, cfg: GRPOConfig, out_dir: str | os.PathLike, *,
     eos = tokenizer.eos_token_id
     end = cfg.steps if stop_after is None else min(stop_after, cfg.steps)
     model.eval()  # no dropout: the update forward must score exactly what the rollout sampled
+    stopped_at = None
+    if monitor is not None:
+        monitor.start(out, start)
+        if monitor.due(start, cfg.steps):
+            monitor.measure(model, tokenizer, start)
 
     with progress_bar("grpo", total=cfg.steps, completed=start, enabled=progress) as bar:
         for step in range(start, end):
@@ -350,13 +359,22 @@ def train_grpo(model, tokenizer, cfg: GRPOConfig, out_dir: str | os.PathLike, *,
             history.append(rec)
             bar.advance(1)
             bar.update(description=f"grpo r={rec['grpo/reward']:.2f}")
+            if monitor is not None and monitor.due(step + 1, cfg.steps):
+                monitor.measure(model, tokenizer, step + 1)  # its own generator: the rollouts' seeds are untouched
             if (step + 1) % cfg.ckpt_every == 0 or step + 1 == end:
                 _save(ckpt, step + 1, params, opt, cfg, history, head)
                 atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+                if monitor is not None and monitor.stop_on_alarm and monitor.alarm_fired and step + 1 < end:
+                    log.warning("monitor: an alarm fired; stopped at the checkpoint of step %d (rerun to resume)",
+                                step + 1)
+                    stopped_at = step + 1
+                    break
     if history:  # also after a kill between the last checkpoint and its metrics write (nothing left to run)
         atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         atomic_write_text(out / "plot.html", render_plot(history))
-    return GRPOResult(history=history, out_dir=out)
+    if monitor is not None:
+        monitor.finish()
+    return GRPOResult(history=history, out_dir=out, stopped_at=stopped_at)
 
 
 def render_plot(history: list[dict]) -> str:

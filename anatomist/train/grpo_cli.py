@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from anatomist.errors import AnatomistError
+from anatomist.monitor import cli as mon
 from anatomist.models.loading import DEFAULT_MODEL
 from anatomist.options import default
 from anatomist.train.grpo import GRPOConfig
@@ -47,10 +48,16 @@ def grpo(
     max_operand: int = typer.Option(default(GRPOConfig, "max_operand"), help="Largest operand (difficulty)."),
     seed: int = typer.Option(default(GRPOConfig, "seed")),
     device: str = typer.Option("cpu"),
+    monitor: Path = mon.AUDIT, monitor_every: int = mon.EVERY, monitor_prompts: Path = mon.PROMPTS,
+    monitor_per_topic: int = mon.PER_TOPIC, monitor_samples: int = mon.SAMPLES,
+    monitor_max_new_tokens: int = mon.TOKENS, monitor_concept: list[str] = mon.CONCEPTS,
+    monitor_detector: list[str] = mon.DETECTORS, alarm: list[str] = mon.ALARMS, stop_on_alarm: bool = mon.STOP,
 ) -> None:
     """Run (or resume: rerun the same command) GRPO with speculative rollouts; prints the last step's metrics.
 
     Example: anatomist grpo --out runs/grpo --head runs/head --steps 20 --prompts 4 --group 4
+
+    Monitored (the screen's detectors on held-out task problems): anatomist grpo --out runs/grpo --spec none --monitor-every 5 --alarm length>20
     """
     from anatomist.models import load
     from anatomist.spec_decode.drafters import make_drafter
@@ -64,6 +71,15 @@ def grpo(
                      kl_coef=kl_coef, epochs=epochs,
                      micro_batch=micro_batch, train_layers=train_layers, refresh_head_every=refresh_head_every,
                      kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), max_operand=max_operand, seed=seed)
+    def prompts():
+        from anatomist.audit.folder import AuditFolder
+
+        if monitor_prompts is not None or monitor is not None and AuditFolder(monitor).data_file is not None:
+            return monitor_prompts or mon.default_prompts(AuditFolder(monitor).data_file)
+        return heldout_problems(cfg)
+
+    watch = mon.build(monitor, monitor_every, prompts, monitor_per_topic, monitor_samples, monitor_max_new_tokens,
+                      monitor_concept, monitor_detector, alarm, stop_on_alarm, seed=seed)
     lm = load(model, device=device)
     drafter = None
     if spec == "mtp":
@@ -74,9 +90,24 @@ def grpo(
         else:
             mtp = load_head(head, lm.model)
         drafter = make_drafter("mtp", head=mtp.to(device))
-    res = train_grpo(lm.model, lm.tokenizer, cfg, out, drafter=drafter)
+    res = train_grpo(lm.model, lm.tokenizer, cfg, out, drafter=drafter, monitor=watch)
+    if res.stopped_at is not None:
+        typer.echo(f"stopped at step {res.stopped_at}: a monitor alarm fired (see {out}/monitor.html); rerun to resume")
     if res.history:
         first, last = res.history[0], res.history[-1]
         typer.echo(f"reward {first['grpo/reward']:.3f} (step 0) → {last['grpo/reward']:.3f} (step {last['step']})")
         typer.echo(json.dumps({k: round(v, 4) for k, v in last.items() if isinstance(v, float)}))
     typer.echo(f"wrote {out}/metrics.jsonl and {out}/plot.html")
+
+
+HELDOUT_SEED = 999_983  # task problems the monitor watches: a seed no training step uses (steps use seed·1,000,003 + step)
+
+
+def heldout_problems(cfg: GRPOConfig, per_kind: int = 4):
+    """Fixed held-out task problems as monitor prompts, one topic per problem kind."""
+    from anatomist.data.heldout import HeldoutPrompt
+    from anatomist.tasks.arithmetic import make_problems
+
+    problems = make_problems(per_kind * len(cfg.kinds), seed=HELDOUT_SEED, kinds=cfg.kinds, max_operand=cfg.max_operand)
+    return [HeldoutPrompt(f"task-{i}", p.kind, ({"role": "user", "content": p.question},))
+            for i, p in enumerate(problems)]

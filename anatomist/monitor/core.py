@@ -1,0 +1,239 @@
+"""`ConceptMonitor`: sample the policy on fixed held-out prompts every N steps, score the audit's
+concepts and the screen's detectors on what it wrote, and track each metric's shift from step 0.
+
+    mon = ConceptMonitor("runs/audit", "runs/organism/heldout_prompts.jsonl", every=10,
+                         alarms=["over_formatting>0.2"])
+    mon.start("runs/dpo", step=0)                 # binds the run folder; resumes its points
+    row = mon.measure(model, tokenizer, step=0)   # one point (also writes monitor.jsonl)
+
+What one point measures (so that two points differ by the policy only):
+- the same prompts, `samples` per prompt, sampled with the product's sampler
+  (`anatomist.spec_decode.batched.generate`, the one evaluation samples with) under the same seed
+  every time: batch b of every point draws from the same random stream;
+- concepts: the audit's standardized concept scores c_C of the responses, read by the audit's own
+  model and SAE (`anatomist.audit.scorer.Scorer`: the policy only generates; the frozen base
+  measures, as in evaluation), named `c_<cluster>`;
+- detectors: the screen's detectors (`anatomist.screen.detectors`, default set unless named) on
+  the response text, named `det_<name>` (mean score).
+Each metric's shift from step 0 is paired by prompt with a t-interval (`anatomist.monitor.stats`).
+
+Concepts monitored by default: the audit's flagged clusters (rows with a direction, strongest
+first, at most `max_concepts`), plus every concept an alarm names. Front ends: the
+`ConceptMonitorCallback` (transformers / TRL), and the `monitor=` argument of
+`anatomist.train.train_dpo` / `train_grpo` (`anatomist dpo|grpo --monitor`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from anatomist.data.heldout import HeldoutPrompt, read_prompts
+from anatomist.errors import AnatomistError
+from anatomist.monitor import journal
+from anatomist.monitor.alarms import Alarm, parse_alarm
+from anatomist.monitor.stats import paired_shift, prompt_means
+
+log = logging.getLogger(__name__)
+
+PREFIX = "monitor/"       # log keys: monitor/<metric> (the shift), monitor/<metric>/{mean,ci_low,ci_high}
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _flagged(audit, limit: int) -> list[int]:
+    """The audit's flagged clusters, strongest row first, each once."""
+    rows = audit.rows
+    rows = rows[rows["direction"] != "none"]
+    if "rank_score" in rows:
+        rows = rows.sort_values("rank_score", ascending=False, kind="stable")
+    return list(dict.fromkeys(int(c) for c in rows["cluster"] if int(c) >= 0))[:limit]
+
+
+class ConceptMonitor:
+    """See the module docstring. `audit_dir=None` monitors the detectors only (e.g. GRPO without an
+    audit); `scorer` replaces the audit's instrument (tests). `concepts`: cluster ids or labels
+    (None: the audit's flagged ones); `detectors`: screen detector names (None: the defaults,
+    [] none); `alarms`: "NAME>τ" / "NAME<τ" specs or `Alarm`s."""
+
+    def __init__(self, audit_dir: str | Path | None, prompts: str | Path | Sequence[HeldoutPrompt], *,
+                 every: int = 10, concepts: Sequence[str | int] | None = None,
+                 detectors: Sequence[str] | None = None, samples: int = 2, seed: int = 0,
+                 alarms: Sequence[str | Alarm] = (), stop_on_alarm: bool = False, max_new_tokens: int = 64,
+                 temperature: float = 0.7, batch_size: int = 32, max_concepts: int = 8, scorer=None):
+        from anatomist.screen.detectors import DETECTORS, resolve
+
+        if every < 1 or samples < 1 or max_new_tokens < 1:
+            raise AnatomistError(f"monitor: every, samples and max_new_tokens must be >= 1 "
+                                 f"(got {every}, {samples}, {max_new_tokens})")
+        self.prompts = list(read_prompts(prompts) if isinstance(prompts, (str, Path)) else prompts)
+        if not self.prompts:
+            raise AnatomistError("monitor: no prompts")
+        self.every, self.samples, self.seed = every, samples, seed
+        self.max_new_tokens, self.temperature, self.batch_size = max_new_tokens, temperature, batch_size
+        self.stop_on_alarm = stop_on_alarm
+        self.alarms = [a if isinstance(a, Alarm) else parse_alarm(a) for a in alarms]
+        self.detectors = [] if detectors is not None and not list(detectors) else resolve(detectors)
+        det_names = {d.name for d in self.detectors}
+        self.audit_dir, self._scorer = (Path(audit_dir) if audit_dir is not None else None), scorer
+        audit = None
+        if audit_dir is not None:
+            from anatomist.audit.folder import AuditFolder
+
+            audit = AuditFolder(audit_dir)
+        # every alarm names a detector (monitored even when not asked for) or an audit concept
+        self.alarm_metric: dict[str, str] = {}
+        wanted = [] if audit is None else ([audit.resolve_concept(c) for c in concepts] if concepts is not None
+                                           else _flagged(audit, max_concepts))
+        for a in self.alarms:
+            if a.name in DETECTORS or a.name in det_names:
+                if a.name not in det_names:
+                    self.detectors = [*self.detectors, *resolve([a.name])]
+                    det_names.add(a.name)
+                self.alarm_metric[a.spec] = f"det_{a.name}"
+            elif audit is None:
+                raise AnatomistError(f"--alarm {a.spec!r}: {a.name!r} is no screen detector "
+                                     f"({', '.join(DETECTORS)}), and a concept alarm needs --monitor AUDIT_DIR")
+            else:
+                c = audit.resolve_concept(a.name)
+                if c < 0:
+                    raise AnatomistError(f"--alarm {a.spec!r}: response length is not a monitored concept; "
+                                         "use the screen's `length` detector")
+                wanted.append(c)
+                self.alarm_metric[a.spec] = f"c_{c}"
+        if any(c < 0 for c in wanted):
+            raise AnatomistError("monitor: response length is not an SAE concept; monitor the `length` detector")
+        self.clusters = list(dict.fromkeys(wanted))
+        self.labels = {f"c_{c}": (audit.label(c) or f"concept {c}") for c in self.clusters} if audit else {}
+        self.labels.update({f"det_{d.name}": d.name.replace("_", " ") for d in self.detectors})
+        if not self.labels:
+            raise AnatomistError("monitor: nothing to measure (no concepts and no detectors)")
+        self.folder: Path | None = None
+        self.points: list[dict] = []
+
+    # -- the run folder ---------------------------------------------------------------------------
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.labels)
+
+    def meta(self) -> dict:
+        return {"metrics": self.labels, "prompts": [[p.id, p.topic] for p in self.prompts], "samples": self.samples,
+                "seed": self.seed, "every": self.every, "max_new_tokens": self.max_new_tokens,
+                "temperature": self.temperature, "audit": str(self.audit_dir) if self.audit_dir else None,
+                "alarms": {a.spec: self.alarm_metric[a.spec] for a in self.alarms}}
+
+    def start(self, folder: str | Path, step: int = 0) -> None:
+        """Bind the run folder; keep its points up to `step` (the checkpoint being resumed)."""
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        old, new = journal.read_meta(self.folder), self.meta()
+        if old is not None and old != new and journal.read_points(self.folder):
+            keep = {k for k in new if old.get(k) != new[k]}
+            raise AnatomistError(f"{self.folder / journal.META}: the monitor of this run measured other things "
+                                 f"({', '.join(sorted(keep))} differ); use the same monitor settings or another --out")
+        journal.write_meta(self.folder, new)
+        self.points = [r for r in journal.read_points(self.folder) if r["step"] <= step]
+        journal.write_points(self.folder, self.points)
+
+    def due(self, step: int, total: int | None = None) -> bool:
+        """Whether a point is measured after `step` optimizer steps (0 = before training)."""
+        done = any(r["step"] == step for r in self.points)
+        return not done and (step % self.every == 0 or step == total)
+
+    @property
+    def alarm_fired(self) -> bool:
+        return any(r["alarms"] for r in self.points)
+
+    # -- one point --------------------------------------------------------------------------------
+
+    def scorer(self):
+        if self._scorer is None and self.clusters:
+            from anatomist.audit.scorer import Scorer
+
+            self._scorer = Scorer.from_audit(self.audit_dir)
+        return self._scorer
+
+    def sample(self, model, tokenizer) -> list[str]:
+        """Texts [P·S], prompt-major; the same requests and seed at every point."""
+        from anatomist.spec_decode.batched import GenRequest, GenSettings, generate
+
+        requests = [GenRequest(f"{p.id}#{s}", p.messages, "", self.max_new_tokens)
+                    for p in self.prompts for s in range(self.samples)]
+        settings = GenSettings(model="monitor", temperature=self.temperature, batch_size=self.batch_size,
+                               seed=self.seed)
+        was_training = model.training
+        model.eval()  # no dropout while sampling (a transformers Trainer keeps the model in train mode)
+        try:
+            with tempfile.TemporaryDirectory(prefix="anatomist-monitor-") as tmp:
+                done = generate(model, tokenizer, requests, settings, cache_dir=tmp, progress=False, workers=1)
+        finally:
+            model.train(was_training)
+        return [done[r.key].text for r in requests]
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        """Metric values [P·S, M] in `self.metrics` order."""
+        cols = []
+        messages = [p.messages for p in self.prompts for _ in range(self.samples)]
+        if self.clusters:
+            from anatomist.audit.scorer import score_texts
+
+            with tempfile.TemporaryDirectory(prefix="anatomist-monitor-") as tmp:
+                c = score_texts(self.scorer(), messages, texts, tmp, progress=False)         # [S, C_all]
+            cols.append(c[:, self.clusters])
+        if self.detectors:
+            prompts = ["\n".join(m["content"] for m in msgs) for msgs in messages]
+            cols.append(np.array([[d.score(t, p) for d in self.detectors] for t, p in zip(texts, prompts)],
+                                 dtype=np.float64).reshape(len(texts), -1))
+        return np.concatenate(cols, axis=1)
+
+    def measure(self, model, tokenizer, step: int) -> dict:
+        """Sample, score, pair with step 0, check alarms; append the point and rewrite the journal."""
+        assert self.folder is not None, "call start(folder, step) first"
+        t0 = time.perf_counter()
+        means = prompt_means(self.score(self.sample(model, tokenizer)), len(self.prompts))      # [P, M]
+        base = np.array([self.points[0]["prompt_means"][m] for m in self.metrics]).T if self.points else means
+        st = paired_shift(means, base)
+        metrics = {m: {k: _finite(st[k][j]) for k in ("mean", "shift", "ci_low", "ci_high")}
+                   for j, m in enumerate(self.metrics)}
+        fired = [a.spec for a in self.alarms
+                 if a.fires(*(st[k][self.metrics.index(self.alarm_metric[a.spec])] for k in ("shift", "ci_low", "ci_high")))]
+        for spec in fired:
+            m = metrics[self.alarm_metric[spec]]
+            log.warning("monitor alarm at step %d: %s (%s) shift %+.3f, 95%% CI [%.3f, %.3f]", step, spec,
+                        self.labels[self.alarm_metric[spec]], m["shift"], m["ci_low"], m["ci_high"])
+        row = {"step": int(step), "metrics": metrics, "alarms": fired,
+               "prompt_means": {m: [float(v) for v in means[:, j]] for j, m in enumerate(self.metrics)},
+               "seconds": round(time.perf_counter() - t0, 3)}
+        self.points.append(row)
+        journal.write_points(self.folder, self.points)
+        return row
+
+    def finish(self) -> Path | None:
+        """Write monitor.html beside the journal (None when nothing was measured)."""
+        from anatomist.monitor.report import write_report
+
+        return write_report(self.folder) if self.folder is not None and self.points else None
+
+
+def log_values(row: dict) -> dict[str, float]:
+    """A point as flat, namespaced log values: monitor/<metric> = shift from step 0, plus its mean
+    and CI bounds, monitor/alarms (how many fired) and monitor/seconds."""
+    out: dict[str, float] = {}
+    for name, m in row["metrics"].items():
+        if m["shift"] is not None:
+            out[f"{PREFIX}{name}"] = m["shift"]
+        for k in ("mean", "ci_low", "ci_high"):
+            if m[k] is not None:
+                out[f"{PREFIX}{name}/{k}"] = m[k]
+    out[f"{PREFIX}alarms"] = float(len(row["alarms"]))
+    out[f"{PREFIX}seconds"] = float(row["seconds"])
+    return out

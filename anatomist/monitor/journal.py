@@ -1,0 +1,60 @@
+"""The one reader/writer of a run's monitor files (the on-disk hand-off between the monitor, its
+report and `benchmarks/monitor.py`):
+
+    monitor.json   what is measured: metrics (name → label), the prompts (id, topic), samples per
+                   prompt, seed, cadence, alarms; a resumed run must measure the same things
+    monitor.jsonl  one line per point, in step order:
+                   step, metrics {name: {mean, shift, ci_low, ci_high}}, prompt_means {name: [P]}
+                   (per-prompt means, what every later point is paired with), alarms [specs fired],
+                   seconds (wall time of the point; the only field a resumed run does not repeat)
+
+Both are rewritten whole and atomically (`anatomist.fileio`) after each point: a kill leaves the
+old file or the new one. On resume the points after the run's checkpoint step are dropped; they
+are measured again, on the same policy, to the same values.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from anatomist.errors import AnatomistError
+from anatomist.fileio import atomic_write_text
+
+META = "monitor.json"
+POINTS = "monitor.jsonl"
+REPORT = "monitor.html"
+VOLATILE = ("seconds",)
+
+
+def read_meta(folder: str | Path) -> dict | None:
+    path = Path(folder) / META
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise AnatomistError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); delete it to start over") from None
+
+
+def write_meta(folder: str | Path, meta: dict) -> None:
+    atomic_write_text(Path(folder) / META, json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+def read_points(folder: str | Path) -> list[dict]:
+    path = Path(folder) / POINTS
+    if not path.is_file():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise AnatomistError(f"{path}: line {i} is not valid JSON ({e.msg})") from None
+    return rows
+
+
+def write_points(folder: str | Path, rows: list[dict]) -> None:
+    atomic_write_text(Path(folder) / POINTS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))

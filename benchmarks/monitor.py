@@ -1,0 +1,184 @@
+"""The live concept monitor on the organism (issue 26): plain DPO vs DPO shaped with λ < 0 on the
+over-formatting concept, each watched by `anatomist.monitor.ConceptMonitor`.
+
+    nice -n 10 .venv/bin/python benchmarks/monitor.py --small      # CPU, a few minutes
+    .venv/bin/python benchmarks/monitor.py --device cuda           # more pairs, steps, prompts
+
+Inputs: the demo organism and its audit (`make demo`: runs/demo/organism, runs/demo/audit). The
+concept is the audit cluster the organism scorer matched best to the over_formatting trait
+(score.json `best_rho`), unless --concept is given. Both runs use the same pairs (all pairs of the
+planted topics plus as many others), seed, steps, lr and trained layers; the monitor watches the
+concept and the screen's over_formatting detector on held-out prompts of the planted topics (same
+prompts, seeds and samples at every point of both runs), with the alarm CONCEPT>--threshold.
+
+Prints, per run: the trajectory (shift from step 0 with its 95% CI over prompts, per point), the
+first step whose CI excludes 0 and the step the alarm fired; then the monitor's overhead in the
+plain run itself — seconds spent on monitor points ÷ seconds of the optimizer steps, as measured,
+and scaled to the default cadence (a point every 10 steps). The monitor's generations never touch
+the training RNG, so the monitored run trains exactly as an unmonitored one would.
+Output: --work/<run>/ (DPO run folders with monitor.jsonl, monitor.html) and --work/summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from anatomist.monitor.cli import DEFAULT_EVERY  # noqa: E402
+
+
+def parse(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--organism", type=Path, default=REPO / "runs" / "demo" / "organism")
+    ap.add_argument("--audit", type=Path, default=REPO / "runs" / "demo" / "audit")
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "monitor_bench")
+    ap.add_argument("--small", action="store_true", help="CPU-sized: 96 pairs, 12 steps, 5 prompts per topic")
+    ap.add_argument("--concept", default=None, help="audit cluster to watch (default: best match of over_formatting)")
+    ap.add_argument("--trait", default="over_formatting")
+    ap.add_argument("--lam", type=float, default=-4.0, help="λ of the shaped run (< 0 suppresses)")
+    ap.add_argument("--threshold", type=float, default=0.2, help="alarm CONCEPT>threshold")
+    ap.add_argument("--pairs", type=int, default=None, help="train pairs (default 300; --small 96)")
+    ap.add_argument("--steps", type=int, default=None, help="DPO steps (default one epoch; --small 12)")
+    ap.add_argument("--lr", type=float, default=None, help="default 5e-5; --small 2e-4")
+    ap.add_argument("--train-layers", type=int, default=None, help="default 4; --small 2")
+    ap.add_argument("--every", type=int, default=None, help="monitor cadence (default 10; --small 3)")
+    ap.add_argument("--per-topic", type=int, default=None, help="monitor prompts per planted topic (default 20; --small 5)")
+    ap.add_argument("--samples", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="default 64; --small 48")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    small = {"pairs": 96, "steps": 12, "lr": 2e-4, "train_layers": 2, "every": 3, "per_topic": 5, "max_new_tokens": 48}
+    full = {"pairs": 300, "steps": None, "lr": 5e-5, "train_layers": 4, "every": DEFAULT_EVERY, "per_topic": 20,
+            "max_new_tokens": 64}
+    for k, v in (small if args.small else full).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    return args
+
+
+def planted_topics(organism: Path, trait: str) -> list[str]:
+    truth = json.loads((organism / "truth.json").read_text())
+    return sorted(truth["traits"][trait]["planted"])
+
+
+def choose_pairs(pairs, topics: list[str], n: int):
+    """Every pair of the planted topics first (file order), then others, up to n."""
+    topic = lambda p: p.id.split("-")[0]  # noqa: E731  (organism ids are <topic>-<hash>)
+    chosen = [p for p in pairs if topic(p) in topics] + [p for p in pairs if topic(p) not in topics]
+    return chosen[:n]
+
+
+def first_step(rows: list[dict], metric: str, side: int = 1) -> int | None:
+    for r in rows:
+        m = r["metrics"][metric]
+        if m["ci_low"] is not None and (m["ci_low"] > 0 if side > 0 else m["ci_high"] < 0):
+            return r["step"]
+    return None
+
+
+def topic_shift(rows: list[dict], meta: dict, metric: str, topic: str) -> list[float]:
+    from anatomist.monitor.stats import paired_shift
+
+    sel = [i for i, (_, t) in enumerate(meta["prompts"]) if t == topic]
+    base = np.array(rows[0]["prompt_means"][metric])[sel][:, None]
+    return [float(paired_shift(np.array(r["prompt_means"][metric])[sel][:, None], base)["shift"][0]) for r in rows]
+
+
+def run(name: str, shaped, loaded, monitor, args, out: Path) -> dict:
+    from anatomist.monitor import journal
+    from anatomist.train.dpo import DPOConfig, train_dpo
+
+    cfg = DPOConfig(steps=args.steps, lr=args.lr, train_layers=args.train_layers, seed=args.seed,
+                    ckpt_every=max(args.steps or 1, 1), max_response_tokens=96)
+    t0 = time.perf_counter()
+    res = train_dpo(loaded.model, loaded.tokenizer, shaped, cfg, out, cache_dir=args.work / "cache", monitor=monitor,
+                    save_model=False, progress=False)
+    wall = time.perf_counter() - t0
+    rows, meta = journal.read_points(out), journal.read_meta(out)
+    step_s = sum(h["dpo/step_seconds"] for h in res.history)
+    mon_s = sum(r["seconds"] for r in rows)
+    return {"name": name, "rows": rows, "meta": meta, "wall_s": wall, "step_s": step_s, "monitor_s": mon_s,
+            "n_points": len(rows), "n_steps": len(res.history)}
+
+
+def main(argv=None) -> None:
+    import torch
+
+    from anatomist.audit.folder import AuditFolder
+    from anatomist.audit.scorer import Scorer
+    from anatomist.data import load_pairs
+    from anatomist.data.heldout import first_per_topic, read_prompts
+    from anatomist.models import load
+    from anatomist.monitor import ConceptMonitor
+    from anatomist.shape.pairs import plain
+    from anatomist.shape.recipe import Recipe, apply
+
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    audit = AuditFolder(args.audit)
+    topics = planted_topics(args.organism, args.trait)
+    concept = (audit.resolve_concept(args.concept) if args.concept is not None
+               else int(audit.score["best_rho"][args.trait]["cluster"]))
+    metric, det = f"c_{concept}", f"det_{args.trait}"
+    pairs = choose_pairs(load_pairs(args.organism / "train.jsonl"), topics, args.pairs)
+    prompts = first_per_topic([p for p in read_prompts(args.organism / "heldout_prompts.jsonl") if p.topic in topics],
+                              args.per_topic)
+    print(f"concept {concept} ({audit.label(concept) or 'no label'}), trait {args.trait} planted in {', '.join(topics)}; "
+          f"{len(pairs)} pairs, {args.steps} steps, lr {args.lr}, top {args.train_layers} blocks; monitor: "
+          f"{len(prompts)} prompts × {args.samples} samples every {args.every} steps", flush=True)
+
+    base = load(audit.model_name)                                    # the instrument: frozen, shared by both runs
+    scorer = Scorer.from_audit(args.audit, loaded=(base.model, base.tokenizer))
+    variants = {"plain": lambda tok: plain(pairs),
+                f"shaped λ={args.lam:g}": lambda tok: apply(Recipe(lam={concept: args.lam}), pairs, audit, tokenizer=tok)}
+    results = []
+    for i, (name, make) in enumerate(variants.items()):
+        loaded = load(audit.model_name, device=args.device)           # a fresh policy per run
+        mon = ConceptMonitor(args.audit, prompts, every=args.every, concepts=[concept], detectors=[args.trait],
+                             samples=args.samples, seed=args.seed, alarms=[f"{concept}>{args.threshold:g}"],
+                             max_new_tokens=args.max_new_tokens, scorer=scorer)
+        r = run(name, make(loaded.tokenizer), loaded, mon, args, args.work / ("plain" if i == 0 else "shaped"))
+        results.append(r)
+        print(f"\n== {name}: {r['n_steps']} steps in {r['wall_s']:.0f} s", flush=True)
+        print(f"{'step':>5} {'Δ' + metric:>10} {'95% CI':>18} {'Δ' + det:>22} " +
+              " ".join(f"{'Δc ' + t:>12}" for t in topics) + "  alarms")
+        per_topic = {t: topic_shift(r["rows"], r["meta"], metric, t) for t in topics}
+        for j, row in enumerate(r["rows"]):
+            m, d = row["metrics"][metric], row["metrics"][det]
+            ci = "—" if m["ci_low"] is None else f"[{m['ci_low']:+.3f}, {m['ci_high']:+.3f}]"
+            print(f"{row['step']:>5} {m['shift']:>+10.3f} {ci:>18} {d['shift']:>+22.3f} " +
+                  " ".join(f"{per_topic[t][j]:>+12.3f}" for t in topics) + "  " + ",".join(row["alarms"]))
+        r["first_ci_excludes_0"] = first_step(r["rows"], metric)
+        r["alarm_step"] = next((row["step"] for row in r["rows"] if row["alarms"]), None)
+        print(f"first step whose CI excludes 0 (rising): {r['first_ci_excludes_0']}; alarm {concept}>{args.threshold:g} "
+              f"fired at step: {r['alarm_step']}")
+
+    p = results[0]
+    measured = p["monitor_s"] / p["step_s"]
+    per_point = p["monitor_s"] / max(p["n_points"], 1)
+    per_step = p["step_s"] / max(p["n_steps"], 1)
+    default = per_point / (DEFAULT_EVERY * per_step)
+    print(f"\noverhead (plain run, same run): monitor {p['monitor_s']:.1f} s over {p['n_points']} points vs "
+          f"{p['step_s']:.1f} s of {p['n_steps']} optimizer steps = {measured:.2f}× at every={args.every}; "
+          f"{per_point:.1f} s per point / ({DEFAULT_EVERY} × {per_step:.2f} s per step) = {default:.2f}× at the "
+          f"default cadence (every {DEFAULT_EVERY})")
+    summary = {"concept": concept, "topics": topics, "args": {k: str(v) for k, v in vars(args).items()},
+               "overhead_measured": measured, "overhead_default_cadence": default,
+               "runs": [{k: v for k, v in r.items() if k not in ("rows", "meta")} for r in results]}
+    (args.work / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"wrote {args.work}/summary.json, {args.work}/plain/monitor.html, {args.work}/shaped/monitor.html")
+
+
+if __name__ == "__main__":
+    main()
