@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from anatomist.errors import AnatomistError
-from anatomist.spec_decode.eagle3 import Eagle3Config, Eagle3Head, aux_hidden
+from anatomist.spec_decode.eagle3 import Eagle3Config, Eagle3Head, pack_states
 from anatomist.spec_decode.export_eagle3 import eagle3_state, export_eagle3
 from anatomist.spec_decode.head import MTPConfig, MTPHead
 from tests.conftest import tiny_llama
@@ -69,8 +69,9 @@ def test_speculators_eagle3_reader_reproduces_logits(tmp_path, one_thread, depth
     T = ids.shape[1]
     with torch.no_grad():
         hs = trunk.model(input_ids=ids, output_hidden_states=True).hidden_states
-        aux = aux_hidden(hs, head.config.aux_layers)  # [1, T, 3H]
-        ours = head.forward_train(aux, ids, depths)  # [1, T, γ, V']
+        packed = pack_states(hs, head.config.aux_layers)  # [1, T, 4H]
+        aux = packed[..., 32:]
+        ours = head.forward_train(packed, ids, depths)  # [1, T, γ, V']
         captured = []
         orig = spec.lm_head.forward
         spec.lm_head.forward = lambda x: captured.append(orig(x)) or captured[-1]

@@ -28,7 +28,7 @@ from torch import nn
 from anatomist.models.layers import decoder_layers
 from anatomist.spec_decode.head import MTPHead, _trunk_base
 
-__all__ = ["Eagle3Config", "Eagle3Head", "aux_hidden", "default_aux_layers"]
+__all__ = ["Eagle3Config", "Eagle3Head", "pack_states", "default_aux_layers"]
 
 
 @dataclass
@@ -46,9 +46,10 @@ def default_aux_layers(num_layers: int) -> list[int]:
     return [2, num_layers // 2, num_layers - 3]
 
 
-def aux_hidden(hidden_states: tuple[torch.Tensor, ...], layers: list[int]) -> torch.Tensor:
-    """HF `output_hidden_states` tuple (L+1 × [B, T, H]) → [B, T, A·H] concatenated aux states."""
-    return torch.cat([hidden_states[i] for i in layers], dim=-1)
+def pack_states(hidden_states: tuple[torch.Tensor, ...], layers) -> torch.Tensor:
+    """HF `output_hidden_states` tuple (L+1 × [B, T, H], the last one post-norm) → packed
+    [h; hidden_states[l_1]; …] [B, T, (1+A)·H]: h for the targets, the aux states for the head."""
+    return torch.cat([hidden_states[-1]] + [hidden_states[i] for i in layers], dim=-1)
 
 
 class Eagle3Head(nn.Module):
@@ -99,9 +100,20 @@ class Eagle3Head(nn.Module):
         self.to(trunk.get_input_embeddings().weight.device)
         self.bind(trunk)
 
+    @property
+    def state_layers(self) -> tuple[int, ...]:
+        return tuple(self.config.aux_layers)
+
     def bind(self, trunk: nn.Module) -> None:
-        """(Re)attach the trunk's embedding as a frozen, unregistered view."""
+        """(Re)attach the trunk's embedding and the draft-vocab rows of its LM head (the training
+        targets, `_lm`) as frozen, unregistered views; the head's own `lm_head` is separate."""
         self._embed = trunk.get_input_embeddings().weight.detach()
+        lm = trunk.get_output_embeddings().weight.detach()
+        self._lm = lm if self.full_vocab else lm[self.vocab_ids.to(lm.device)].contiguous()
+
+    def enter(self, packed: torch.Tensor) -> torch.Tensor:
+        """Packed [h; aux_1; …; aux_A] [..., (1+A)·H] → FC(aux) [..., H], the depth-1 input."""
+        return self.fc(packed[..., self.norm.weight.shape[0]:])
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("rotary.")}
@@ -123,11 +135,5 @@ class Eagle3Head(nn.Module):
         """g [..., H] → draft logits over the draft vocabulary [..., V']."""
         return F.linear(self.norm(g), self.lm_head)
 
-    def chain_states(self, hidden: torch.Tensor, tokens: torch.Tensor, gamma: int,
-                     chains: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden [B, T, A·H] aux states → g [B, C, γ, H]; see `MTPHead.chain_states`."""
-        return MTPHead.chain_states(self, self.fc(hidden), tokens, gamma, chains)
-
-    def forward_train(self, hidden: torch.Tensor, tokens: torch.Tensor, gamma: int) -> torch.Tensor:
-        """Teacher-forced draft logits [B, T, γ, V'] at every position."""
-        return self.logits(self.chain_states(hidden, tokens, gamma))
+    chain_states = MTPHead.chain_states  # same attention pattern; depth 1 enters through `enter`
+    forward_train = MTPHead.forward_train

@@ -103,8 +103,14 @@ class MTPHead(nn.Module):
         self._lm = lm.detach() if full else lm.detach()[self.vocab_ids.to(lm.device)].contiguous()
         self.full_vocab = full
 
+    state_layers: tuple[int, ...] = ()  # trunk states packed after h (none: this head reads h only)
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("rotary.")}
+
+    def enter(self, packed: torch.Tensor) -> torch.Tensor:
+        """Packed trunk states [..., H·(1 + len(state_layers))] → the depth-1 input [..., H] (here h)."""
+        return packed[..., :self.norm.weight.shape[0]]
 
     def step(self, hidden: torch.Tensor, tokens: torch.Tensor, position_ids: torch.Tensor,
              mask: torch.Tensor, cache) -> torch.Tensor:
@@ -125,7 +131,7 @@ class MTPHead(nn.Module):
                      chains: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced head states for all depths of some chains.
 
-        hidden [B, T, H] (trunk h_i, detached), tokens [B, T], chains [B, C] start positions
+        hidden [B, T, H·(1+A)] (packed trunk states, see `enter`; detached), tokens [B, T], chains [B, C] start positions
         (default: every position) → g [B, C, γ, H]; `logits(g[:, c, k-1])` predicts
         x_{chains[c]+k+1}. Depth k of chain i sits at position i+k-1 and attends to the depth-1
         entries ≤ i and to depths 2..k of its own chain, exactly as during drafting.
@@ -147,7 +153,7 @@ class MTPHead(nn.Module):
             return torch.zeros(visible.shape, dtype=dt, device=dev).masked_fill_(~visible, torch.finfo(dt).min)[:, None]
 
         causal = (t[None, :] <= t[:, None]).expand(B, T, T)
-        g1 = self.step(hidden, tok_pad[:, 1:T + 1], t.expand(B, T), additive(causal), cache)  # [B, T, H]
+        g1 = self.step(self.enter(hidden), tok_pad[:, 1:T + 1], t.expand(B, T), additive(causal), cache)  # [B, T, H]
         g, outs = g1[rows, chains], [g1[rows, chains]]  # [B, C, H]
         seen = t[None, None, :] <= chains[:, :, None]  # [B, C, T] depth-1 keys visible to each chain
         own = torch.eye(C, dtype=torch.bool, device=dev).expand(B, C, C)

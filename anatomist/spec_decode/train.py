@@ -92,8 +92,10 @@ def self_samples(model, prompts: list[list[int]], *, temperature: float = 1.0, m
 
 
 @torch.no_grad()
-def trunk_states(model, sequences: list[list[int]], batch_size: int = 8) -> list[torch.Tensor]:
-    """Final hidden states h [L_i, H] of the frozen trunk for each sequence (right padding)."""
+def trunk_states(model, sequences: list[list[int]], batch_size: int = 8,
+                 layers: tuple[int, ...] = ()) -> list[torch.Tensor]:
+    """Final hidden states h [L_i, H] of the frozen trunk for each sequence (right padding), with
+    the residual states entering `layers` packed after h ([L_i, (1+A)·H]) for heads that read them."""
     out = []
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start:start + batch_size]
@@ -104,7 +106,8 @@ def trunk_states(model, sequences: list[list[int]], batch_size: int = 8) -> list
         for b, s in enumerate(chunk):
             ids[b, :len(s)] = torch.tensor(s, device=dev)
             att[b, :len(s)] = 1
-        h = model.model(input_ids=ids, attention_mask=att).last_hidden_state
+        o = model.model(input_ids=ids, attention_mask=att, output_hidden_states=bool(layers))
+        h = torch.cat([o.last_hidden_state] + [o.hidden_states[i] for i in layers], dim=-1)
         out += [h[b, :len(s)].clone() for b, s in enumerate(chunk)]
     return out
 
@@ -117,7 +120,7 @@ def target_stats(model, states: list[torch.Tensor]) -> list[torch.Tensor]:
     W = model.get_output_embeddings().weight
     out = []
     for h in states:
-        z = F.linear(h, W).float()  # [L, V]
+        z = F.linear(h[..., :W.shape[1]], W).float()  # [L, V] (h: first H columns of packed states)
         lse = torch.logsumexp(z, -1)
         ent = lse - (torch.softmax(z, -1) * z).sum(-1)
         out.append(torch.stack([lse, ent], dim=-1))
@@ -176,7 +179,7 @@ def head_loss(head: MTPHead, hidden: torch.Tensor, tokens: torch.Tensor, stats: 
     with torch.no_grad():
         rows = torch.arange(B, device=hidden.device)[:, None, None]
         tgt = (chains[..., None] + torch.arange(1, gamma + 1, device=hidden.device)).clamp(max=T - 1)  # [B, C, γ]: position i+k
-        z = F.linear(hidden[rows, tgt], head._lm).float()  # [B, C, γ, V'] trunk logits on the draft vocab
+        z = F.linear(hidden[rows, tgt][..., :head._lm.shape[1]], head._lm).float()  # [B, C, γ, V'] trunk logits on the draft vocab
         p = torch.exp(z - stats[rows, tgt, 0][..., None])  # restricted to V', not renormalised
         ent = stats[rows, tgt, 1][:, :, 0]  # [B, C] H(p) at the depth-1 target
     value, metrics = LOSSES[loss](p, q_logits, valid)
