@@ -55,6 +55,8 @@ def pack_states(hidden_states: tuple[torch.Tensor, ...], layers) -> torch.Tensor
 class Eagle3Head(nn.Module):
     """EAGLE-3 draft head bound to a frozen trunk (see the module docstring for the equations)."""
 
+    kind = "eagle3"  # key in spec_decode.heads.HEADS
+
     def __init__(self, trunk: nn.Module, config: Eagle3Config, vocab_ids: torch.Tensor | None = None):
         super().__init__()
         tcfg = trunk.config

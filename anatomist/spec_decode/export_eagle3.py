@@ -20,7 +20,7 @@ import torch
 from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_save_safetensors, atomic_write_text
 
-__all__ = ["eagle3_state", "export_eagle3"]
+__all__ = ["eagle3_state", "export_eagle3", "EXPORT_FORMATS"]
 
 SPECULATORS_VERSION = "0.9.0"
 
@@ -43,7 +43,7 @@ def eagle3_state(head) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_eagle3(head, trunk, out_dir: str | os.PathLike, *, verifier: str) -> Path:
+def export_eagle3(head, trunk, out_dir: str | os.PathLike, *, verifier: str, dtype: torch.dtype | None = None) -> Path:
     """Write config.json + model.safetensors (atomically); refuse a head the format cannot hold."""
     from anatomist.spec_decode.eagle3 import Eagle3Head
 
@@ -72,6 +72,23 @@ def export_eagle3(head, trunk, out_dir: str | os.PathLike, *, verifier: str) -> 
         },
         "anatomist": {"loss": head.config.loss, "base_model": head.config.base_model, "extra": head.config.extra},
     }
-    atomic_save_safetensors(out / "model.safetensors", eagle3_state(head), {"format": "pt"})
+    state = eagle3_state(head)
+    if dtype is not None:  # floats only: d2t / t2d keep their integer / bool types
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    atomic_save_safetensors(out / "model.safetensors", state, {"format": "pt"})
     atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, default=str))
     return out
+
+
+def _export_mtp(head, trunk, out_dir, *, verifier: str, dtype=None) -> Path:
+    from anatomist.spec_decode.eagle3 import Eagle3Head
+    from anatomist.spec_decode.export import export_speculators
+
+    if isinstance(head, Eagle3Head):
+        raise AnatomistError("--format mtp cannot hold an EAGLE-3 head (fused aux states, own LM head); "
+                             "use --format eagle3")
+    return export_speculators(head, trunk, out_dir, verifier=verifier, dtype=dtype)
+
+
+# `anatomist mtp export --format`: format name → writer(head, trunk, out, *, verifier, dtype)
+EXPORT_FORMATS = {"mtp": _export_mtp, "eagle3": export_eagle3}

@@ -103,6 +103,7 @@ class MTPHead(nn.Module):
         self._lm = lm.detach() if full else lm.detach()[self.vocab_ids.to(lm.device)].contiguous()
         self.full_vocab = full
 
+    kind = "mtp"  # key in spec_decode.heads.HEADS
     state_layers: tuple[int, ...] = ()  # trunk states packed after h (none: this head reads h only)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -174,7 +175,7 @@ def save_head(head: MTPHead, folder: str | os.PathLike) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in head.trainable_state().items()}
     atomic_save_safetensors(folder / WEIGHTS_NAME, state)
-    cfg = {"format": "anatomist-mtp-head", "version": 1, **asdict(head.config)}
+    cfg = {"format": "anatomist-mtp-head", "version": 1, "head": head.kind, **asdict(head.config)}
     atomic_write_text(folder / CONFIG_NAME, json.dumps(cfg, indent=2))
     return folder
 
@@ -192,23 +193,29 @@ def read_config_and_weights(folder: Path, config_name: str, weights_name: str, w
         raise AnatomistError(f"{folder}: unreadable {what} folder ({type(e).__name__}: {e})") from e
 
 
-def load_head(folder: str | os.PathLike, trunk: nn.Module) -> MTPHead:
-    """Load a head saved by `save_head` and bind it to `trunk`."""
+def load_head(folder: str | os.PathLike, trunk: nn.Module, kinds: dict | None = None) -> MTPHead:
+    """Load a head saved by `save_head` and bind it to `trunk`; `kinds` (spec_decode.heads.HEADS)
+    names the head classes other than MTP (folders without a "head" field are MTP heads)."""
     folder = Path(folder)
     cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     raw, state = read_config_and_weights(folder, CONFIG_NAME, WEIGHTS_NAME, "an MTP head")
     if not isinstance(raw, dict) or raw.pop("format", None) != "anatomist-mtp-head":
         raise AnatomistError(f"{cfg_path}: field \"format\" is not 'anatomist-mtp-head'")
     raw.pop("version", None)
-    unknown = sorted(set(raw) - set(MTPConfig.__dataclass_fields__))
+    kinds = kinds or {"mtp": (MTPHead, MTPConfig)}
+    kind = raw.pop("head", "mtp")
+    if kind not in kinds:
+        raise AnatomistError(f"{cfg_path}: field \"head\" is {kind!r}; known: {', '.join(kinds)}")
+    head_cls, cfg_cls = kinds[kind]
+    unknown = sorted(set(raw) - set(cfg_cls.__dataclass_fields__))
     if unknown:
         raise AnatomistError(f"{cfg_path}: unknown field(s) {', '.join(unknown)}")
-    config = MTPConfig(**raw)
+    config = cfg_cls(**raw)
     if "vocab_ids" not in state:
         raise AnatomistError(f"{w_path}: missing tensors ['vocab_ids']")
     if state["vocab_ids"].max() >= trunk.get_output_embeddings().weight.shape[0]:
         raise AnatomistError(f"{w_path}: draft vocabulary does not fit the model's vocabulary")
-    head = MTPHead(trunk, config, vocab_ids=state["vocab_ids"])
+    head = head_cls(trunk, config, vocab_ids=state["vocab_ids"])
     try:
         head.load_state_dict(state, strict=False)
         missing = set(head.trainable_state()) - set(state)

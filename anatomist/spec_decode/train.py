@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_path, atomic_write_text
 from anatomist.spec_decode.generate import generate
-from anatomist.spec_decode.head import MTPConfig, MTPHead, save_head
+from anatomist.spec_decode.head import MTPHead, save_head
+from anatomist.spec_decode.heads import build_head
 from anatomist.spec_decode.losses import LOSSES
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,13 @@ class TrainConfig:
     seed: int = 0
     ckpt_every: int = 50
     chains_per_seq: int = 32  # chains drawn per sequence and step (0 = all); depth 1 always sees all
+    head: str = "mtp"  # head kind, a key of spec_decode.heads.HEADS ("mtp", "eagle3")
 
     def __post_init__(self):
+        from anatomist.spec_decode.heads import HEADS
+
+        if self.head not in HEADS:
+            raise AnatomistError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.loss not in LOSSES:
             raise AnatomistError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.chains_per_seq < 0:
@@ -66,6 +72,15 @@ class TrainConfig:
         if self.lr <= 0 or self.draft_vocab < 0 or self.warmup < 0:
             raise AnatomistError(f"need lr > 0, draft_vocab >= 0, warmup >= 0 (got {self.lr}, "
                                  f"{self.draft_vocab}, {self.warmup})")
+
+
+def config_key(cfg: TrainConfig) -> dict:
+    """asdict(cfg) without `head` when it is the default "mtp", so checkpoints and cache keys made
+    before head kinds existed stay valid."""
+    d = asdict(cfg)
+    if d["head"] == "mtp":
+        d.pop("head")
+    return d
 
 
 class Samples(NamedTuple):
@@ -226,7 +241,7 @@ def _lr(step: int, cfg: TrainConfig) -> float:
 def _save_ckpt(path: Path, step: int, head: MTPHead, opt, cfg: TrainConfig, history: list) -> None:
     with atomic_path(path) as tmp:
         torch.save({"step": step, "head": head.trainable_state(), "opt": opt.state_dict(),
-                    "config": asdict(cfg), "history": history}, tmp)
+                    "config": config_key(cfg), "history": history}, tmp)
 
 
 def train_head(model, samples: Samples, cfg: TrainConfig, out_dir: str | os.PathLike, *,
@@ -242,15 +257,19 @@ def train_head(model, samples: Samples, cfg: TrainConfig, out_dir: str | os.Path
     out.mkdir(parents=True, exist_ok=True)
     for p in model.parameters():
         p.requires_grad_(False)
-    if states is None:
-        states = trunk_states(model, samples.sequences)
-    if stats is None:
-        stats = target_stats(model, states)
     V = model.get_output_embeddings().weight.shape[0]
     vocab = draft_vocab_ids(samples.sequences, cfg.draft_vocab, V,
                             always=(eos_token_id,) if eos_token_id is not None else ())
-    head = MTPHead(model, MTPConfig(gamma=cfg.gamma, draft_vocab=cfg.draft_vocab, base_model=base_model,
-                                    loss=cfg.loss, extra=dict(extra or {})), vocab_ids=vocab)
+    head = build_head(cfg.head, model, vocab_ids=vocab, gamma=cfg.gamma, draft_vocab=cfg.draft_vocab,
+                      base_model=base_model, loss=cfg.loss, extra=dict(extra or {}))
+    H = model.config.hidden_size
+    if states is None:
+        states = trunk_states(model, samples.sequences, layers=tuple(head.state_layers))
+    elif states[0].shape[-1] != H * (1 + len(head.state_layers)):
+        raise AnatomistError(f"head {cfg.head!r} needs trunk states packed with layers {list(head.state_layers)} "
+                             f"(width {H * (1 + len(head.state_layers))}), got width {states[0].shape[-1]}")
+    if stats is None:
+        stats = target_stats(model, states)
     head.train()
     params = [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -258,7 +277,7 @@ def train_head(model, samples: Samples, cfg: TrainConfig, out_dir: str | os.Path
     start, history = 0, []
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=True)
-        if state["config"] != asdict(cfg):
+        if state["config"] != config_key(cfg):
             raise AnatomistError(f"{ckpt}: checkpoint was trained with a different config; "
                                  f"use another output folder or delete it")
         head.load_state_dict(state["head"], strict=False)
