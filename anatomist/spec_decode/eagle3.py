@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anatomist.errors import AnatomistError
 from anatomist.models.layers import decoder_layers
 from anatomist.spec_decode.head import MTPHead, _trunk_base
 
@@ -42,8 +43,10 @@ class Eagle3Config:
 
 
 def default_aux_layers(num_layers: int) -> list[int]:
-    """EAGLE-3's low / middle / high choice [2, L//2, L−3] (speculators' and vLLM's default)."""
-    return [2, num_layers // 2, num_layers - 3]
+    """EAGLE-3's low / middle / high choice [2, L//2, L−3] (speculators' and vLLM's default),
+    clamped into 0..L−1 and deduplicated for trunks of fewer than 6 layers (the export writes the
+    ids explicitly, so engines read the same ones)."""
+    return sorted({min(max(i, 0), num_layers - 1) for i in (2, num_layers // 2, num_layers - 3)})
 
 
 def pack_states(hidden_states: tuple[torch.Tensor, ...], layers) -> torch.Tensor:
@@ -65,7 +68,7 @@ class Eagle3Head(nn.Module):
         if not config.aux_layers:
             config.aux_layers = default_aux_layers(L)
         if min(config.aux_layers) < 0 or max(config.aux_layers) >= L:
-            raise ValueError(f"aux_layers {config.aux_layers} outside 0..{L - 1} (layer L is post-norm, not served)")
+            raise AnatomistError(f"aux_layers {config.aux_layers} outside 0..{L - 1} (layer L is post-norm, not served)")
         self.config = config
         A = len(config.aux_layers)
         norm_cls = type(base.norm)

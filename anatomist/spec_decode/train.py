@@ -215,19 +215,23 @@ def head_alphas(heads: Mapping[str, MTPHead], model, samples: Samples, batch_siz
     assert len(gamma) == 1, f"heads with different γ: {gamma}"
     g = gamma.pop()
     usable = [i for i, (s, p) in enumerate(zip(samples.sequences, samples.prompt_lens)) if len(s) - p > g]
-    states = trunk_states(model, [samples.sequences[i] for i in usable])
     sub = Samples([samples.sequences[i] for i in usable], [samples.prompt_lens[i] for i in usable])
-    stats = target_stats(model, states)
     sums = {name: torch.zeros(g, dtype=torch.float64) for name in heads}
     n = 0
-    for start in range(0, len(usable), batch_size):
-        batch = head_batch(states, stats, sub, list(range(start, min(start + batch_size, len(usable)))), g, 0,
-                       torch.Generator())  # chains_per_seq 0: every chain, the generator is not drawn from
-        k = int(batch[-1].sum())
-        for name, head in heads.items():
-            m = head_loss(head, *batch, "tv", g)[1]
-            sums[name] += k * torch.tensor([m[f"mtp/alpha_{i + 1}"] for i in range(g)], dtype=torch.float64)
-        n += k
+    # One trunk pass per set of packed layers (MTP heads read h only, EAGLE-3 heads h + aux states).
+    for layers in dict.fromkeys(tuple(h.state_layers) for h in heads.values()):
+        group = {name: h for name, h in heads.items() if tuple(h.state_layers) == layers}
+        states = trunk_states(model, sub.sequences, layers=layers)
+        stats = target_stats(model, states)
+        n = 0
+        for start in range(0, len(usable), batch_size):
+            batch = head_batch(states, stats, sub, list(range(start, min(start + batch_size, len(usable)))), g, 0,
+                               torch.Generator())  # chains_per_seq 0: every chain, the generator is not drawn from
+            k = int(batch[-1].sum())
+            for name, head in group.items():
+                m = head_loss(head, *batch, "tv", g)[1]
+                sums[name] += k * torch.tensor([m[f"mtp/alpha_{i + 1}"] for i in range(g)], dtype=torch.float64)
+            n += k
     return {name: (s / n).tolist() if n else [float("nan")] * g for name, s in sums.items()}
 
 
