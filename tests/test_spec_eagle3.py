@@ -166,4 +166,16 @@ def test_eagle3_trains_saves_and_loads(tmp_path, one_thread):
     from safetensors.torch import load_file
 
     st = load_file(str(out / "model.safetensors"))
+    readme = (out / "README.md").read_text()
+    assert '"draft_sample_method": "probabilistic"' in readme and "--speculative-use-rejection-sampling" in readme
+    assert "--speculative-num-draft-tokens 3 " in readme and " \\\n" in readme  # γ = 2, lines continue
     assert st["fc.weight"].dtype == torch.bfloat16 and st["t2d"].dtype == torch.bool and st["d2t"].dtype == torch.long
+
+
+def test_export_cli_refuses_unknown_format(tmp_path):
+    from typer.testing import CliRunner
+
+    from anatomist.spec_decode.cli import app
+
+    res = CliRunner().invoke(app, ["export", str(tmp_path), "--out", str(tmp_path / "o"), "--format", "eagle1"])
+    assert res.exit_code != 0 and "--format must be one of mtp, eagle3" in str(res.exception)

@@ -6,7 +6,19 @@ speculators_config {algorithm "eagle3", proposal_methods [greedy, speculative_to
 and model.safetensors: fc, layers.0.{hidden_norm, input_layernorm, post_attention_layernorm,
 self_attn.*, mlp.*}, norm, lm_head [V', H], d2t [V'] (target id − draft id), t2d [V] (bool).
 embed_tokens is not stored: the reader takes it from the verifier. The mapping is one-to-one, so
-the export is exact; heads of another structure are refused (`export_eagle3`).
+the export is exact; heads of another structure are refused (`export_eagle3`). A README.md with
+the serving commands below is written beside them.
+
+Serving (a GPU machine). Engines draft greedily by default (one-hot q); a TV-trained head is meant
+to be sampled from, with the drafts verified by rejection sampling against q:
+
+    # vLLM reads speculators "eagle3" folders natively (method taken from config.json)
+    vllm serve VERIFIER --speculative-config \\
+        '{"model": "OUT", "num_speculative_tokens": GAMMA, "draft_sample_method": "probabilistic"}'
+    # SGLang: chain EAGLE-3 (top-k 1, which its rejection sampling requires)
+    python -m sglang.launch_server --model-path VERIFIER --speculative-algorithm EAGLE3 \\
+        --speculative-draft-model-path OUT --speculative-num-steps GAMMA --speculative-eagle-topk 1 \\
+        --speculative-num-draft-tokens GAMMA1 --speculative-use-rejection-sampling
 """
 
 from __future__ import annotations
@@ -77,6 +89,15 @@ def export_eagle3(head, trunk, out_dir: str | os.PathLike, *, verifier: str, dty
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     atomic_save_safetensors(out / "model.safetensors", state, {"format": "pt"})
     atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, default=str))
+    g = head.config.gamma
+    cmds = __doc__.split("rejection sampling against q:\n\n", 1)[1].rstrip().rstrip('"')
+    cmds = "\n".join(line[4:] for line in cmds.splitlines())
+    cmds = (cmds.replace("VERIFIER", verifier).replace("OUT", str(out)).replace("GAMMA1", str(g + 1))
+            .replace("GAMMA", str(g)))
+    atomic_write_text(out / "README.md", f"# EAGLE-3 draft head (speculators 'eagle3' format)\n\nVerifier: "
+                      f"`{verifier}`, γ = {g}, aux layers {list(head.config.aux_layers)}, draft vocabulary "
+                      f"{head.vocab_ids.numel()}, trained with `{head.config.loss}` by anatomist.\n\n"
+                      f"```bash\n{cmds.strip()}\n```\n")
     return out
 
 
