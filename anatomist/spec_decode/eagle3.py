@@ -13,7 +13,10 @@ does. Emb is the trunk's own (frozen, not saved). Draft ids map to the trunk's v
 sampling only needs q to be the distribution the draft was sampled from.
 
 The aux states are HF `hidden_states[l]` (the residual stream entering layer l, pre final norm),
-the same tensors vLLM collects for `eagle_aux_hidden_state_layer_ids`; `aux_hidden` gathers them.
+the tensors vLLM and SGLang collect for `eagle_aux_hidden_state_layer_ids` (`hidden + residual`
+before layer l); `pack_states` gathers them after h. Layer L (post-norm) is refused: engines never
+collect it as an aux state. (Some engine paths add a `None` residual at layer 0, so real trunks
+should keep the default ids, e.g. [2, 15, 27] for 30 layers; tiny test trunks use 0.)
 Attention (which entries a chain sees) is MTPHead's, reused unchanged via `chain_states`.
 """
 
