@@ -7,7 +7,8 @@
 
 from anatomist.spec_decode.drafters import DRAFTERS, MTPDrafter, NGramDrafter, make_drafter
 from anatomist.spec_decode.generate import AcceptStats, GenerateOutput, generate
-from anatomist.spec_decode.head import MTPConfig, MTPHead, load_head, save_head
+from anatomist.spec_decode.head import MTPConfig, MTPHead, save_head
+from anatomist.spec_decode.heads import HEADS, load_any_head as load_head  # any registered kind
 from anatomist.spec_decode.losses import LOSSES
 from anatomist.spec_decode.train import TrainConfig, train_head
 from anatomist.spec_decode.verify import rejection_sample, sampling_probs

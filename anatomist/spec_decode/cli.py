@@ -47,23 +47,27 @@ def train(
     max_new_tokens: int = typer.Option(default(cached_samples, "max_new_tokens"),
                                        help="Response length of the self-generated data."),
     seed: int = typer.Option(default(TrainConfig, "seed"), help="Seed for sampling and batch order."),
+    head: str = typer.Option(default(TrainConfig, "head"), "--head",
+                             help="Head kind: mtp (DeepSeek-V3-style) | eagle3 (EAGLE-3, servable by vLLM/SGLang "
+                             "for Llama trunks via `mtp export --format eagle3`)."),
 ) -> None:
     """Train an MTP draft head (trunk frozen); rerunning the same command resumes.
 
-    Example: anatomist mtp train --out runs/head --loss tv --steps 200
+    Example: anatomist mtp train --out runs/head --loss tv --steps 200 --head eagle3
     """
     from anatomist.spec_decode.pipeline import cached_states
     from anatomist.spec_decode.train import train_head
 
     cfg = TrainConfig(loss=loss, gamma=gamma, steps=steps, batch_size=batch_size, lr=lr,
-                      draft_vocab=draft_vocab, seed=seed)
+                      draft_vocab=draft_vocab, seed=seed, head=head)
     lm = _load(model)
     samples = cached_samples(lm.model, lm.tokenizer, model_name=model, n_prompts=prompts,
                              temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, prompt_set=prompt_set)
-    states, stats = cached_states(lm.model, samples, model_name=model)
-    head = train_head(lm.model, samples, cfg, out, states=states, stats=stats, base_model=model,
+    # cached states hold the final h only: what an MTP head reads; other kinds pack more layers
+    states, stats = cached_states(lm.model, samples, model_name=model) if head == "mtp" else (None, None)
+    trained = train_head(lm.model, samples, cfg, out, states=states, stats=stats, base_model=model,
                       eos_token_id=lm.tokenizer.eos_token_id, extra={"data_temperature": temperature})
-    last = head.history[-1] if head.history else {}
+    last = trained.history[-1] if trained.history else {}
     typer.echo(json.dumps({k: round(v, 4) for k, v in last.items() if k.startswith("mtp/")}))
     typer.echo(f"wrote {out}")
 
@@ -86,7 +90,7 @@ def analyze(
     Example: anatomist mtp analyze runs/head --out runs/head/acceptance_vs_entropy.html
     """
     from anatomist.spec_decode.analyze import render_html, slopes
-    from anatomist.spec_decode.head import load_head
+    from anatomist.spec_decode.heads import load_any_head as load_head
     from anatomist.spec_decode.prompts import chat_prompts
 
     try:
@@ -121,22 +125,26 @@ def export(
     model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     verifier: str = typer.Option("", help="Verifier id/path the engine will load (default: --model)."),
     dtype: str = typer.Option("", help="Cast weights: bfloat16 | float16 | float32 (default: as trained)."),
+    fmt: str = typer.Option("mtp", "--format", help="speculators format: mtp (an MTP head) | eagle3 (a head "
+                            "trained with --head eagle3; vLLM and SGLang serve it for Llama trunks)."),
 ) -> None:
-    """Write the head as a speculators "mtp" draft for vLLM / SGLang (serving flags in OUT/README.md).
+    """Write the head as a speculators draft ("mtp" or "eagle3") for vLLM / SGLang.
 
     Example: anatomist mtp export runs/head --out runs/head-speculators --verifier HuggingFaceTB/SmolLM2-135M-Instruct
     """
     import torch
 
-    from anatomist.spec_decode.export import export_speculators
-    from anatomist.spec_decode.head import load_head
+    from anatomist.spec_decode.export_eagle3 import EXPORT_FORMATS
+    from anatomist.spec_decode.heads import load_any_head
 
     casts = {"": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
     if dtype not in casts:
         raise AnatomistError(f"--dtype must be bfloat16, float16 or float32, got {dtype!r}")
+    if fmt not in EXPORT_FORMATS:
+        raise AnatomistError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     lm = _load(model)
-    folder = export_speculators(load_head(head, lm.model), lm.model, out, verifier=verifier or model,
-                                dtype=casts[dtype])
+    folder = EXPORT_FORMATS[fmt](load_any_head(head, lm.model), lm.model, out, verifier=verifier or model,
+                                 dtype=casts[dtype])
     typer.echo(f"wrote {folder} (serving commands in {folder / 'README.md'})")
 
 
@@ -165,7 +173,7 @@ def generate(
 
     from anatomist.models.chat import apply_chat_template
     from anatomist.spec_decode.drafters import make_drafter
-    from anatomist.spec_decode.head import load_head
+    from anatomist.spec_decode.heads import load_any_head as load_head
 
     if spec not in ("none", "mtp", "ngram"):
         raise AnatomistError(f"--spec must be none, mtp or ngram, got {spec!r}")

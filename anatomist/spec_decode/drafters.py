@@ -74,9 +74,10 @@ class MTPDrafter:
         self.head = head
         self.kv: RaggedKV | None = None
         self.g_last: torch.Tensor | None = None
+        self.state_layers = tuple(head.state_layers)  # trunk states `observe` needs packed after h
 
     def reset(self, batch_size: int) -> None:
-        dev = self.head.fuse.weight.device
+        dev = self.head.vocab_ids.device
         self.kv = RaggedKV(batch_size, device=dev)
         self.g_last = None
 
@@ -84,7 +85,7 @@ class MTPDrafter:
     def observe(self, hidden, next_tokens, valid) -> None:
         assert self.kv is not None, "call reset() first"
         pos, mask = self.kv.append(valid, hidden.dtype)
-        g = self.head.step(hidden, next_tokens, pos, mask, self.kv.cache)  # [B, K, H]
+        g = self.head.step(self.head.enter(hidden), next_tokens, pos, mask, self.kv.cache)  # [B, K, H]
         last = (valid.long().cumsum(-1).argmax(-1))  # index of the last real pair in each row
         self.g_last = g[torch.arange(g.shape[0]), last]  # [B, H]
         self.kv.invalidate_tail(valid, valid.shape[1])

@@ -82,17 +82,19 @@ def entropy_nats(p: torch.Tensor) -> torch.Tensor:
 
 
 def trunk_forward(model, input_ids: torch.Tensor, kv: RaggedKV, valid: torch.Tensor,
-                  logits_from: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                  logits_from: int = 0, state_layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the target on input_ids [B, K] against the ragged cache.
 
-    → hidden [B, K, H] (final-norm states, what the LM head reads), logits [B, K − logits_from, V].
+    → hidden [B, K, H] (final-norm states, what the LM head reads; with `state_layers` the residual
+    states entering those layers are packed after it, [B, K, (1+A)·H]), logits [B, K − logits_from, V].
     """
     dtype = model.get_input_embeddings().weight.dtype
     pos, mask = kv.append(valid, dtype)
     out = model.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, cache=kv.cache,
-                      use_cache=True)
+                      use_cache=True, output_hidden_states=bool(state_layers))
     h = out.last_hidden_state  # [B, K, H]
-    return h, model.get_output_embeddings()(h[:, logits_from:])
+    packed = torch.cat([h] + [out.hidden_states[i] for i in state_layers], dim=-1) if state_layers else h
+    return packed, model.get_output_embeddings()(h[:, logits_from:])
 
 
 def _left_pad(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +137,8 @@ def generate(model, prompts: list[list[int]], *, drafter: Drafter | None = None,
     ids, valid = _left_pad(prompts, pad=0)
     ids, valid = ids.to(dev), valid.to(dev)
     kv = RaggedKV(B, device=dev)
-    h, logits = trunk_forward(model, ids, kv, valid, logits_from=ids.shape[1] - 1)
+    layers = tuple(getattr(drafter, "state_layers", ()))  # trunk states an EAGLE-3 head reads
+    h, logits = trunk_forward(model, ids, kv, valid, logits_from=ids.shape[1] - 1, state_layers=layers)
     z = sampling_logits(logits, temperature, top_k, top_p)  # [B, 1, V]
     p = z.softmax(-1)
     res = rejection_sample(ids[:, :0], None, p, rand(1))
@@ -158,7 +161,7 @@ def generate(model, prompts: list[list[int]], *, drafter: Drafter | None = None,
         else:
             drafts, q = ids.new_zeros(B, 0), None
         block = torch.cat([y[:, None], drafts], dim=1)  # [B, γ+1]
-        h, logits = trunk_forward(model, block, kv, torch.ones_like(block, dtype=torch.bool))
+        h, logits = trunk_forward(model, block, kv, torch.ones_like(block, dtype=torch.bool), state_layers=layers)
         z = sampling_logits(logits, temperature, top_k, top_p)  # [B, γ+1, V]
         p = z.softmax(-1)
         res = rejection_sample(drafts, q, p, rand(gamma + 1))

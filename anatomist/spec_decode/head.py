@@ -103,8 +103,15 @@ class MTPHead(nn.Module):
         self._lm = lm.detach() if full else lm.detach()[self.vocab_ids.to(lm.device)].contiguous()
         self.full_vocab = full
 
+    kind = "mtp"  # key in spec_decode.heads.HEADS
+    state_layers: tuple[int, ...] = ()  # trunk states packed after h (none: this head reads h only)
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("rotary.")}
+
+    def enter(self, packed: torch.Tensor) -> torch.Tensor:
+        """Packed trunk states [..., H·(1 + len(state_layers))] → the depth-1 input [..., H] (here h)."""
+        return packed[..., :self.norm.weight.shape[0]]
 
     def step(self, hidden: torch.Tensor, tokens: torch.Tensor, position_ids: torch.Tensor,
              mask: torch.Tensor, cache) -> torch.Tensor:
@@ -125,7 +132,7 @@ class MTPHead(nn.Module):
                      chains: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced head states for all depths of some chains.
 
-        hidden [B, T, H] (trunk h_i, detached), tokens [B, T], chains [B, C] start positions
+        hidden [B, T, H·(1+A)] (packed trunk states, see `enter`; detached), tokens [B, T], chains [B, C] start positions
         (default: every position) → g [B, C, γ, H]; `logits(g[:, c, k-1])` predicts
         x_{chains[c]+k+1}. Depth k of chain i sits at position i+k-1 and attends to the depth-1
         entries ≤ i and to depths 2..k of its own chain, exactly as during drafting.
@@ -147,7 +154,7 @@ class MTPHead(nn.Module):
             return torch.zeros(visible.shape, dtype=dt, device=dev).masked_fill_(~visible, torch.finfo(dt).min)[:, None]
 
         causal = (t[None, :] <= t[:, None]).expand(B, T, T)
-        g1 = self.step(hidden, tok_pad[:, 1:T + 1], t.expand(B, T), additive(causal), cache)  # [B, T, H]
+        g1 = self.step(self.enter(hidden), tok_pad[:, 1:T + 1], t.expand(B, T), additive(causal), cache)  # [B, T, H]
         g, outs = g1[rows, chains], [g1[rows, chains]]  # [B, C, H]
         seen = t[None, None, :] <= chains[:, :, None]  # [B, C, T] depth-1 keys visible to each chain
         own = torch.eye(C, dtype=torch.bool, device=dev).expand(B, C, C)
@@ -168,7 +175,7 @@ def save_head(head: MTPHead, folder: str | os.PathLike) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in head.trainable_state().items()}
     atomic_save_safetensors(folder / WEIGHTS_NAME, state)
-    cfg = {"format": "anatomist-mtp-head", "version": 1, **asdict(head.config)}
+    cfg = {"format": "anatomist-mtp-head", "version": 1, "head": head.kind, **asdict(head.config)}
     atomic_write_text(folder / CONFIG_NAME, json.dumps(cfg, indent=2))
     return folder
 
@@ -186,23 +193,29 @@ def read_config_and_weights(folder: Path, config_name: str, weights_name: str, w
         raise AnatomistError(f"{folder}: unreadable {what} folder ({type(e).__name__}: {e})") from e
 
 
-def load_head(folder: str | os.PathLike, trunk: nn.Module) -> MTPHead:
-    """Load a head saved by `save_head` and bind it to `trunk`."""
+def load_head(folder: str | os.PathLike, trunk: nn.Module, kinds: dict | None = None) -> MTPHead:
+    """Load a head saved by `save_head` and bind it to `trunk`; `kinds` (spec_decode.heads.HEADS)
+    names the head classes other than MTP (folders without a "head" field are MTP heads)."""
     folder = Path(folder)
     cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     raw, state = read_config_and_weights(folder, CONFIG_NAME, WEIGHTS_NAME, "an MTP head")
     if not isinstance(raw, dict) or raw.pop("format", None) != "anatomist-mtp-head":
         raise AnatomistError(f"{cfg_path}: field \"format\" is not 'anatomist-mtp-head'")
     raw.pop("version", None)
-    unknown = sorted(set(raw) - set(MTPConfig.__dataclass_fields__))
+    kinds = kinds or {"mtp": (MTPHead, MTPConfig)}
+    kind = raw.pop("head", "mtp")
+    if kind not in kinds:
+        raise AnatomistError(f"{cfg_path}: field \"head\" is {kind!r}; known: {', '.join(kinds)}")
+    head_cls, cfg_cls = kinds[kind]
+    unknown = sorted(set(raw) - set(cfg_cls.__dataclass_fields__))
     if unknown:
         raise AnatomistError(f"{cfg_path}: unknown field(s) {', '.join(unknown)}")
-    config = MTPConfig(**raw)
+    config = cfg_cls(**raw)
     if "vocab_ids" not in state:
         raise AnatomistError(f"{w_path}: missing tensors ['vocab_ids']")
     if state["vocab_ids"].max() >= trunk.get_output_embeddings().weight.shape[0]:
         raise AnatomistError(f"{w_path}: draft vocabulary does not fit the model's vocabulary")
-    head = MTPHead(trunk, config, vocab_ids=state["vocab_ids"])
+    head = head_cls(trunk, config, vocab_ids=state["vocab_ids"])
     try:
         head.load_state_dict(state, strict=False)
         missing = set(head.trainable_state()) - set(state)

@@ -19,9 +19,10 @@ from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_path
 from anatomist.models.fingerprint import model_fingerprint
 from anatomist.models.loading import cache_root
-from anatomist.spec_decode.head import CONFIG_NAME, MTPHead, load_head
+from anatomist.spec_decode.head import CONFIG_NAME, MTPHead
 from anatomist.spec_decode.prompts import PROMPT_SETS
-from anatomist.spec_decode.train import Samples, TrainConfig, self_samples, target_stats, train_head, trunk_states
+from anatomist.spec_decode.heads import load_any_head
+from anatomist.spec_decode.train import Samples, TrainConfig, config_key, self_samples, target_stats, train_head, trunk_states
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +88,13 @@ def cached_states(model, samples: Samples, *, model_name: str) -> tuple[list[tor
 def cached_head(model, samples: Samples, cfg: TrainConfig, *, model_name: str, eos_token_id: int | None,
                 states=None, stats=None, temperature: float = 1.0) -> tuple[MTPHead, Path]:
     """Train a head once per (model, data, config); later calls load it from the cache."""
-    from dataclasses import asdict
-
     key = _key(model=model_name, weights=model_fingerprint(model),
-               data=hashlib.sha256(json.dumps(samples.sequences).encode()).hexdigest(), cfg=asdict(cfg))
+               data=hashlib.sha256(json.dumps(samples.sequences).encode()).hexdigest(), cfg=config_key(cfg))
     folder = spec_cache() / "heads" / f"{cfg.loss}-{key}"
     if (folder / CONFIG_NAME).is_file():
-        return load_head(folder, model), folder
+        return load_any_head(folder, model), folder
+    if cfg.head != "mtp":  # cached states hold h only; other kinds pack extra trunk layers
+        states = stats = None
     with torch.enable_grad():  # callers often sample under no_grad; training the head needs grads
         head = train_head(model, samples, cfg, folder, states=states, stats=stats, base_model=model_name,
                           eos_token_id=eos_token_id, extra={"data_temperature": temperature})

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_path, atomic_write_text
 from anatomist.spec_decode.generate import generate
-from anatomist.spec_decode.head import MTPConfig, MTPHead, save_head
+from anatomist.spec_decode.head import MTPHead, save_head
+from anatomist.spec_decode.heads import build_head
 from anatomist.spec_decode.losses import LOSSES
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,13 @@ class TrainConfig:
     seed: int = 0
     ckpt_every: int = 50
     chains_per_seq: int = 32  # chains drawn per sequence and step (0 = all); depth 1 always sees all
+    head: str = "mtp"  # head kind, a key of spec_decode.heads.HEADS ("mtp", "eagle3")
 
     def __post_init__(self):
+        from anatomist.spec_decode.heads import HEADS
+
+        if self.head not in HEADS:
+            raise AnatomistError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.loss not in LOSSES:
             raise AnatomistError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.chains_per_seq < 0:
@@ -66,6 +72,15 @@ class TrainConfig:
         if self.lr <= 0 or self.draft_vocab < 0 or self.warmup < 0:
             raise AnatomistError(f"need lr > 0, draft_vocab >= 0, warmup >= 0 (got {self.lr}, "
                                  f"{self.draft_vocab}, {self.warmup})")
+
+
+def config_key(cfg: TrainConfig) -> dict:
+    """asdict(cfg) without `head` when it is the default "mtp", so checkpoints and cache keys made
+    before head kinds existed stay valid."""
+    d = asdict(cfg)
+    if d["head"] == "mtp":
+        d.pop("head")
+    return d
 
 
 class Samples(NamedTuple):
@@ -92,8 +107,10 @@ def self_samples(model, prompts: list[list[int]], *, temperature: float = 1.0, m
 
 
 @torch.no_grad()
-def trunk_states(model, sequences: list[list[int]], batch_size: int = 8) -> list[torch.Tensor]:
-    """Final hidden states h [L_i, H] of the frozen trunk for each sequence (right padding)."""
+def trunk_states(model, sequences: list[list[int]], batch_size: int = 8,
+                 layers: tuple[int, ...] = ()) -> list[torch.Tensor]:
+    """Final hidden states h [L_i, H] of the frozen trunk for each sequence (right padding), with
+    the residual states entering `layers` packed after h ([L_i, (1+A)·H]) for heads that read them."""
     out = []
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start:start + batch_size]
@@ -104,7 +121,8 @@ def trunk_states(model, sequences: list[list[int]], batch_size: int = 8) -> list
         for b, s in enumerate(chunk):
             ids[b, :len(s)] = torch.tensor(s, device=dev)
             att[b, :len(s)] = 1
-        h = model.model(input_ids=ids, attention_mask=att).last_hidden_state
+        o = model.model(input_ids=ids, attention_mask=att, output_hidden_states=bool(layers))
+        h = torch.cat([o.last_hidden_state] + [o.hidden_states[i] for i in layers], dim=-1)
         out += [h[b, :len(s)].clone() for b, s in enumerate(chunk)]
     return out
 
@@ -117,7 +135,7 @@ def target_stats(model, states: list[torch.Tensor]) -> list[torch.Tensor]:
     W = model.get_output_embeddings().weight
     out = []
     for h in states:
-        z = F.linear(h, W).float()  # [L, V]
+        z = F.linear(h[..., :W.shape[1]], W).float()  # [L, V] (h: first H columns of packed states)
         lse = torch.logsumexp(z, -1)
         ent = lse - (torch.softmax(z, -1) * z).sum(-1)
         out.append(torch.stack([lse, ent], dim=-1))
@@ -176,7 +194,7 @@ def head_loss(head: MTPHead, hidden: torch.Tensor, tokens: torch.Tensor, stats: 
     with torch.no_grad():
         rows = torch.arange(B, device=hidden.device)[:, None, None]
         tgt = (chains[..., None] + torch.arange(1, gamma + 1, device=hidden.device)).clamp(max=T - 1)  # [B, C, γ]: position i+k
-        z = F.linear(hidden[rows, tgt], head._lm).float()  # [B, C, γ, V'] trunk logits on the draft vocab
+        z = F.linear(hidden[rows, tgt][..., :head._lm.shape[1]], head._lm).float()  # [B, C, γ, V'] trunk logits on the draft vocab
         p = torch.exp(z - stats[rows, tgt, 0][..., None])  # restricted to V', not renormalised
         ent = stats[rows, tgt, 1][:, :, 0]  # [B, C] H(p) at the depth-1 target
     value, metrics = LOSSES[loss](p, q_logits, valid)
@@ -197,19 +215,23 @@ def head_alphas(heads: Mapping[str, MTPHead], model, samples: Samples, batch_siz
     assert len(gamma) == 1, f"heads with different γ: {gamma}"
     g = gamma.pop()
     usable = [i for i, (s, p) in enumerate(zip(samples.sequences, samples.prompt_lens)) if len(s) - p > g]
-    states = trunk_states(model, [samples.sequences[i] for i in usable])
     sub = Samples([samples.sequences[i] for i in usable], [samples.prompt_lens[i] for i in usable])
-    stats = target_stats(model, states)
     sums = {name: torch.zeros(g, dtype=torch.float64) for name in heads}
     n = 0
-    for start in range(0, len(usable), batch_size):
-        batch = head_batch(states, stats, sub, list(range(start, min(start + batch_size, len(usable)))), g, 0,
-                       torch.Generator())  # chains_per_seq 0: every chain, the generator is not drawn from
-        k = int(batch[-1].sum())
-        for name, head in heads.items():
-            m = head_loss(head, *batch, "tv", g)[1]
-            sums[name] += k * torch.tensor([m[f"mtp/alpha_{i + 1}"] for i in range(g)], dtype=torch.float64)
-        n += k
+    # One trunk pass per set of packed layers (MTP heads read h only, EAGLE-3 heads h + aux states).
+    for layers in dict.fromkeys(tuple(h.state_layers) for h in heads.values()):
+        group = {name: h for name, h in heads.items() if tuple(h.state_layers) == layers}
+        states = trunk_states(model, sub.sequences, layers=layers)
+        stats = target_stats(model, states)
+        n = 0
+        for start in range(0, len(usable), batch_size):
+            batch = head_batch(states, stats, sub, list(range(start, min(start + batch_size, len(usable)))), g, 0,
+                               torch.Generator())  # chains_per_seq 0: every chain, the generator is not drawn from
+            k = int(batch[-1].sum())
+            for name, head in group.items():
+                m = head_loss(head, *batch, "tv", g)[1]
+                sums[name] += k * torch.tensor([m[f"mtp/alpha_{i + 1}"] for i in range(g)], dtype=torch.float64)
+            n += k
     return {name: (s / n).tolist() if n else [float("nan")] * g for name, s in sums.items()}
 
 
@@ -223,7 +245,7 @@ def _lr(step: int, cfg: TrainConfig) -> float:
 def _save_ckpt(path: Path, step: int, head: MTPHead, opt, cfg: TrainConfig, history: list) -> None:
     with atomic_path(path) as tmp:
         torch.save({"step": step, "head": head.trainable_state(), "opt": opt.state_dict(),
-                    "config": asdict(cfg), "history": history}, tmp)
+                    "config": config_key(cfg), "history": history}, tmp)
 
 
 def train_head(model, samples: Samples, cfg: TrainConfig, out_dir: str | os.PathLike, *,
@@ -239,15 +261,19 @@ def train_head(model, samples: Samples, cfg: TrainConfig, out_dir: str | os.Path
     out.mkdir(parents=True, exist_ok=True)
     for p in model.parameters():
         p.requires_grad_(False)
-    if states is None:
-        states = trunk_states(model, samples.sequences)
-    if stats is None:
-        stats = target_stats(model, states)
     V = model.get_output_embeddings().weight.shape[0]
     vocab = draft_vocab_ids(samples.sequences, cfg.draft_vocab, V,
                             always=(eos_token_id,) if eos_token_id is not None else ())
-    head = MTPHead(model, MTPConfig(gamma=cfg.gamma, draft_vocab=cfg.draft_vocab, base_model=base_model,
-                                    loss=cfg.loss, extra=dict(extra or {})), vocab_ids=vocab)
+    head = build_head(cfg.head, model, vocab_ids=vocab, gamma=cfg.gamma, draft_vocab=cfg.draft_vocab,
+                      base_model=base_model, loss=cfg.loss, extra=dict(extra or {}))
+    H = model.config.hidden_size
+    if states is None:
+        states = trunk_states(model, samples.sequences, layers=tuple(head.state_layers))
+    elif states[0].shape[-1] != H * (1 + len(head.state_layers)):
+        raise AnatomistError(f"head {cfg.head!r} needs trunk states packed with layers {list(head.state_layers)} "
+                             f"(width {H * (1 + len(head.state_layers))}), got width {states[0].shape[-1]}")
+    if stats is None:
+        stats = target_stats(model, states)
     head.train()
     params = [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -255,7 +281,7 @@ def train_head(model, samples: Samples, cfg: TrainConfig, out_dir: str | os.Path
     start, history = 0, []
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=True)
-        if state["config"] != asdict(cfg):
+        if state["config"] != config_key(cfg):
             raise AnatomistError(f"{ckpt}: checkpoint was trained with a different config; "
                                  f"use another output folder or delete it")
         head.load_state_dict(state["head"], strict=False)
