@@ -30,7 +30,7 @@ from torch import nn
 
 from anatomist.errors import AnatomistError
 from anatomist.models.layers import decoder_layers
-from anatomist.spec_decode.head import MTPHead, _trunk_base
+from anatomist.spec_decode.head import MTPHead, trunk_base
 
 __all__ = ["Eagle3Config", "Eagle3Head", "pack_states", "default_aux_layers"]
 
@@ -66,7 +66,7 @@ class Eagle3Head(nn.Module):
     def __init__(self, trunk: nn.Module, config: Eagle3Config, vocab_ids: torch.Tensor | None = None):
         super().__init__()
         tcfg = trunk.config
-        base = _trunk_base(trunk)
+        base = trunk_base(trunk)
         L, H = tcfg.num_hidden_layers, tcfg.hidden_size
         if not config.aux_layers:
             config.aux_layers = default_aux_layers(L)

@@ -50,7 +50,7 @@ class MTPConfig:
     extra: dict = field(default_factory=dict)  # training provenance (temperature, steps, …)
 
 
-def _trunk_base(model):
+def trunk_base(model):
     base = getattr(model, "model", None)
     if base is None or not hasattr(base, "rotary_emb") or not hasattr(base, "norm"):
         raise AnatomistError(f"MTP head needs a Llama-like model (model.model.rotary_emb / .norm); "
@@ -67,7 +67,7 @@ class MTPHead(nn.Module):
         super().__init__()
         self.config = config
         tcfg = trunk.config
-        base = _trunk_base(trunk)
+        base = trunk_base(trunk)
         H = tcfg.hidden_size
         norm_cls = type(base.norm)
         self.norm_h = norm_cls(H, eps=tcfg.rms_norm_eps)
