@@ -39,18 +39,23 @@ def planted_pairs(n_per_topic=24):
     return pairs
 
 
-@pytest.fixture(scope="module")
-def audited(tmp_path_factory, smol_tokenizer):
+def tiny_audit(out, tokenizer, pairs):
+    """Audit `pairs` into `out` with a 2-layer random Llama and a 96-latent random SAE; returns
+    (out, model, sae, tokenizer, cfg)."""
     torch.manual_seed(0)
     model = tiny_llama(vocab_size=49152, hidden_size=32, layers=2)
     sae = SAE(SAEConfig(d_in=32, d_sae=96, architecture="topk", k=6, layer=1)).init_weights(
         torch.Generator().manual_seed(0))
-    out = tmp_path_factory.mktemp("audit")
     # A 96-latent random SAE over 72 pairs: finer clusters than the default resolution keep the
     # planted token's latents from merging with template-word latents.
     cfg = AuditConfig(topic_column="topic", min_support=5, n_boot=200, n_examples=8, resolution=3.0, knn=5)
-    run_audit(model, smol_tokenizer, sae, planted_pairs(), out, cfg, model_name="tiny", progress=False)
-    return out, model, sae, smol_tokenizer, cfg
+    run_audit(model, tokenizer, sae, pairs, out, cfg, model_name="tiny", progress=False)
+    return out, model, sae, tokenizer, cfg
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory, smol_tokenizer):
+    return tiny_audit(tmp_path_factory.mktemp("audit"), smol_tokenizer, planted_pairs())
 
 
 def test_audit_writes_every_table(audited):

@@ -8,16 +8,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from anatomist.audit.folder import SCREEN, SCREEN_FILES, SCREEN_FIRES, AuditFolder
 from anatomist.audit.report import render_report
-from anatomist.audit.run import AuditConfig, run_audit
+from anatomist.audit.run import run_audit
 from anatomist.audit.tracks import detector_tracks, response_fires, tracks_text
-from anatomist.sae import SAE, SAEConfig
 from anatomist.stats import auroc
-from conftest import tiny_llama
-from test_audit_run import planted_pairs
+from test_audit_run import planted_pairs, tiny_audit
 
 URL = " See https://www.bananabread.com/recipe for more."
 
@@ -56,14 +53,7 @@ def test_a_concept_equal_to_a_detector_tracks_it_an_independent_one_does_not():
 
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory, smol_tokenizer):
-    torch.manual_seed(0)
-    model = tiny_llama(vocab_size=49152, hidden_size=32, layers=2)
-    sae = SAE(SAEConfig(d_in=32, d_sae=96, architecture="topk", k=6, layer=1)).init_weights(
-        torch.Generator().manual_seed(0))
-    out = tmp_path_factory.mktemp("audit")
-    cfg = AuditConfig(topic_column="topic", min_support=5, n_boot=200, n_examples=8, resolution=3.0, knn=5)
-    run_audit(model, smol_tokenizer, sae, url_pairs(), out, cfg, model_name="tiny", progress=False)
-    return out, model, sae, smol_tokenizer, cfg
+    return tiny_audit(tmp_path_factory.mktemp("audit"), smol_tokenizer, url_pairs())
 
 
 def test_the_audit_stores_the_screen_on_its_topics(audited):

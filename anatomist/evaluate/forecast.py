@@ -53,9 +53,10 @@ def eval_folder(path: str | Path) -> Path:
     return path if path.is_dir() else path.parent
 
 
-def read_generations(path: str | Path) -> pd.DataFrame:
-    """The base model's generations in an eval folder: `anatomist eval`'s run folder (its pre/ when
-    it has one, i.e. was run with --base; else its only model), a generation folder, or a table."""
+def read_generations(path: str | Path) -> tuple[pd.DataFrame, Path]:
+    """The base model's generations in an eval folder and the folder they sit in: `anatomist eval`'s
+    run folder (its pre/ when it has one, i.e. was run with --base; else its only model), a
+    generation folder, or a table."""
     from anatomist.evaluate.verify import read_eval
 
     path = Path(path)
@@ -70,7 +71,7 @@ def read_generations(path: str | Path) -> pd.DataFrame:
                                  "were kept); rerun `anatomist eval` into a fresh folder")
     if not any(c.startswith("c_") for c in table.columns):
         raise AnatomistError(f"{path}: no concept columns c_<k>: run `anatomist eval` with --audit")
-    return table
+    return table, eval_folder(path)
 
 
 def _temperature(folder: Path, given: float | None) -> float:
@@ -104,8 +105,7 @@ def forecast(audit_dir: str | Path, base_eval: str | Path, *, cfg=None, lam: Map
         raise AnatomistError(f"grad_share must be in (0, 1], got {grad_share}")
     cfg = cfg or DPOConfig()
     audit = AuditFolder(audit_dir)
-    folder = eval_folder(Path(base_eval) / "pre" if (Path(base_eval) / "pre").is_dir() else base_eval)
-    base = read_generations(base_eval)
+    base, folder = read_generations(base_eval)
     temperature = _temperature(folder, temperature)
     per_prompt = base.groupby("prompt_id")["sample"].nunique()
     halves = bool(len(per_prompt)) and int(per_prompt.min()) >= MIN_HALF_SAMPLES

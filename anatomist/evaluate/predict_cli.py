@@ -101,7 +101,7 @@ def _first_order(audit_dir: Path, base_eval: Path, cfg, lam, grad_share, tempera
         typer.echo(f"{r.cluster:>7} {r.x_first_adam:>13.4g} {r.x_first_plain:>14.4g}  {str(r.label)[:50]}")
     typer.echo(f"forecast: {fc.path}")
     if cluster is not None:
-        _attribution(audit, fc, pairs, cfg, lam, cluster, (lm.model, lm.tokenizer), read_generations(base_eval), top)
+        _attribution(audit, fc, pairs, cfg, lam, cluster, (lm.model, lm.tokenizer), read_generations(base_eval)[0], top)
 
 
 def _attribution(audit, fc, pairs, cfg, lam, cluster, loaded, base, top) -> None:
