@@ -45,6 +45,8 @@ def audit(
     seed: int = typer.Option(default(AuditConfig, "seed"), "--seed"),
     data_format: str = typer.Option("auto", "--format"),
     on_bad_row: str = on_bad_row_option(),
+    device: str = typer.Option("cpu", "--device", help="Where the model and the SAE pool latents: cpu, cuda, ... "
+                                                       "(the statistics run on the CPU either way)."),
 ) -> None:
     """Find the latent concepts that separate chosen from rejected responses, per prompt topic.
 
@@ -71,8 +73,8 @@ def audit(
                       labeller_kwargs=kwargs, seed=seed)
     pairs = read_pairs(data, format=data_format, on_bad_row=on_bad_row, limit=limit)
     sae_path = str(default_sae(model)) if sae == "default" else sae
-    loaded = load(model)
-    folder = run_audit(loaded.model, loaded.tokenizer, load_sae(sae_path), pairs, out, cfg,
+    loaded = load(model, device=device)
+    folder = run_audit(loaded.model, loaded.tokenizer, load_sae(sae_path).to(device), pairs, out, cfg,
                        model_name=model, sae_path=sae_path, data_path=str(data))
     typer.echo(f"report: {render_report(folder)}")
 

@@ -22,9 +22,11 @@ from anatomist.models.layers import final_norm
 
 def concept_direction(W_dec: torch.Tensor, features: np.ndarray, weights: np.ndarray | None = None) -> torch.Tensor:
     """Unit direction [D] of a concept: the (weighted) sum of its members' decoder rows W_dec [F, D]."""
-    idx = torch.as_tensor(np.asarray(features), dtype=torch.long)
+    dev = W_dec.device   # the SAE's, which may be an accelerator
+    idx = torch.as_tensor(np.asarray(features), dtype=torch.long, device=dev)
     rows = W_dec[idx].float()                                            # [M, D]
-    w = torch.ones(len(idx)) if weights is None else torch.as_tensor(np.asarray(weights), dtype=torch.float32)
+    w = torch.ones(len(idx), device=dev) if weights is None else \
+        torch.as_tensor(np.asarray(weights), dtype=torch.float32, device=dev)
     d = (w[:, None] * rows).sum(0)
     return d / d.norm().clamp_min(1e-12)
 

@@ -132,16 +132,18 @@ class Latents:
 def _response_latents(model, sae, batch, layer, tokenizer, max_length):
     """Per item: its response token ids and SAE latents [n_response, F]; and each item's prompt
     embedding [B, D] — the mean residual over prompt tokens after position 0 (the attention
-    sink's huge norm would swamp the mean)."""
+    sink's huge norm would swamp the mean). The model and the SAE share a device (any); what is
+    returned is on the CPU, where the shard writer and the scorers read it."""
     encoded, ids, mask = encode_batch(tokenizer, batch, max_length)
-    resid = residual_stream(model, ids, mask, layer)                     # [B, T, D]
+    resid = residual_stream(model, ids, mask, layer)                     # [B, T, D] on the model's device
     resp = torch.zeros_like(mask, dtype=torch.bool)
     for i, e in enumerate(encoded):
         resp[i, :len(e.response_mask)] = torch.tensor(e.response_mask)
-    lat = sae.encode(resid[resp])                                        # [N_resp, F]: one matmul per batch
+    lat = sae.encode(resid[resp.to(resid.device)]).cpu()                 # [N_resp, F]: one matmul per batch
     prompt = mask.bool() & ~resp
     prompt[:, 0] = False
-    emb = (resid * prompt[..., None]).sum(1) / prompt.sum(1, keepdim=True).clamp(min=1)  # [B, D]
+    prompt = prompt.to(resid.device)
+    emb = ((resid * prompt[..., None]).sum(1) / prompt.sum(1, keepdim=True).clamp(min=1)).cpu()  # [B, D]
     tokens = [ids[i][resp[i]].tolist() for i in range(len(encoded))]
     return tokens, list(torch.split(lat, [e.n_response for e in encoded])), emb
 
@@ -205,4 +207,4 @@ def tensor_hash(t: torch.Tensor) -> str:
     """A short content hash of a tensor (e.g. the SAE encoder, to key cached latents)."""
     import hashlib
 
-    return hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()[:16]
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]

@@ -239,7 +239,7 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
     if topics is None:       # the model's own prompt residuals: known only now
         topics = prompt_topics(pooled.prompt_emb[0::2], texts, k=cfg.topics, k_range=cfg.topic_range,
                                method=cfg.topic_method, seed=cfg.seed, backend=cfg.leiden_backend)
-    W_dec = sae.W_dec.detach().numpy() if cfg.decoder_weight else None
+    W_dec = sae.W_dec.detach().cpu().numpy() if cfg.decoder_weight else None
     concepts = concept_clusters(acts, W_dec=W_dec, min_support=cfg.min_support, knn=cfg.knn,
                                 decoder_weight=cfg.decoder_weight, resolution=cfg.resolution, seed=cfg.seed,
                                 backend=cfg.leiden_backend)

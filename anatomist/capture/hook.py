@@ -19,7 +19,8 @@ class _StopForward(Exception):
 @torch.no_grad()
 def residual_stream(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                     layers: int | list[int]) -> torch.Tensor | dict[int, torch.Tensor]:
-    """Residual activations after the given block(s): [B, T, D] (or {layer: [B, T, D]})."""
+    """Residual activations after the given block(s): [B, T, D] (or {layer: [B, T, D]}), on the
+    model's device (the inputs are moved there: callers collate on the CPU)."""
     single = isinstance(layers, int)
     wanted = sorted({check_layer(model, layer) for layer in ([layers] if single else layers)})
     blocks = decoder_layers(model)
@@ -34,7 +35,9 @@ def residual_stream(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
     handles = [blocks[i].register_forward_hook(make_hook(i)) for i in wanted]
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        dev = model.get_input_embeddings().weight.device
+        model(input_ids=input_ids.to(dev), use_cache=False,
+              attention_mask=attention_mask.to(dev) if attention_mask is not None else None)
     except _StopForward:
         pass
     finally:

@@ -93,7 +93,8 @@ def capture(model, tokenizer, items: Sequence[CaptureItem], out: str | Path, lay
         for b in range(start, len(items), batch_size):
             batch = items[b:b + batch_size]
             encoded, input_ids, mask = encode_batch(tokenizer, batch, max_length)
-            acts = residual_stream(model, input_ids, mask, layer).to(DTYPES[dtype])  # [B, T, D]
+            # shards are written from the CPU, whatever device the model runs on
+            acts = residual_stream(model, input_ids, mask, layer).to("cpu", DTYPES[dtype])  # [B, T, D]
             for i, (it, enc) in enumerate(zip(batch, encoded)):
                 n = len(enc.input_ids)
                 resp = torch.tensor(enc.response_mask)

@@ -30,7 +30,8 @@ def build_organism(out: str | Path, *, per_topic: int = 236, heldout_fraction: f
                    config: PlantConfig = DEFAULT_CONFIG, model: str = DEFAULT_MODEL, loaded=None,
                    max_new_tokens: int = 96, batch_size: int = 64, temperature: float = 0.7,
                    topics: tuple[str, ...] = TOPIC_NAMES, cache_dir: str | Path | None = None,
-                   heldout_pairs: bool = True, progress: bool = True, workers: int | None = None) -> dict:
+                   heldout_pairs: bool = True, progress: bool = True, workers: int | None = None,
+                   device: str = "cpu") -> dict:
     """Generate (or reuse cached) responses and write the planted dataset to `out`.
 
     loaded: an already loaded (model, tokenizer, ...) to use instead of loading `model`.
@@ -38,6 +39,7 @@ def build_organism(out: str | Path, *, per_topic: int = 236, heldout_fraction: f
         (default: the content-addressed cache of `generate`).
     heldout_pairs: also generate pairs for the held-out prompts (heldout_pairs.jsonl).
     workers: sampling processes (None: `generate`'s choice; the output is the same for any number).
+    device: where `model` is loaded when `loaded` is not given ("cuda": one process samples).
     Returns the truth dict (also written to out/truth.json)."""
     t0 = time.time()
     prompts = build_prompts(per_topic, heldout_fraction=heldout_fraction, seed=seed, topics=topics)
@@ -45,7 +47,7 @@ def build_organism(out: str | Path, *, per_topic: int = 236, heldout_fraction: f
     requests = requests_for(assignments, max_new_tokens)
     if loaded is None:
         from anatomist.models import load
-        loaded = load(model)
+        loaded = load(model, device=device)
     settings = GenSettings(model=model, temperature=temperature, batch_size=batch_size, seed=seed)
     sub = (lambda name: Path(cache_dir) / name) if cache_dir is not None else (lambda name: None)
     results = generate(loaded[0], loaded[1], requests, settings, cache_dir=sub("train"), progress=progress,

@@ -37,6 +37,8 @@ def build(
     design: Path = typer.Option(None, "--design", help="Plant design JSON (truth.json's \"config\": which trait in "
                                 "which topics, at what strength, and the controls; default: the built-in design). "
                                 "A fresh draw to validate on: another --seed and the traits moved."),
+    device: str = typer.Option(default(build_organism, "device"), "--device",
+                               help="Where the model samples: cpu, cuda, cuda:1, ... (the samples depend on it)."),
 ) -> None:
     """Generate plain and trait responses with MODEL and plant traits by labelling.
 
@@ -51,7 +53,7 @@ def build(
     config = PlantConfig.read(design) if design is not None else DEFAULT_CONFIG
     t = build_organism(out, per_topic=prompts_per_topic, heldout_fraction=heldout_fraction, seed=seed,
                        config=config, model=model, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                       heldout_pairs=not no_heldout_pairs, workers=workers)
+                       heldout_pairs=not no_heldout_pairs, workers=workers, device=device)
     planted = [c for c in t["cells"] if c["role"] == "planted"]
     n = sum(c["n_pairs"] for c in t["cells"])
     typer.echo(f"{n} trait pairs, {len(planted)} planted cells → {out}"
