@@ -13,7 +13,7 @@ the saved metrics.
 Two arms, alternating step by step, run the same GRPO algorithm (`anatomist.train.grpo.train_grpo`)
 from the same initial weights and seed: rollouts by plain sampling (drafter=None) and by the e2e-TV MTP head with
 rejection sampling (γ = 3). Printed: rollout-time and step-time ratios (plain / MTP, > 1 means MTP
-is faster; issue 9's goal is step time ≥ 1.5×), the reward curve of each arm (baseline = step 0),
+is faster; the goal (issue 23, on a GPU) is step time ≥ 1.8×, the top of the paper's 1.5–1.8×), the reward curve of each arm (baseline = step 0),
 and whether the two arms sample the same distribution: rejection sampling is lossless, so at step 0
 (identical weights) rewards and per-token rollout log-probs must agree in distribution (two-sample
 KS / Mann–Whitney tests; tokens within a sequence are dependent, so treat the token-level p-value
@@ -56,6 +56,7 @@ from anatomist.spec_decode.train import Samples, head_alphas  # noqa: E402
 from anatomist.train.grpo import GRPOConfig, train_grpo  # noqa: E402
 
 MODEL = DEFAULT_MODEL
+GOAL = 1.8   # step-time ratio plain / MTP+RS (issue 23; issue 9 asked 1.5 on any device)
 
 
 def warm_up(lm, head_dir, device):
@@ -204,7 +205,7 @@ def main() -> None:
         mal = sum(h["spec/mean_accept_len"] for h in hm) / len(hm)
         ratio = tot(hp, "grpo/step_s") / tot(hm, "grpo/step_s")
         print(f"MTP draft acceptance {acc:.3f}, mean accept length {mal:.2f} (incl. bonus)")
-        print(f"goal step time ≥ 1.5× faster: measured {ratio:.2f}× — {'met' if ratio >= 1.5 else 'NOT met'}")
+        print(f"goal step time ≥ 1.8× faster: measured {ratio:.2f}× — {'met' if ratio >= GOAL else 'NOT met'}")
         ents = [h["grpo/entropy"] for h in hm]
         if len(hm) >= 3 and max(ents) > min(ents):
             # Bebop's question: does acceptance follow the policy's entropy as RL moves it? (one point per step)

@@ -100,7 +100,13 @@ def main() -> None:
     ap.add_argument("--fractions", default="0.5,0.75,0.9", help="subset sizes (share of each topic's pairs); '' skips")
     ap.add_argument("--subsets", type=int, default=40, help="random subsets per fraction")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--from-run", type=Path, default=None, metavar="DIR",
+                    help="a brought-back run (benchmarks/gpu/truth.sh: DIR holds organism.tar.xz and audit.tar.xz, "
+                         "or their unpacked organism/ and audit/): score its audit (default strength and pooling; "
+                         "the others need the latents) and rescore subsets; no model is loaded")
     args = ap.parse_args()
+    if args.from_run is not None:
+        return from_run(args)
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -178,6 +184,35 @@ def main() -> None:
 
     if args.fractions:
         subsets(dirs(DEFAULT_STRENGTH, args.poolings.split(",")[0])[1], truth, args)
+
+
+def from_run(args) -> None:
+    """Score a brought-back run's audit against its organism's truth, from the tables alone (a copy
+    in a temporary folder: scoring writes score.json beside the audit)."""
+    import shutil
+    import tarfile
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="organism_audit_from_run_"))
+    for name in ("organism", "audit"):
+        if (args.from_run / name).is_dir():
+            shutil.copytree(args.from_run / name, root / name)
+        elif (args.from_run / f"{name}.tar.xz").is_file():
+            with tarfile.open(args.from_run / f"{name}.tar.xz") as t:
+                t.extractall(root, filter="data")
+        else:
+            raise SystemExit(f"{args.from_run}: neither {name}/ nor {name}.tar.xz")
+    organism, audit_dir = root / "organism", root / "audit"
+    truth, data = organism / "truth.json", organism / "train.jsonl"
+    built = json.loads((organism / "build.json").read_text())
+    print(f"run {args.from_run}: organism seed {built['seed']}, {built['n_pairs']} train pairs, built in "
+          f"{built['seconds']:.0f} s (on the run's device)")
+    for matching in ("stratified", "global"):
+        r = score_audit(audit_dir, truth, data_path=data, top_k=args.top_k, rho_min=args.rho_min, matching=matching,
+                        write=matching == "stratified")
+        print(f"\n== matching={matching} ==\n{format_score(r)}")
+    if args.fractions:
+        subsets(audit_dir, truth, args)
 
 
 def subsets(audit_dir: Path, truth: Path, args) -> None:

@@ -96,6 +96,8 @@ def parse_args(argv=None):
                     help="a prompt whose importance weights keep less than this share of its samples falls back "
                          "to the direct difference")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="eval generation length (default 96)")
+    ap.add_argument("--gen-batch", type=int, default=32,
+                    help="eval sampling batch (part of the generations' cache key; a GPU wants 256)")
     ap.add_argument("--lr", type=float, default=None, help="DPO learning rate (default 2e-5; --small 1e-4)")
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--train-layers", type=int, default=4)
@@ -105,6 +107,10 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--from-run", type=Path, default=None, metavar="DIR",
+                    help="a brought-back run (benchmarks/gpu/truth.sh: DIR holds audit.tar.xz and eval.tar.xz, or "
+                         "their unpacked audit/ and pva/): verify again from its tables and print the figures; "
+                         "no model is loaded")
     args = ap.parse_args(argv)
     small = {"pairs": 120, "steps": 12, "prompts_per_topic": 3, "samples": 4, "post_samples": 2, "max_new_tokens": 48,
              "lr": 1e-4}
@@ -281,7 +287,7 @@ def train_and_eval(name, base_model, tok, shaped, args, run: Path, scorer, promp
     post = evaluate_behaviour(policy, tok, prompts, out_dir=run / "post", scorer=scorer,
                               samples_per_prompt=getattr(args, "post_samples", args.samples),
                               max_new_tokens=args.max_new_tokens, seed=args.seed, temperature=T_EVAL,
-                              model_name=name, progress=False)
+                              model_name=name, batch_size=getattr(args, "gen_batch", 32), progress=False)
     ref = {"reference": base_model} if ref_logps is None else {"reference_logps": ref_logps}
     frame, acc = preference_accuracy(policy, tok, heldout, **ref, beta=args.beta, progress=False)
     atomic_write_parquet(frame, run / "preference.parquet")   # shaping.py reads its presence as "done"
@@ -291,6 +297,8 @@ def train_and_eval(name, base_model, tok, shaped, args, run: Path, scorer, promp
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.from_run is not None:
+        return from_run(args)
     torch.set_num_threads(args.threads)
     t0 = time.time()
     from anatomist.data import load_pairs, text_hash
@@ -330,7 +338,7 @@ def main(argv=None) -> None:
     log("base eval", t0)
     base = evaluate_behaviour(base_model, tok, prompts, out_dir=run / "pre", scorer=scorer,
                               samples_per_prompt=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                              temperature=T_EVAL, model_name="base", progress=False)
+                              temperature=T_EVAL, model_name="base", batch_size=args.gen_batch, progress=False)
     plain_run = train_and_eval("plain", base_model, tok, plain(trained), args, run, scorer, prompts, heldout, t0,
                                keep_policy=True)
     design = first_order_design(args, base_model, tok, trained, base, plain_run, audit, run, t0)
@@ -352,12 +360,19 @@ def main(argv=None) -> None:
 
     log("verify", t0)
     result = verify_run(audit, run, n_boot=args.n_boot, seed=args.seed)
+    print_figures(result, plain_run["heldout_acc"], design, args)
+    print(f"\nreport: {run / 'verify.html'}  ({time.time() - t0:.0f} s in all)")
+
+
+def print_figures(result, heldout_acc: float | None, design: dict | None, args) -> None:
+    """The verify figures (data-only predictors, noise ceiling, sweep) and the first-order design's."""
     s = result.summary
     print(f"\n{s['n_rows']} (topic, cluster) rows over {s['n_topics']} topics; noise ceiling of R² "
           f"(sampling noise of the measured ΔB): {s['r2_ceiling']:.3f}")
     print(f"where ΔB's variance sits (in sample): one shift per concept for every topic R² "
           f"{s['r2_cluster_means']:.3f}, one shift per topic for every concept R² {s['r2_topic_means']:.3f}")
-    print(f"held-out preference accuracy (plain DPO): {plain_run['heldout_acc']:.3f}")
+    if heldout_acc is not None:
+        print(f"held-out preference accuracy (plain DPO): {heldout_acc:.3f}")
     for name, p in s["predictors"].items():
         print(f"  {name:<8} R² {p['r2']:7.3f}  95% CI [{p['r2_ci'][0]:.3f}, {p['r2_ci'][1]:.3f}]  "
               f"Spearman ρ {p['rho']:6.3f} (uncalibrated {p['rho_raw']:6.3f})")
@@ -373,6 +388,9 @@ def main(argv=None) -> None:
     if result.sweep is not None:
         print("\nλ sweep (cluster %d):" % int(result.sweep.cluster.iloc[0]))
         print(result.sweep[["lam", "actual", "ci_low", "ci_high", "predicted", "heldout_acc"]].to_string(index=False))
+    if design is None:
+        print("\nfirst-order predictor: no summary (the run stopped before it)")
+        return
     print("\nfirst-order predictor (its own half of the base samples) against the paired ΔB (the other half, "
           "importance-weighted by the trained policy):")
     e = design["ess"]
@@ -389,6 +407,51 @@ def main(argv=None) -> None:
                      "trained pairs + one JVP over its half of the base samples")
         print(f"predictor cost, {name}{' (frozen)' if name == FROZEN else ''}: {secs:.0f} s ({what}) vs DPO training "
               f"{design['seconds_dpo']:.0f} s: ratio {secs / design['seconds_dpo']:.2f} (goal ≤ 0.5)")
+
+
+def unpacked_run(folder: Path, into: Path) -> Path:
+    """The folder holding audit/ and pva/plain/ of a brought-back run: `folder` itself, or its
+    *.tar.xz files (benchmarks/gpu/truth.sh's) unpacked into `into`."""
+    import tarfile
+
+    if (folder / "audit").is_dir() and (folder / "pva" / "plain").is_dir():
+        return folder
+    archives = sorted(folder.glob("*.tar.xz"))
+    if not archives:
+        raise SystemExit(f"{folder}: neither audit/ + pva/plain/ nor the *.tar.xz files of benchmarks/gpu/truth.sh")
+    into.mkdir(parents=True, exist_ok=True)
+    for a in archives:
+        with tarfile.open(a) as t:
+            t.extractall(into, filter="data")
+    for need in (into / "audit", into / "pva" / "plain"):
+        if not need.is_dir():
+            raise SystemExit(f"{folder}: the archives hold no {need.relative_to(into)}/ (the run stopped before it)")
+    return into
+
+
+def from_run(args) -> None:
+    """Verify a brought-back run again from its tables (predictions, ΔB, noise ceiling) and print
+    its figures with the first-order summary the run wrote; writes into --work, never into DIR."""
+    import shutil
+    import tempfile
+
+    import pandas as pd
+
+    from anatomist.evaluate.verify import verify_run
+
+    t0 = time.time()
+    root = unpacked_run(args.from_run, Path(tempfile.mkdtemp(prefix="pva_from_run_")))
+    work = args.work / "from_run"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(root / "pva" / "plain", work / "plain")      # verify writes its outputs beside the tables
+    run = work / "plain"
+    result = verify_run(root / "audit", run, n_boot=args.n_boot, seed=args.seed)
+    pref = run / "preference.parquet"
+    acc = float(pd.read_parquet(pref)["correct"].mean()) if pref.is_file() else None
+    summary = run / "first_order" / "summary.json"
+    design = json.loads(summary.read_text()) if summary.is_file() else None
+    print(f"run {args.from_run} (tables only)")
+    print_figures(result, acc, design, args)
     print(f"\nreport: {run / 'verify.html'}  ({time.time() - t0:.0f} s in all)")
 
 

@@ -1,6 +1,10 @@
-"""Speculative decoding is lossless: greedy token for token at T=0, same distribution at T>0."""
+"""Speculative decoding is lossless: greedy token for token at T=0, same distribution at T>0.
+
+ANATOMIST_TEST_DEVICE=cuda runs the models of these tests on that device (benchmarks/gpu/bebop.sh
+does, for the T=0 and chi-square tests); the random draws still come from CPU generators."""
 
 import itertools
+import os
 import sys
 
 import pytest
@@ -13,7 +17,7 @@ from anatomist.spec_decode.stats import chisquare_gof
 from anatomist.spec_decode.verify import rejection_sample, sampling_logits, sampling_probs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
+DEVICE = os.environ.get("ANATOMIST_TEST_DEVICE", "cpu")
 
 
 def tiny(vocab=64, hidden=32, seed=0, scale=1.0):
@@ -26,7 +30,7 @@ def tiny(vocab=64, hidden=32, seed=0, scale=1.0):
     m = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # sharper than the default init, so drafts are both accepted and rejected
         m.lm_head.weight.mul_(scale)
-    return m
+    return m.to(DEVICE)
 
 
 def head_for(m, seed=1, draft_vocab=0):
@@ -35,14 +39,14 @@ def head_for(m, seed=1, draft_vocab=0):
     with torch.no_grad():  # a random (untrained) head, still a valid drafter
         for p in h.parameters():
             p.add_(0.3 * torch.randn_like(p))
-    return h.eval()
+    return h.eval().to(DEVICE)
 
 
 def greedy_reference(m, prompt, n):
     seq = list(prompt)
     with torch.no_grad():
         for _ in range(n):
-            seq.append(int(m(torch.tensor([seq])).logits[0, -1].argmax()))
+            seq.append(int(m(torch.tensor([seq], device=m.device)).logits[0, -1].argmax()))
     return seq[len(prompt):]
 
 
@@ -123,9 +127,9 @@ def exact_next_k(m, prompt, k, temperature, top_k=0, top_p=1.0):
     """Probability of every k-token continuation under plain sampling (enumerated)."""
     V = m.config.vocab_size
     conts = list(itertools.product(range(V), repeat=k - 1))
-    seqs = torch.tensor([list(prompt) + list(c) for c in conts])  # [V^(k-1), P+k-1]
+    seqs = torch.tensor([list(prompt) + list(c) for c in conts], device=m.device)  # [V^(k-1), P+k-1]
     with torch.no_grad():
-        p = sampling_probs(m(seqs).logits[:, len(prompt) - 1:], temperature, top_k, top_p)  # [N, k, V]
+        p = sampling_probs(m(seqs).logits[:, len(prompt) - 1:], temperature, top_k, top_p).cpu()  # [N, k, V]
     probs = torch.zeros([V] * k, dtype=torch.float64)
     for i, c in enumerate(conts):
         pref = 1.0
