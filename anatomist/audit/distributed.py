@@ -16,8 +16,8 @@ which finds the latent store complete and skips the forward. With the same batch
 larger batches a rank's batches start at its slice, so padding differs and latents can differ by
 float rounding (right padding leaves real tokens unchanged up to that).
 
-Backend: gloo, every rank on CPU (as `anatomist.capture.distributed`: the residual hook runs on
-the model's CPU inputs). A rerun after a kill resumes the parts, the merge, or nothing. Run without
+Backend: gloo (the ranks only meet at barriers); each rank's model and SAE sit on --device (cpu, or
+cuda: one GPU per rank, cuda:LOCAL_RANK), and its latents come back to the CPU. A rerun after a kill resumes the parts, the merge, or nothing. Run without
 torchrun, it is one rank of one (the tables of `anatomist audit`).
 """
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -162,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--format", dest="data_format", default="auto", help="data format (auto-detected by default)")
     p.add_argument("--on-bad-row", default="error", choices=("error", "skip"), help=ON_BAD_ROW_HELP)
     p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.add_argument("--device", default="cpu", help="where each rank's model and SAE pool: cpu, or cuda (rank r of "
+                                                   "a node on cuda:LOCAL_RANK); the statistics run on the CPU")
     args = p.parse_args(argv)
 
     from anatomist.data.cli import read_pairs
@@ -181,8 +184,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         # 'default' trains the SAE once; rank 0 first, so the others find it cached instead of racing.
         with lead_first(par if args.sae == "default" else None):
             sae_path = str(default_sae(args.model)) if args.sae == "default" else args.sae
-        lm = load(args.model)
-        folder = audit_distributed(lm.model, lm.tokenizer, load_sae(sae_path), pairs, args.out, cfg, rank=par.rank,
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if args.device == "cuda" else args.device
+        lm = load(args.model, device=device)
+        folder = audit_distributed(lm.model, lm.tokenizer, load_sae(sae_path).to(device), pairs, args.out, cfg, rank=par.rank,
                                    world=par.world, barrier=par.barrier, model_name=args.model, sae_path=sae_path,
                                    data_path=str(args.data), progress=par.lead)
         if folder is not None:

@@ -12,9 +12,10 @@ too), and the parts are removed. Merged activations equal single-process ones up
 composition: a rank's batches start at its slice, so padding can differ (right padding leaves real
 tokens unchanged up to float rounding; see tests/test_capture.py).
 
-Backend: gloo, every rank on CPU. `anatomist.capture.capture` runs on the CPU today (its residual
-hook does not move inputs to a device), so nccl / one GPU per rank waits for that. Run without
-torchrun, it is one rank of one (the same store as `anatomist capture`).
+Backend: gloo, every rank on CPU. The residual hook now moves its inputs to the model's device and
+`capture` brings activations back to the CPU, so a model on one GPU per rank would work; this
+launcher has no --device yet. Run without torchrun, it is one rank of one (the same store as
+`anatomist capture`).
 """
 
 from __future__ import annotations
