@@ -47,8 +47,10 @@ else
   SLOPE_FLAGS=(--prompts 8 --max-new-tokens 40)
   GRPO_FLAGS=(--steps 6 --prompts 4 --group 8 --max-new-tokens 48 --head-steps 600 --head-prompts 512)
   EXACT_K="temperature_zero_equals_greedy or speculative_equals_plain or another_temperature"
-  B_EXACT=60; B_HEADS=190; B_SPEED=100; B_SLOPE=60; B_GRPO=110
+  B_EXACT=45; B_HEADS=200; B_SPEED=90; B_SLOPE=50; B_GRPO=100
 fi
+# BUDGETS="heads=240 grpo=60" overrides stage budgets (seconds) without editing the script
+for kv in ${BUDGETS:-}; do declare "B_$(echo "${kv%%=*}" | tr a-z A-Z)=${kv#*=}"; done
 
 record() { printf '%s\t%s\t%s\t%s\n' "$@" >> "$WORK/stages.tsv"; }
 

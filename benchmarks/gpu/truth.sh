@@ -37,11 +37,13 @@ ANATOMIST=("$PY" -c "from anatomist.cli import main; main()")
 if [[ $TINY == 1 ]]; then   # minutes on 2 CPU cores: every stage runs, nothing is measured
   PER_TOPIC=16; GEN_BATCH=32; MAX_NEW=24; PVA_FLAGS=(--train-layers 2 --lr 1e-4 --n-boot 50 --variant-steps 2
                                                      --grad-share 0.5 --threads 2)
-  B_ORG=900; B_AUDIT=600; B_SCORE=120; B_PVA=1500; SAMPLES=${SAMPLES:-2}; POST_SAMPLES=${POST_SAMPLES:-2}
+  B_ORG=900; B_AUDIT=600; B_SCORE=120; B_PVA=1500; SAMPLES=${SAMPLES:-4}; POST_SAMPLES=${POST_SAMPLES:-2}
 else
   PER_TOPIC=236; GEN_BATCH=256; MAX_NEW=96; PVA_FLAGS=(--train-layers 14 --lr 5e-5 --n-boot 1000 --threads 8)
   B_ORG=200; B_AUDIT=110; B_SCORE=40; B_PVA=400
 fi
+# BUDGETS="org=150 pva=450" overrides stage budgets (seconds) without editing the script
+for kv in ${BUDGETS:-}; do declare "B_$(echo "${kv%%=*}" | tr a-z A-Z)=${kv#*=}"; done
 
 record() { printf '%s\t%s\t%s\t%s\n' "$@" >> "$WORK/stages.tsv"; }
 
@@ -55,7 +57,7 @@ pack() {   # everything that exists so far into $OUT (tables only), then the man
     tar -C "$WORK" -cJf "$t/audit.tar.xz" --exclude=latents --exclude="*.html" --exclude=examples.json audit && mv "$t/audit.tar.xz" "$OUT/"
   fi
   if [[ -d $WORK/pva/plain ]]; then   # tables of the evaluation; the generation caches (texts) and weights stay
-    (cd "$WORK" && find pva/plain \( -name generations -o -name dpo -o -name steps_run \) -prune -o -type f \
+    (cd "$WORK" && find pva/plain \( -name generations -o -name latents -o -name dpo -o -name steps_run \) -prune -o -type f \
        \( -name '*.parquet' -o -name '*.json' \) -size -8M -print | sort > "$t/list")
     tar -C "$WORK" -cJf "$t/eval.tar.xz" -T "$t/list" && mv "$t/eval.tar.xz" "$OUT/"
   fi
