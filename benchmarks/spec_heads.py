@@ -36,9 +36,11 @@ def add_head_args(ap) -> None:
     ap.add_argument("--draft-vocab", type=int, default=8192, help="draft vocabulary size (0 = full)")
     ap.add_argument("--data-prompts", type=int, default=383, help="training prompts for self-samples (383 = all)")
     ap.add_argument("--samples-per-prompt", type=int, default=2, help="independent self-samples per prompt")
+    ap.add_argument("--sample-tokens", type=int, default=96, help="new tokens per self-sample (part of the cache key)")
 
 
 def heads_from_args(lm, args, losses) -> dict[str, MTPHead]:
     return benchmark_heads(lm, losses, model_name=args.model, steps=args.steps, batch_size=args.train_batch,
                            lr=args.lr, draft_vocab=args.draft_vocab, n_prompts=args.data_prompts,
-                           samples_per_prompt=args.samples_per_prompt, gen_batch=128 if args.device != "cpu" else 32)
+                           samples_per_prompt=args.samples_per_prompt, max_new_tokens=args.sample_tokens,
+                           gen_batch=128 if args.device != "cpu" else 32)

@@ -35,10 +35,11 @@ source benchmarks/gpu/setup.sh > "$WORK/logs/setup.log" 2>&1 || { cat "$WORK/log
 cat "$WORK/logs/setup.log"
 
 if [[ $TINY == 1 ]]; then   # minutes on 2 CPU cores: every stage runs, nothing is measured
-  HEAD_FLAGS=(--device "$DEVICE" --data-prompts 8 --samples-per-prompt 1 --steps 4 --train-batch 4 --draft-vocab 512)
-  SPEED_FLAGS=(--prompts 1 --max-new-tokens 8 --repeats 1 --batches 1,8 --threads 2)
-  SLOPE_FLAGS=(--prompts 1 --max-new-tokens 8 --threads 2)
-  GRPO_FLAGS=(--steps 2 --prompts 2 --group 2 --max-new-tokens 8 --head-steps 4 --head-prompts 8 --threads 2)
+  HEAD_FLAGS=(--device "$DEVICE" --data-prompts 4 --samples-per-prompt 1 --sample-tokens 8 --steps 4 --train-batch 4
+              --draft-vocab 512)
+  SPEED_FLAGS=(--prompts 1 --max-new-tokens 8 --repeats 1 --batches 1,8 --threads 1)
+  SLOPE_FLAGS=(--prompts 1 --max-new-tokens 8 --threads 1)
+  GRPO_FLAGS=(--steps 2 --prompts 2 --group 2 --max-new-tokens 8 --head-steps 4 --head-prompts 4 --threads 1)
   EXACT_K="temperature_zero_equals_greedy"
   B_EXACT=300; B_HEADS=400; B_SPEED=300; B_SLOPE=300; B_GRPO=400
 else

@@ -39,7 +39,7 @@ def main(argv=None) -> None:
         t = time.perf_counter()
         _, folder = cached_heads(lm, [loss], model_name=args.model, steps=args.steps, batch_size=args.train_batch,
                                  lr=args.lr, draft_vocab=args.draft_vocab, n_prompts=args.data_prompts,
-                                 samples_per_prompt=args.samples_per_prompt,
+                                 samples_per_prompt=args.samples_per_prompt, max_new_tokens=args.sample_tokens,
                                  gen_batch=128 if args.device != "cpu" else 32)[loss]
         print(f"{loss}: {time.perf_counter() - t:.0f} s (data, states and training, or loading)", flush=True)
         if args.copy_to is not None:
