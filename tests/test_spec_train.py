@@ -140,3 +140,16 @@ def test_cached_head_trains_under_a_callers_no_grad(tmp_path, monkeypatch, model
         again, same = cached_head(m, s, cfg, model_name="tiny", eos_token_id=None)  # loaded, not retrained
     assert same == folder and len(head.history) == 3 and not hasattr(again, "history")
     assert all(torch.equal(a, b) for a, b in zip(head.trainable_state().values(), again.trainable_state().values()))
+
+
+def test_training_a_head_hands_the_trunk_back_trainable(tmp_path):
+    """The trunk is frozen only while the head trains: a process that trains the model next (GRPO
+    after its head, grpo_step.py) gets back the flags it had, frozen ones too."""
+    m = tiny(seed=3)
+    m.model.layers[0].requires_grad_(False)                       # the caller's own choice stays
+    before = {n: p.requires_grad for n, p in m.named_parameters()}
+    s = self_samples(m, [[1, 2, 3], [4, 5, 6, 7]], temperature=1.0, max_new_tokens=6, batch_size=2, seed=0)
+    train_head(m, s, TrainConfig(loss="tv", gamma=2, steps=2, batch_size=2, draft_vocab=8), tmp_path / "h",
+               progress=False)
+    assert {n: p.requires_grad for n, p in m.named_parameters()} == before
+    assert not all(before.values()) and any(before.values())

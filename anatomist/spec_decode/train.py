@@ -248,15 +248,27 @@ def _save_ckpt(path: Path, step: int, head: MTPHead, opt, cfg: TrainConfig, hist
                     "config": config_key(cfg), "history": history}, tmp)
 
 
-def train_head(model, samples: Samples, cfg: TrainConfig, out_dir: str | os.PathLike, *,
-               states: list[torch.Tensor] | None = None, stats: list[torch.Tensor] | None = None,
-               base_model: str = "", eos_token_id: int | None = None,
-               stop_after: int | None = None, progress: bool = True, extra: dict | None = None) -> MTPHead:
+def train_head(model, samples: Samples, cfg: TrainConfig, out_dir: str | os.PathLike, **kw) -> MTPHead:
     """Train (or resume) a head; writes checkpoints and finally the head into out_dir.
 
-    `stop_after` ends the run after that many total steps (as if interrupted) — for tests.
+    kw: states, stats, base_model, eos_token_id, progress, extra, and `stop_after`, which ends the
+    run after that many total steps (as if interrupted) — for tests.
     Returns the head; `head.history` holds the per-step metrics (also in metrics.jsonl).
+    The trunk is frozen while the head trains and handed back as it came: a process that trains
+    a head and then the model (grpo_step.py: the head, then GRPO) must find its flags unchanged.
     """
+    was = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        return _train_head(model, samples, cfg, out_dir, **kw)
+    finally:
+        for p, flag in was:
+            p.requires_grad_(flag)
+
+
+def _train_head(model, samples: Samples, cfg: TrainConfig, out_dir: str | os.PathLike, *,
+                states: list[torch.Tensor] | None = None, stats: list[torch.Tensor] | None = None,
+                base_model: str = "", eos_token_id: int | None = None,
+                stop_after: int | None = None, progress: bool = True, extra: dict | None = None) -> MTPHead:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for p in model.parameters():
