@@ -58,7 +58,9 @@ record() { printf '%s\t%s\t%s\t%s\n' "$@" >> "$WORK/stages.tsv"; }
 pack() {
   local t
   t=$(mktemp -d)
-  tar -C "$WORK" -cJf "$t/results.tar.xz" results && mv "$t/results.tar.xz" "$OUT/"
+  # metrics and plots; not grpo_step's per-arm training checkpoints (1.6 GB each)
+  tar -C "$WORK" -cJf "$t/results.tar.xz" --exclude='*.pt' --exclude='*.safetensors' results \
+    && mv "$t/results.tar.xz" "$OUT/"
   if [[ -d $WORK/heads ]]; then
     rm -f "$OUT"/heads.tar.part-*
     tar -C "$WORK" -cf - heads | split -b 15m -d - "$OUT/heads.tar.part-"
