@@ -155,6 +155,8 @@ def main() -> None:
     ap.add_argument("--refresh-head-every", type=int, default=0,
                     help="N > 0 adds a third arm whose head is fine-tuned on the latest rollouts every N steps")
     ap.add_argument("--out", default="", help="folder for per-arm metrics/plots (default: a temp dir)")
+    ap.add_argument("--ckpt-every", type=int, default=1, help="checkpoint each arm every N steps (and at the end; "
+                    "outside the timed step either way): a large N spares a short GPU run 1.6 GB writes per step")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -165,7 +167,7 @@ def main() -> None:
                            steps=args.head_steps)[1]   # prints its data and train α
     cfg = GRPOConfig(steps=args.steps, prompts_per_step=args.prompts, group_size=args.group,
                      max_new_tokens=args.max_new_tokens, lr=args.lr, train_layers=args.train_layers,
-                     micro_batch=args.micro_batch, seed=args.seed, gamma=3)
+                     micro_batch=args.micro_batch, seed=args.seed, gamma=3, ckpt_every=args.ckpt_every)
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, {cfg}")
     out_root = args.out or tempfile.mkdtemp(prefix="grpo_bench_")
     warm_up(lm, head_dir, args.device)

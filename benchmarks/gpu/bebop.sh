@@ -98,7 +98,7 @@ stage heads "$B_HEADS" "$PY" benchmarks/gpu/heads.py "${HEAD_FLAGS[@]}" --losses
 stage speed "$B_SPEED" "$PY" benchmarks/spec_speed.py "${HEAD_FLAGS[@]}" "${SPEED_FLAGS[@]}"
 stage slope "$B_SLOPE" "$PY" benchmarks/entropy_slope.py "${HEAD_FLAGS[@]}" "${SLOPE_FLAGS[@]}" \
   --out "$WORK/results/acceptance_vs_entropy.html"
-stage grpo "$B_GRPO" "$PY" benchmarks/grpo_step.py --device "$DEVICE" --seed "$SEED" "${GRPO_FLAGS[@]}" \
+stage grpo "$B_GRPO" "$PY" benchmarks/grpo_step.py --device "$DEVICE" --seed "$SEED" "${GRPO_FLAGS[@]}" --ckpt-every 1000 \
   --out "$WORK/results/grpo"
 pack
 echo "== done in $(( $(date +%s) - T0 )) s; $OUT:"; ls -la "$OUT"
