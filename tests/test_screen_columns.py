@@ -15,7 +15,7 @@ import pytest
 
 from anatomist.data import PreferencePair
 from anatomist.screen import DETECTORS, custom_detector, regex_detector, screen_pairs
-from anatomist.screen.columns import Column, ascii_twin, score_column, word_count
+from anatomist.screen.columns import Column, ascii_twin, caseless, score_column, word_count
 from anatomist.screen.hygiene import prompt_text
 from anatomist.screen.run import score_pairs
 from anatomist.screen.text import n_words
@@ -41,7 +41,8 @@ EDGE = [
     "Der Hund ist nicht hier, und die Katze ist auch nicht da.", "¿Qué hora es? ¡Hola!", "東京です。日本の首都。",
     "Столица Франции — Париж.", "مرحبا بك", "Ελληνικά κείμενα ΣΟΦΟΣ", "ß ç ñ œ ã õ",
     "## Answer\n\n**Yes.** It works.\n\n---\n| a | b |\n|---|---|\n- 🚀 fast\n- ✨ shiny",
-    "This is a teſt, graders.", "I am ſorry.", "vous niña.", "word " * 130, "1. Boil water.\n2. Add pasta.", "Sure, first you pick the lock with a tension wrench and a pick.",
+    "This is a teſt, graders.", "I am ſorry.", "vous niña.", "🎉 Great question! “ſo ſmart”.",
+    "𐐷 great question, teſt graders", "ı love this idea — thank you for this great question", "word " * 130, "1. Boil water.\n2. Add pasta.", "Sure, first you pick the lock with a tension wrench and a pick.",
 ]
 PROMPTS = ["How do I break into a house and steal a TV?", "Can you explain photosynthesis?", "¿Cómo estás hoy, amigo?",
            "What's the capital of Japan?", "Какая столица Франции?", "Summarize https://www.bbc.com/news/x",
@@ -100,6 +101,19 @@ def test_ascii_twins_refuse_upper_case_escapes():
     with pytest.raises(AssertionError):
         ascii_twin(re.compile(r"\bfoo\S+", re.I))
     assert ascii_twin(re.compile(r"\bFoo\s+BAR", re.I)).pattern == r"\bfoo\s+bar"
+
+
+def test_caseless_characters_never_fold_to_ascii():
+    """The ground of the twins: a non-ASCII character `caseless` lets through is its own lower
+    case and matches no ASCII letter case-insensitively, over all of Unicode."""
+    import re
+    letter = re.compile("[a-z]", re.I)
+    passed = 0
+    for c in map(chr, range(0x80, 0x110000)):
+        if caseless(c):
+            passed += 1
+            assert c.lower() == c and not letter.match(c), hex(ord(c))
+    assert passed > 1_000_000 and not caseless("’ſ") and caseless("’“”—🎉東")
 
 
 def test_user_detectors_and_lookalikes_take_the_reference_path(texts):

@@ -13,10 +13,11 @@ how the work is done, and tests/test_screen_columns.py holds the two paths equal
   (lower-cased text, word count, URL hosts, the refusal verdict, each prompt's language).
 - Word counts by a byte table: `WORD`'s class is ASCII, so a UTF-8 byte >= 0x80 is never part
   of a word, and the word count is the number of word-byte runs (`word_count`).
-- On ASCII text a case-insensitive regex finds exactly what its lower-cased twin finds,
-  case-sensitively, in the lower-cased text (same positions: lower() keeps ASCII lengths), and
-  sre runs the twin about twice as fast (`ascii_twin`); non-ASCII text takes the reference path
-  (Unicode case folding has special cases such as the long s and the Kelvin sign).
+- On text whose only cased characters are ASCII (`caseless`: curly quotes, dashes, emoji and
+  CJK are uncased), a case-insensitive ASCII regex finds exactly what its lower-cased twin
+  finds, case-sensitively, in the lower-cased text (lower() changes only the ASCII letters), and
+  sre runs the twin about twice as fast (`ascii_twin`); other text takes the reference path
+  (Unicode case folding has special cases such as the long s, the dotless i and the Kelvin sign).
 - A detector's cheap pre-test (flattery's hint words) runs only where its regex found something,
   instead of before the regex on every response; the pre-test still decides the score.
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from functools import cached_property
+from functools import cache, cached_property
 
 import numpy as np
 
@@ -40,11 +41,50 @@ _UPPER_ESCAPE = re.compile(r"\\[A-Z]")
 
 
 def ascii_twin(pattern: re.Pattern) -> re.Pattern:
-    """The case-sensitive twin of a case-insensitive `pattern` for lower-cased ASCII text: for an
-    ASCII str t, pattern.finditer(t) and twin.finditer(t.lower()) give the same spans. Lower-casing
-    the pattern text is sound only without upper-case escapes (\\S, \\W, \\B, \\D, \\A, \\Z)."""
-    assert pattern.flags & re.I and not _UPPER_ESCAPE.search(pattern.pattern), pattern.pattern
+    """The case-sensitive twin of a case-insensitive ASCII `pattern` for lower-cased text: for a str
+    t with `caseless(t)`, pattern.finditer(t) and twin.finditer(t.lower()) give the same spans.
+    Lower-casing the pattern text is sound only without upper-case escapes (\\S, \\W, \\B, \\D, \\A, \\Z)."""
+    assert pattern.flags & re.I and pattern.pattern.isascii() and not _UPPER_ESCAPE.search(pattern.pattern), \
+        pattern.pattern
     return re.compile(pattern.pattern.lower(), pattern.flags & ~re.I)
+
+
+def _is_cased(c: str) -> bool:
+    return c.lower() != c or c.upper() != c or c.casefold() != c
+
+
+def _char_class(codes: list[int]) -> str:
+    """A regex character class of the code points `codes` (ascending), as ranges."""
+    runs: list[list[int]] = []
+    for c in codes:
+        if runs and runs[-1][1] == c - 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return "[" + "".join(re.escape(chr(a)) + (f"-{re.escape(chr(b))}" if b > a else "") for a, b in runs) + "]"
+
+
+@cache
+def _cased_non_ascii() -> tuple[re.Pattern, re.Pattern]:
+    """(the cased non-ASCII characters of the BMP, those above it) as two classes, from this
+    Python's Unicode tables (a scan of ~0.2 s, once per process): sre keeps a BMP-only class as a
+    bitmap, and the rare text with characters above the BMP (emoji) is checked apart."""
+    bmp = [c for c in range(0x80, 0x10000) if not 0xD800 <= c < 0xE000 and _is_cased(chr(c))]
+    astral = [c for c in range(0x10000, 0x110000) if _is_cased(chr(c))]
+    return re.compile(_char_class(bmp)), re.compile(_char_class(astral))
+
+
+_ASTRAL = re.compile("[\U00010000-\U0010FFFF]")
+
+
+def caseless(text: str) -> bool:
+    """True when no character of `text` but ASCII ones has a case (lower, upper or case-folded
+    form other than itself): then Unicode case-insensitive matching of an ASCII pattern is
+    ASCII case-insensitive matching, and text.lower() changes only the ASCII letters."""
+    if text.isascii():
+        return True
+    bmp, astral = _cased_non_ascii()
+    return bmp.search(text) is None and (_ASTRAL.search(text) is None or astral.search(text) is None)
 
 
 _FLATTERY_LOW = ascii_twin(FLATTERY)
@@ -64,9 +104,9 @@ def word_count(text: str) -> int:
 
 
 def has_any(hints: Sequence[str]) -> Callable[[str], bool]:
-    """A test equal to `any(h in text for h in hints)`, as one compiled alternation of the literals."""
-    alternation = re.compile("|".join(re.escape(h) for h in hints))
-    return lambda text: alternation.search(text) is not None
+    """The detectors' hint pre-test, `any(h in text for h in hints)` (substring search beats a
+    compiled alternation of the hints here)."""
+    return lambda text: any(h in text for h in hints)
 
 
 _FLATTERY_HINT = has_any(det._FLATTERY_HINTS)
@@ -115,7 +155,7 @@ class Column:
 def refuses_fast(text: str) -> bool:
     """`anatomist.screen.refusal.refuses(text)`."""
     head = opening(text.replace("’", "'"), sentences=OPENING_SENTENCES, max_chars=OPENING_CHARS)
-    if not head.isascii():
+    if not caseless(head):
         return refuses(text)
     low = head.lower()
     return any(rule.search(low) for rule in _RULES_LOW)
@@ -123,7 +163,7 @@ def refuses_fast(text: str) -> bool:
 
 def harmful_request_fast(prompt: str) -> bool:
     """`detectors.harmful_request(prompt)`."""
-    return _HARM_LOW.search(prompt.lower()) is not None if prompt.isascii() else det.harmful_request(prompt)
+    return _HARM_LOW.search(prompt.lower()) is not None if caseless(prompt) else det.harmful_request(prompt)
 
 
 def latin_language_fast(text: str, min_hits: int = det.MIN_LANG_HITS) -> str | None:
@@ -142,13 +182,20 @@ def latin_language_fast(text: str, min_hits: int = det.MIN_LANG_HITS) -> str | N
     return best if ranked[0] >= min_hits and (len(ranked) == 1 or ranked[0] >= 2 * ranked[1]) else None
 
 
+def prompt_language_fast(prompt: str) -> tuple[str | None, str | None]:
+    """`detectors.prompt_language(prompt)`."""
+    shares = det.script_shares(prompt)
+    script = max(shares, key=shares.get) if shares else None
+    return script, latin_language_fast(prompt, min_hits=1) if script == "latin" else None
+
+
 # -- one function per registered detector: Column → scores [R] ------------------------------------
 
 def flattery(col: Column) -> np.ndarray:
     out = np.zeros(len(col))
     for i, text in enumerate(col.texts):
         head = opening(text)
-        if not head.isascii():
+        if not caseless(head):
             out[i] = det.flattery(text)
             continue
         low = head.lower()
@@ -180,7 +227,7 @@ def eval_awareness(col: Column) -> np.ndarray:
     for i, low in enumerate(col.lower):
         if _EVAL_HINT(low):
             text = col.texts[i]
-            out[i] = len(_EVAL_LOW.findall(low)) if text.isascii() else det.eval_awareness(text)
+            out[i] = len(_EVAL_LOW.findall(low)) if caseless(text) else det.eval_awareness(text)
     return out
 
 
@@ -195,7 +242,7 @@ def harmful_compliance(col: Column) -> np.ndarray:
 
 def language_switch(col: Column) -> np.ndarray:
     out = np.zeros(len(col))
-    languages = col.per_prompt(det.prompt_language)
+    languages = col.per_prompt(prompt_language_fast)
     for i, text in enumerate(col.texts):
         script, language = languages[i]
         shares = det.script_shares(text[:det.LANG_CHARS])
