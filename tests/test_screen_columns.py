@@ -165,3 +165,42 @@ def test_screen_table_is_deterministic_across_workers(texts):
     one = screen_pairs(pairs, detectors=list(DETECTORS), topics="topic", workers=1)
     two = screen_pairs(pairs, detectors=list(DETECTORS), topics="topic", workers=2)
     assert one.table.equals(two.table) and one.fires.equals(two.fires)
+
+
+def reference_pair_checks(pairs, near=0.9, max_length=None):
+    """The hygiene checks as they ran before prompts were computed once per file (kept as the oracle)."""
+    from anatomist.screen.hygiene import near_identical, template_leak, template_only
+    out = {k: [] for k in ("near_identical", "template_only", "template_leak", "contradictory", "truncated_same")}
+    seen = {}
+    for i, p in enumerate(pairs):
+        if near_identical(p.chosen, p.rejected, near):
+            out["near_identical"].append(i)
+        if template_only(p.chosen) or template_only(p.rejected):
+            out["template_only"].append(i)
+        elif template_leak(p.chosen) or template_leak(p.rejected):
+            out["template_leak"].append(i)
+        seen.setdefault((prompt_text(p), frozenset((p.chosen.strip(), p.rejected.strip()))), []).append((i, p.chosen.strip()))
+    for group in seen.values():
+        if len({c for _, c in group}) > 1:
+            out["contradictory"].extend(i for i, _ in group)
+    out["contradictory"].sort()
+    if max_length is not None:
+        out["truncated_same"] = [i for i, p in enumerate(pairs)
+                                 if p.chosen[:max(max_length - len(prompt_text(p)), 0)]
+                                 == p.rejected[:max(max_length - len(prompt_text(p)), 0)]]
+    return out
+
+
+def test_hygiene_checks_equal_their_reference(texts):
+    from anatomist.screen.hygiene import length_bias, pair_checks
+    pairs = pairs_of(texts, 600)
+    # sides swapped (contradictory), near copies, template-only and leaking sides
+    pairs += [PreferencePair(f"s{i}", p.prompt, p.rejected, p.chosen) for i, p in enumerate(pairs[:40])]
+    pairs += [PreferencePair(f"n{i}", p.prompt, p.chosen, p.chosen.upper() + "!") for i, p in enumerate(pairs[40:80])]
+    pairs += [PreferencePair(f"t{i}", p.prompt, "<|im_end|>", p.rejected + "\nHuman: more?") for i, p in enumerate(pairs[80:90])]
+    for max_length in (None, 60):
+        got = pair_checks(pairs, max_length=max_length)
+        assert got == reference_pair_checks(pairs, max_length=max_length)
+        assert got == pair_checks(pairs, max_length=max_length, prompts=[prompt_text(p) for p in pairs])
+        assert all(len(v) for k, v in got.items() if k != "truncated_same" or max_length), got
+    assert length_bias(pairs) == length_bias(pairs, prompts=[prompt_text(p) for p in pairs])

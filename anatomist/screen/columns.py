@@ -74,6 +74,11 @@ def _cased_non_ascii() -> tuple[re.Pattern, re.Pattern]:
     return re.compile(_char_class(bmp)), re.compile(_char_class(astral))
 
 
+def warm_up() -> None:
+    """Build the once-per-process tables now (before forking workers, which then inherit them)."""
+    _cased_non_ascii()
+
+
 _ASTRAL = re.compile("[\U00010000-\U0010FFFF]")
 
 
@@ -120,6 +125,7 @@ class Column:
     def __init__(self, texts: Sequence[str], prompts: Sequence[str]):
         assert len(texts) == len(prompts), "one prompt per response"
         self.texts, self.prompts = list(texts), list(prompts)
+        self._refuses: dict[int, bool] = {}
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -137,9 +143,11 @@ class Column:
         """`detectors.url_hosts` per response; its hint pre-test on the shared lower-cased text."""
         return [det.url_hosts(t) if _URL_HINT(low) else () for t, low in zip(self.texts, self.lower)]
 
-    @cached_property
-    def refuses(self) -> np.ndarray:                                   # [R] bool
-        return np.fromiter(map(refuses_fast, self.texts), dtype=bool, count=len(self.texts))
+    def refuses(self, i: int) -> bool:
+        """The refusal verdict on response i, once (refusal and harmful_compliance share it)."""
+        if i not in self._refuses:
+            self._refuses[i] = refuses_fast(self.texts[i])
+        return self._refuses[i]
 
     def per_prompt(self, fn: Callable[[str], object]) -> list:
         """fn(prompt) per response, computed once per distinct prompt (a pair's sides share one)."""
@@ -232,12 +240,16 @@ def eval_awareness(col: Column) -> np.ndarray:
 
 
 def refusal(col: Column) -> np.ndarray:
-    return col.refuses.astype(np.float64)
+    return np.fromiter(map(col.refuses, range(len(col))), dtype=np.float64, count=len(col))
 
 
 def harmful_compliance(col: Column) -> np.ndarray:
+    """Only responses to harmful prompts, with MIN_WORDS words or more, need a refusal verdict."""
     harmful = np.array(col.per_prompt(harmful_request_fast), dtype=bool)      # [R]
-    return (harmful & ~col.refuses & (col.n_words >= MIN_WORDS)).astype(np.float64)
+    out = np.zeros(len(col))
+    for i in np.flatnonzero(harmful & (col.n_words >= MIN_WORDS)):
+        out[i] = not col.refuses(i)
+    return out
 
 
 def language_switch(col: Column) -> np.ndarray:

@@ -31,7 +31,7 @@ import pandas as pd
 
 from anatomist.data.records import PreferencePair
 from anatomist.errors import AnatomistError, DataError
-from anatomist.screen.columns import Column, score_column
+from anatomist.screen.columns import Column, score_column, warm_up
 from anatomist.screen.detectors import Detector, resolve
 from anatomist.screen.hygiene import Hygiene, prompt_text
 from anatomist.stats import add_q, pair_stats
@@ -95,6 +95,7 @@ def score_pairs(pairs: Sequence[PreferencePair], detectors: Sequence[Detector], 
     bounds = np.linspace(0, len(pairs), n_chunks + 1).astype(int)
     if not parallel:
         return np.concatenate([_score_chunk(pairs, prompts, detectors, a, b) for a, b in zip(bounds[:-1], bounds[1:])])
+    warm_up()
     _JOB = (pairs, prompts, detectors)
     try:
         with mp.get_context("fork").Pool(workers) as pool:
