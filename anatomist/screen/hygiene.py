@@ -127,12 +127,14 @@ def read_with_hygiene(source, *, format: str = "auto", on_bad_row: str = "error"
         raise DataError("empty dataset: no rows", file=reader.name)
     if not pairs:
         raise DataError(f"no valid rows among {reader.n_rows}", file=reader.name)
-    for check, flagged in pair_checks(pairs, max_length=max_length, tokenizer=tokenizer, near=near).items():
+    prompts = [prompt_text(p) for p in pairs]
+    for check, flagged in pair_checks(pairs, max_length=max_length, tokenizer=tokenizer, near=near,
+                                      prompts=prompts).items():
         findings[check].ids.extend(pairs[i].id for i in flagged)
         findings[check].rows.extend(row_of[i] for i in flagged)
     report = Hygiene(reader.name, reader.n_rows, len(pairs), findings,
                      dict(Counter(map(reason_category, skipped)).most_common()), [e.row for e in skipped],
-                     length_bias(pairs), max_length is not None)
+                     length_bias(pairs, prompts=prompts), max_length is not None)
     return PairSet(pairs, reader.format, reader.name, skipped), report
 
 
@@ -195,34 +197,38 @@ def template_leak(text: str) -> bool:
 
 
 def pair_checks(pairs: list[PreferencePair], *, max_length: int | None = None, tokenizer=None,
-                near: float = NEAR) -> dict[str, list[int]]:
-    """Indices into `pairs` flagged by each check on valid pairs."""
+                near: float = NEAR, prompts: list[str] | None = None) -> dict[str, list[int]]:
+    """Indices into `pairs` flagged by each check on valid pairs. prompts: `prompt_text` of each
+    pair, when the caller has them already."""
+    prompts = [prompt_text(p) for p in pairs] if prompts is None else prompts
     out: dict[str, list[int]] = {k: [] for k in ("near_identical", "template_only", "template_leak", "contradictory",
                                                  "truncated_same")}
     seen: dict[tuple[str, frozenset], list[tuple[int, str]]] = {}
-    for i, p in enumerate(pairs):
+    for i, (p, prompt) in enumerate(zip(pairs, prompts)):
         if near_identical(p.chosen, p.rejected, near):
             out["near_identical"].append(i)
         if template_only(p.chosen) or template_only(p.rejected):
             out["template_only"].append(i)
         elif template_leak(p.chosen) or template_leak(p.rejected):
             out["template_leak"].append(i)
-        key = (prompt_text(p), frozenset((p.chosen.strip(), p.rejected.strip())))
+        key = (prompt, frozenset((p.chosen.strip(), p.rejected.strip())))
         seen.setdefault(key, []).append((i, p.chosen.strip()))
     for group in seen.values():
         if len({c for _, c in group}) > 1:     # both responses were chosen somewhere: contradictory
             out["contradictory"].extend(i for i, _ in group)
     out["contradictory"].sort()
     if max_length is not None:
-        out["truncated_same"] = truncated_same(pairs, max_length, tokenizer)
+        out["truncated_same"] = truncated_same(pairs, max_length, tokenizer, prompts=prompts)
     return out
 
 
-def truncated_same(pairs: list[PreferencePair], max_length: int, tokenizer=None) -> list[int]:
+def truncated_same(pairs: list[PreferencePair], max_length: int, tokenizer=None,
+                   prompts: list[str] | None = None) -> list[int]:
     """Pairs whose responses agree on their first max_length − prompt-length units (tokens with a
     tokenizer — a loaded one or a name for `anatomist.models.load_tokenizer` — else characters)."""
+    prompts = [prompt_text(p) for p in pairs] if prompts is None else prompts
     if tokenizer is None:
-        units = [(len(prompt_text(p)), p.chosen, p.rejected) for p in pairs]
+        units = [(len(prompt), p.chosen, p.rejected) for p, prompt in zip(pairs, prompts)]
     else:
         if isinstance(tokenizer, str):
             from anatomist.models import load_tokenizer
@@ -230,8 +236,7 @@ def truncated_same(pairs: list[PreferencePair], max_length: int, tokenizer=None)
 
         def ids(texts):
             return tokenizer(texts, add_special_tokens=False)["input_ids"]
-        prompts = ids([prompt_text(p) for p in pairs])
-        units = list(zip(map(len, prompts), ids([p.chosen for p in pairs]), ids([p.rejected for p in pairs])))
+        units = list(zip(map(len, ids(prompts)), ids([p.chosen for p in pairs]), ids([p.rejected for p in pairs])))
     out = []
     for i, (n_prompt, c, r) in enumerate(units):
         budget = max(max_length - n_prompt, 0)
@@ -240,13 +245,15 @@ def truncated_same(pairs: list[PreferencePair], max_length: int, tokenizer=None)
     return out
 
 
-def length_bias(pairs: list[PreferencePair]) -> dict:
+def length_bias(pairs: list[PreferencePair], *, prompts: list[str] | None = None) -> dict:
     """chosen_longer (share of pairs, characters), same_length, and the mean of
-    log(len chosen / len rejected) with its 95% CI (pairs clustered by prompt)."""
+    log(len chosen / len rejected) with its 95% CI (pairs clustered by prompt; `prompts`: the
+    pairs' `prompt_text`, when the caller has them)."""
     c = np.array([len(p.chosen) for p in pairs], dtype=np.float64)
     r = np.array([len(p.rejected) for p in pairs], dtype=np.float64)
     log_ratio = np.log(np.maximum(c, 1) / np.maximum(r, 1))[:, None]        # [P, 1]
-    stats = pair_stats(log_ratio, n_boot=0, groups=[prompt_text(p) for p in pairs]).iloc[0]
+    groups = [prompt_text(p) for p in pairs] if prompts is None else prompts
+    stats = pair_stats(log_ratio, n_boot=0, groups=groups).iloc[0]
     return {"n": len(pairs), "chosen_longer": float((c > r).mean()), "same_length": float((c == r).mean()),
             "mean_log_ratio": float(stats["mean"]), "ci_low": float(stats["ci_low"]),
             "ci_high": float(stats["ci_high"]), "p": float(stats["p"]),

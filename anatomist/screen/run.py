@@ -31,6 +31,7 @@ import pandas as pd
 
 from anatomist.data.records import PreferencePair
 from anatomist.errors import AnatomistError, DataError
+from anatomist.screen.columns import Column, score_column, warm_up
 from anatomist.screen.detectors import Detector, resolve
 from anatomist.screen.hygiene import Hygiene, prompt_text
 from anatomist.stats import add_q, pair_stats
@@ -72,21 +73,30 @@ def direction(mean: float, q: float, split_half: bool, alpha: float) -> str:
 
 
 PARALLEL_MIN_PAIRS = 20_000   # below this, forking workers costs more than it saves
-_JOB: tuple = ()              # (pairs, detectors) for forked workers, which inherit it
+CHUNK_PAIRS = 10_000          # pairs scored together: bounds the memory of a column's shared measures
+_JOB: tuple = ()              # (pairs, prompts, detectors) for forked workers, which inherit it
 
 
-def score_pairs(pairs: Sequence[PreferencePair], detectors: Sequence[Detector], *, workers: int | None = None) -> np.ndarray:
+def score_pairs(pairs: Sequence[PreferencePair], detectors: Sequence[Detector], *, workers: int | None = None,
+                prompts: Sequence[str] | None = None) -> np.ndarray:
     """fires [P, D, 2] (bool): detector d on pair i's chosen (…, 0) and rejected (…, 1) side.
 
+    Each chunk of pairs is scored column by column (`anatomist.screen.columns`: every detector
+    over all its responses at once, the same scores as `Detector.score` per response).
     workers: processes (forked, so user detectors need not pickle); None = every core from
-    PARALLEL_MIN_PAIRS pairs on (the detectors are pure Python regex work, one core each)."""
+    PARALLEL_MIN_PAIRS pairs on (the detectors are pure Python regex work, one core each).
+    prompts: `prompt_text` of each pair, when the caller has them already."""
     global _JOB
+    prompts = [prompt_text(p) for p in pairs] if prompts is None else prompts
     if workers is None:
         workers = (os.cpu_count() or 1) if len(pairs) >= PARALLEL_MIN_PAIRS else 1
-    if workers <= 1 or "fork" not in mp.get_all_start_methods():
-        return _score_chunk(pairs, detectors, 0, len(pairs))
-    bounds = np.linspace(0, len(pairs), 4 * workers + 1).astype(int)
-    _JOB = (pairs, detectors)
+    parallel = workers > 1 and "fork" in mp.get_all_start_methods()
+    n_chunks = max(4 * workers if parallel else 1, -(-len(pairs) // CHUNK_PAIRS))
+    bounds = np.linspace(0, len(pairs), n_chunks + 1).astype(int)
+    if not parallel:
+        return np.concatenate([_score_chunk(pairs, prompts, detectors, a, b) for a, b in zip(bounds[:-1], bounds[1:])])
+    warm_up()
+    _JOB = (pairs, prompts, detectors)
     try:
         with mp.get_context("fork").Pool(workers) as pool:
             parts = pool.starmap(_score_job, zip(bounds[:-1], bounds[1:]))
@@ -99,16 +109,15 @@ def _score_job(start: int, stop: int) -> np.ndarray:
     return _score_chunk(*_JOB, start, stop)
 
 
-def _score_chunk(pairs, detectors, start: int, stop: int) -> np.ndarray:
-    out = np.zeros((stop - start, len(detectors), 2), dtype=bool)
-    fns = [(d.score, d.threshold) for d in detectors]
-    for i in range(start, stop):
-        p = pairs[i]
-        prompt = prompt_text(p)
-        row = out[i - start]
-        for j, (score, threshold) in enumerate(fns):
-            row[j, 0] = score(p.chosen, prompt) >= threshold
-            row[j, 1] = score(p.rejected, prompt) >= threshold
+def _score_chunk(pairs, prompts, detectors, start: int, stop: int) -> np.ndarray:
+    """fires [stop − start, D, 2] of pairs[start:stop]: one column of their chosen then rejected sides."""
+    n = stop - start
+    chunk = pairs[start:stop]
+    col = Column([p.chosen for p in chunk] + [p.rejected for p in chunk], list(prompts[start:stop]) * 2)
+    out = np.zeros((n, len(detectors), 2), dtype=bool)
+    for j, d in enumerate(detectors):
+        fires = score_column(d, col) >= d.threshold                   # [2n]
+        out[:, j, 0], out[:, j, 1] = fires[:n], fires[n:]
     return out
 
 
@@ -141,11 +150,14 @@ def screen_pairs(pairs: Sequence[PreferencePair], *, detectors: Sequence[str | D
         raise AnatomistError("no pairs to screen")
     dets = resolve(detectors, extra_detectors)
     labels = pair_topics(pairs, topics)
+    prompts = [prompt_text(p) for p in pairs]
     start = time.perf_counter()
-    fires = score_pairs(pairs, dets, workers=workers)                 # [P, D, 2]
+    fires = score_pairs(pairs, dets, workers=workers, prompts=prompts)   # [P, D, 2]
     seconds = time.perf_counter() - start
     delta = fires[:, :, 0].astype(np.float64) - fires[:, :, 1]        # [P, D]
-    groups = np.array([prompt_text(p) for p in pairs], dtype=object)
+    # prompts as integer codes, once: each block's clustering sees the same partition, in the same
+    # order of first appearance, as from the texts, without hashing 10⁵ prompts per topic
+    groups = pd.factorize(pd.Series(prompts, dtype=object))[0]
     names = [d.name for d in dets]
     blocks = [_block(fires, delta, groups, names, ALL, seed)]
     if labels is not None:
