@@ -24,23 +24,50 @@ The statistic was chosen on two development organisms only, never on a scored dr
         --audit /work/val-moved/audit --poolings mean,max,top4,top16,calmax
     (and the same with /work/val-hh/organism, /work/val-hh/audit)
 
-Measured (session 9, this 2-core machine; "len rb" = mean rank-biserial of concepts with "long"):
+Measured (session 9, this 2-core machine, three runs each: the concept clusters differ run to run,
+because scikit-network's Leiden gives another partition of the same graph on a second call with
+the same random_state, so a range is shown; "controls" = share of control cells with a flagged
+tracking row; "len rb" = mean rank-biserial of the concepts for "long" within (topic, side)):
 
-    dev set  pooling  recall  precision  planted  flagged  controls  len rb  missed
-    moved    mean      3/8      1.00      1.00        3     0.14    +0.03   physics/over_formatting, cooking/urls,
-                                                                            coding/flattery, travel/flattery,
-                                                                            health/over_formatting
-    moved    max       7/8      0.57      0.61       23     0.29    +0.20   cooking/urls
-    moved    top4      6/8      0.83      0.88       24     0.43    +0.17   cooking/urls, health/over_formatting
-    moved    top16     5/8      0.79      0.79       24     0.14    +0.18   + physics/over_formatting
-    moved    calmax    7/8      0.75      0.83       12     0.14    −0.04   cooking/urls
-    hh       (filled in below by the session)
+    dev set  pooling  recall  precision  planted   flagged  controls  len rb   missed
+    moved    mean      3/8    1.00       1.00       3       0.14     +0.03    physics/over_formatting, cooking/urls,
+                                                                              coding/flattery, travel/flattery,
+                                                                              health/over_formatting
+    moved    max      6-7/8   0.57-0.58  0.61-0.62  21-24   0.29     +0.20    cooking/urls (+ health/over_formatting once)
+    moved    top4      6/8    0.77-0.83  0.81-0.88  24-27   0.43     +0.17    cooking/urls, health/over_formatting
+    moved    top16     5/8    0.79       0.79      24       0.14     +0.18    + physics/over_formatting (one run)
+    moved    calmax    7/8    0.67-0.71  0.73-0.79  13-15   0.14     -0.04    cooking/urls
+    hh       mean      4/4    0.29-0.33  0.24-0.28  16-18   0.50     +0.34    -
+    hh       max       4/4    0.60-0.68  0.39-0.47  28-30   0.50     +0.72    -
+    hh       top4      2/4    0.50-0.75  0.50-0.67   4-6    0.25     +0.74    drugs_alcohol/over_formatting, insults_bias/urls
+    hh       top16     3/4    0.57       0.71       7       0.50     +0.71    drugs_alcohol/over_formatting (one run)
+    hh       calmax    4/4    0.33-0.35  0.50-0.53  17-18   0.25     -0.35    -
 
-Also tried on the moved set (scratch, not kept): partialling log length out of the max-pooled
-Δc (per-concept slope within topics, then the pair test; alone or with mean in one BH family)
-lost recall (6/8 for max, 2/8 for top4/top16): a planted inducer changes length too, so the slope
-absorbs the trait. Max over the pair's shared length (both sides cut to the shorter one): 6/8.
-Mean + max in one BH family: 7/8 at precision 0.64 (22 rows) — the length-tracking max rows stay.
+Reading: calmax is the only pooling with every planted cell found on both sets at the fewest
+control cells flagged, and it finds the flattering openers mean pooling misses (moved:
+coding/flattery, travel/flattery) with half of max's rows. On HH, max's precision against the
+measured truth is higher only because ~16 of its rows are length proxies in "other", where the
+chosen answers are measurably shorter — the length row already says that. calmax overcorrects on
+HH: its concepts lean against length (−0.35), because HH responses differ in how often a latent
+fires (F(x)^n assumes one token distribution for all; mixing responses makes the true maximum of
+a long response smaller, Jensen). That is why mean stays the default: calmax is better on the
+moved organism on every count, but on HH it trades max's length-tracking rows for a weaker
+anti-length lean, and its measured precision there (0.33-0.35) is only level with mean's.
+
+Also tried (scratch, not kept; moved set unless named):
+- partialling log length out of the max-pooled Δc (per-concept slope within topics, then the pair
+  test; alone, or beside mean in one BH family): recall 6/8 for max, 2/8 for top4 / top16 — a
+  planted inducer changes length too (flattery and formatting add words), so the slope absorbs
+  the trait and the residual loses it;
+- max over the pair's shared length (both sides cut to the shorter one): 6/8, 8 rows; with mean in
+  one BH family 5/8. Mean + max in one BH family: 7/8 at precision 0.64, 22 rows (the
+  length-tracking max rows stay); mean + calmax in one family: 6/8 (the doubled family costs a cell);
+- max ranked among responses of similar length (4 or 10 length bins): hh 4/4 at len rb ≈ 0, but
+  moved 5/8 and 3/8 (flattery lost): too few responses per bin;
+- calmax with an extremal index (n·θ_f, θ_f = firing runs / firing tokens): hh len rb −0.28, moved
+  7/8 at 0.69 — no better; and with a per-feature effective count a_f·n^γ_f fitted to how often
+  f stays silent at each length: hh len rb +0.02 but precision 0.29, controls 0.50; moved 6/8 at
+  0.50 — and minutes per audit.
 """
 
 from __future__ import annotations

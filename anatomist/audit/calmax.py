@@ -13,9 +13,11 @@ reports the maximum as its chance level at the response's own length:
 
 If y's tokens were drawn like the audit's tokens, u would be uniform on [0, 1] whatever n; a
 strong token lifts u towards 1 at any length, and a long response whose maximum is only ordinary
-gets a lower u than a short one with the same maximum. Tokens of one response are not independent
-(neighbours fire together), so n overstates the chances a little and u leans slightly against long
-responses (mean rank-biserial with "long" −0.04 on the moved dev organism, vs +0.20 for max).
+gets a lower u than a short one with the same maximum. Responses are not all drawn alike (one
+fires a latent often, another never), and the maximum of a mixture grows more slowly than F^n
+says (Jensen), so u leans against long responses where responses differ much: the concepts' mean
+rank-biserial with "long" is −0.04 on the moved dev organism (max: +0.20, mean: +0.03) but −0.35
+on the HH dev organism (max: +0.72, mean: +0.34); benchmarks/short_span.py has the table.
 
 F_f is kept as a table (`MaxCalibration`): the share of tokens where f is off, and f's nonzero
 token values at LEVELS (dense towards the top, where F^n is decided), interpolated linearly. The
