@@ -92,8 +92,8 @@ def main() -> None:
     ap.add_argument("--strengths", default="0.9,0.75,0.6",
                     help="planted strengths (0.9 = the default organism); 'null' adds nothing (always run)")
     ap.add_argument("--poolings", default="mean,max,top16",
-                    help="audit pooling(s) to compare: mean, max, topN (top-k mean, k = N); the first audit's "
-                         "latents serve every other one")
+                    help="audit pooling(s) to compare: mean, max, calmax (max calibrated for length), topN "
+                         "(top-k mean, k = N); the first audit's latents serve every other one")
     ap.add_argument("--top-k", type=int, default=None, help="only the first K flagged topic rows count")
     ap.add_argument("--rho-min", type=float, default=None,
                     help="tracking threshold (default: the matching rule's own, 0.5 stratified, 0.3 global)")

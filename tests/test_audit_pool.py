@@ -74,7 +74,7 @@ def test_topk_pooling_is_the_mean_of_the_k_largest_token_values(tmp_path, setup,
 def test_pooling_names_are_checked(tmp_path, setup):
     model, tok, sae = setup
     latents = pool_features(model, tok, sae, ITEMS[:2], tmp_path / "pooled", progress=False)
-    with pytest.raises(AnatomistError, match="pooling must be one of mean, max, topk, got 'median'"):
+    with pytest.raises(AnatomistError, match="pooling must be one of mean, max, topk, calmax, got 'median'"):
         latents.pool("median")
     with pytest.raises(AnatomistError, match="needs k"):
         latents.pool("topk")

@@ -239,7 +239,7 @@ CASES = [
     ("mtp-loss", "mtp train --out {out} --loss foo", ["loss must be one of ce, kl, tv, e2e_tv, got 'foo'"], "absent"),
     ("mtp-steps", "mtp train --out {out} --steps 0", ["steps must be >= 1, got 0"], "absent"),
     ("audit-alpha", f"{AUD} --alpha 2", ["alpha must be in (0, 1), got 2.0"], "absent"),
-    ("audit-pooling", f"{AUD} --pooling sum", ["pooling must be one of mean, max, topk, got 'sum'"], "absent"),
+    ("audit-pooling", f"{AUD} --pooling sum", ["pooling must be one of mean, max, topk, calmax, got 'sum'"], "absent"),
     ("audit-min-support", f"{AUD} --min-support 0", ["min_support >= 1"], "absent"),
     ("audit-resolution", f"{AUD} --resolution -1", ["resolution must be positive, got -1.0"], "absent"),
     ("audit-labeller", f"{AUD} --labeller gpt", ["--labeller 'gpt': choose one of offline, openai"], "absent"),

@@ -19,7 +19,9 @@ def audit(
     sae: str = typer.Option("default", "--sae", help="SAE folder (SAELens format) or 'default' (trained once, cached)."),
     limit: int = typer.Option(None, "--limit", min=2, help="Audit only the first N pairs."),
     pooling: str = typer.Option(default(AuditConfig, "pooling"), "--pooling",
-                                help="Latents over a response: 'mean', 'max' or 'topk' (mean of the k largest)."),
+                                help="Latents over a response: 'mean', 'max', 'topk' (mean of the k largest) or "
+                                     "'calmax' (the largest, as the chance that a response of that length gets a "
+                                     "lower one: keeps a short span such as a flattering opener, leaves length out)."),
     topk: int = typer.Option(default(AuditConfig, "topk"), "--topk", min=1, help="k of --pooling topk."),
     topics: int = typer.Option(default(AuditConfig, "topics"), "--topics", min=1,
                                help="Number of prompt topics (default: by silhouette)."),

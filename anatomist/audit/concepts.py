@@ -8,15 +8,19 @@ Concept score of cluster C on response y (DESIGN.md "c"):
     raw_C(y) = Σ_{f∈C} A_f(y) / sd_f          (each member contributes unit variance)
     c_C(y)   = (raw_C(y) − mean_C) / sd_C     (standardised over the audited responses)
 `mean_C`, `sd_C` and the weights are kept, so shaping scores new responses on the same scale.
+With pooling "calmax" A_f is the length-calibrated max (`audit.calmax`): the clusters come from the
+max-pooled co-activation (which latents fire together), the weights and standardisation from the
+calibrated values (`with_calibration`), and the reference table travels with the concepts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
 
+from anatomist.audit.calmax import MaxCalibration
 from anatomist.audit.graph import cosine_similarity, knn_graph, leiden
 from anatomist.errors import AnatomistError
 
@@ -28,6 +32,7 @@ class Concepts:
     weights: np.ndarray    # [M] 1 / sd_f over responses
     mean: np.ndarray       # [C] mean raw score over the audited responses
     sd: np.ndarray         # [C] sd of the raw score
+    calibration: MaxCalibration | None = None   # pooling "calmax" only: the reference F_f of `features`
 
     @property
     def n_clusters(self) -> int:
@@ -47,11 +52,29 @@ class Concepts:
         return (raw - self.mean) / self.sd
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k).tolist() for k in ("features", "labels", "weights", "mean", "sd")}
+        out = {k: getattr(self, k).tolist() for k in ("features", "labels", "weights", "mean", "sd")}
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "Concepts":
-        return cls(*(np.asarray(d[k]) for k in ("features", "labels", "weights", "mean", "sd")))
+        cal = MaxCalibration.from_dict(d["calibration"]) if d.get("calibration") else None
+        return cls(*(np.asarray(d[k]) for k in ("features", "labels", "weights", "mean", "sd")), calibration=cal)
+
+    def with_calibration(self, calibration: MaxCalibration, acts: sp.spmatrix) -> "Concepts":
+        """The same clusters, weighted and standardised on acts [S, F] (the calmax values of
+        `calibration`, which must calibrate exactly these features)."""
+        assert np.array_equal(calibration.features, self.features), "calibrate the clustered features"
+        weights, mean, sd = _standardise(sp.csr_matrix(acts)[:, self.features].toarray(), self.labels)
+        return replace(self, weights=weights, mean=mean, sd=sd, calibration=calibration)
+
+
+def _standardise(sub: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(w_f = 1/sd_f [M], mean_C [C], sd_C [C]) of member activations sub [S, M] (module docstring)."""
+    weights = 1 / np.clip(sub.std(0), 1e-12, None)
+    raw = (sub * weights) @ np.eye(int(labels.max()) + 1)[labels]                # [S, C]
+    return weights, raw.mean(0), np.clip(raw.std(0), 1e-12, None)
 
 
 def feature_similarity(acts: sp.csr_matrix, features: np.ndarray, W_dec: np.ndarray | None = None,
@@ -81,9 +104,5 @@ def concept_clusters(acts: sp.csr_matrix, *, W_dec: np.ndarray | None = None, mi
                              "audit more pairs or lower min_support")
     sim = feature_similarity(acts, features, W_dec, decoder_weight)
     labels = leiden(knn_graph(sim, knn), resolution=resolution, seed=seed, backend=backend)
-    sub = acts[:, features].toarray()                                    # [S, M]
-    sd_f = sub.std(0)
-    weights = 1 / np.clip(sd_f, 1e-12, None)
-    C = int(labels.max()) + 1
-    raw = (sub * weights) @ np.eye(C)[labels]                            # [S, C]
-    return Concepts(features, labels, weights, raw.mean(0), np.clip(raw.std(0), 1e-12, None))
+    weights, mean, sd = _standardise(acts[:, features].toarray(), labels)       # sub [S, M]
+    return Concepts(features, labels, weights, mean, sd)

@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from anatomist.audit.calmax import MaxCalibration, fit_max_calibration
 from anatomist.capture.hook import residual_stream
 from anatomist.capture.run import CaptureItem, encode_batch, items_hash
 from anatomist.capture.store import ShardStore, ShardWriter
@@ -36,7 +37,10 @@ FORMAT = "anatomist.latents/1"
 #   max   max_t a_f(t)                   keeps it, but grows with length (more tokens, more chances)
 #   topk  (1/m)·Σ of the m = min(k, n) largest a_f(t): a short span of k tokens at full strength,
 #         a single outlier token at 1/k; k = 1 is max, k ≥ n is mean
-POOLINGS = ("mean", "max", "topk")
+#   calmax F_f(max_t a_f(t))^n: the max as the chance that n tokens like the audit's own stay below
+#         it, so a short span counts at full strength and a long answer gains nothing from its extra
+#         tokens (`audit.calmax`; needs the audit's reference table, a `MaxCalibration`)
+POOLINGS = ("mean", "max", "topk", "calmax")
 
 
 class LatentStore(ShardStore):
@@ -109,13 +113,22 @@ class Latents:
             top = matrix(head / np.minimum(n, topk))
         return Pooled(matrix(mx), matrix(total / n), self.n_tokens, self.prompt_emb, self.ids, self.sides, top)
 
-    def pool(self, pooling: str, topk: int | None = None) -> sp.csr_matrix:
-        """The [S, F] matrix of one pooling by name (POOLINGS); "topk" needs k."""
+    def pool(self, pooling: str, topk: int | None = None, calibration: MaxCalibration | None = None) -> sp.csr_matrix:
+        """The [S, F] matrix of one pooling by name (POOLINGS); "topk" needs k, "calmax" the
+        audit's calibration (it scores only the calibrated latents)."""
         if pooling not in POOLINGS:
             raise AnatomistError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if pooling == "topk" and not topk:
             raise AnatomistError("pooling 'topk' needs k (topk=…)")
+        if pooling == "calmax":
+            if calibration is None:
+                raise AnatomistError("pooling 'calmax' needs the audit's calibration (concepts.json 'calibration')")
+            return calibration.pooled(self.pooled().max, self.n_tokens)
         return getattr(self.pooled(topk=topk if pooling == "topk" else None), pooling)
+
+    def max_calibration(self, features: np.ndarray) -> MaxCalibration:
+        """The reference F_f of `features` over every response token of this store (`audit.calmax`)."""
+        return fit_max_calibration(self._feat, self._val, int(self.n_tokens.sum()), features)
 
     def token_acts(self, seq: int, features: np.ndarray) -> np.ndarray:
         """Activations of `features` on each response token of sequence `seq`: [n_tokens, len(features)]."""

@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class AuditConfig:
     # Mean pooling by default: max over a response grows with its length, so on real data (HH:
-    # rejected answers run longer) max-pooled concepts mostly measure length, not content.
+    # rejected answers run longer) max-pooled concepts mostly measure length, not content. "calmax"
+    # (max calibrated for length, audit.calmax) keeps a short span's strength without the length.
     pooling: str = "mean"                # which pooled vector feeds the statistics: audit.pool.POOLINGS
     topk: int = 16                       # k of pooling="topk": the mean of a latent's k largest token values
     min_support: int = 10                # a feature must fire in this many responses to be clustered
@@ -235,16 +236,13 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
         write_screen(out, screen, screen_key_)
 
     t = time.perf_counter()
-    acts = getattr(pooled, cfg.pooling)                                          # [2P, F]
     if topics is None:       # the model's own prompt residuals: known only now
         topics = prompt_topics(pooled.prompt_emb[0::2], texts, k=cfg.topics, k_range=cfg.topic_range,
                                method=cfg.topic_method, seed=cfg.seed, backend=cfg.leiden_backend)
     W_dec = sae.W_dec.detach().cpu().numpy() if cfg.decoder_weight else None
-    concepts = concept_clusters(acts, W_dec=W_dec, min_support=cfg.min_support, knn=cfg.knn,
-                                decoder_weight=cfg.decoder_weight, resolution=cfg.resolution, seed=cfg.seed,
-                                backend=cfg.leiden_backend)
+    acts, concepts = pooled_concepts(latents, pooled, cfg, W_dec)                # [2P, F], C clusters
     groups = prompt_clusters([conversation_opening(p) for p in pairs])         # [P] or None: all distinct
-    features = feature_table(acts, concepts, cfg, groups)
+    features = feature_table(acts, concepts, cfg, groups, support=pooled.max)
     c = concepts.scores(acts)                                                    # [2P, C]
     delta_c = c[0::2] - c[1::2]                                                  # [P, C]
     rows = topic_cluster_rows(delta_c, topics.labels, topics.names, min_pairs=cfg.min_pairs, alpha=cfg.alpha,
@@ -313,16 +311,34 @@ def run_audit(model, tokenizer, sae, pairs, out: str | Path, cfg: AuditConfig = 
     return out
 
 
-def feature_table(acts, concepts, cfg: AuditConfig, groups: np.ndarray | None = None) -> pd.DataFrame:
+def pooled_concepts(latents, pooled, cfg: AuditConfig, W_dec: np.ndarray | None = None):
+    """(acts [S, F], concepts): the pooled latents the statistics read (cfg.pooling) and the
+    concept clusters over them. calmax clusters the max-pooled latents (which fire together), then
+    calibrates the clustered ones against the store's own tokens (`audit.calmax`)."""
+    kw = dict(W_dec=W_dec, min_support=cfg.min_support, knn=cfg.knn, decoder_weight=cfg.decoder_weight,
+              resolution=cfg.resolution, seed=cfg.seed, backend=cfg.leiden_backend)
+    if cfg.pooling != "calmax":
+        acts = getattr(pooled, cfg.pooling)
+        return acts, concept_clusters(acts, **kw)
+    concepts = concept_clusters(pooled.max, **kw)
+    calibration = latents.max_calibration(concepts.features)
+    acts = calibration.pooled(pooled.max, pooled.n_tokens)
+    return acts, concepts.with_calibration(calibration, acts)
+
+
+def feature_table(acts, concepts, cfg: AuditConfig, groups: np.ndarray | None = None,
+                  support=None) -> pd.DataFrame:
     """Dataset-wide pair statistics per SAE feature (the clustered ones: support >= min_support),
-    so a strong single feature stays visible whatever the cluster granularity."""
+    so a strong single feature stays visible whatever the cluster granularity. support [S, F]: the
+    pooled latents whose nonzeros count as firing (default acts; calmax is never 0)."""
     from anatomist.audit.stats import add_q, pair_stats
 
     delta = (acts[0::2] - acts[1::2])[:, concepts.features].toarray()          # [P, M]
     table = add_q(pair_stats(delta, n_boot=cfg.n_boot, seed=cfg.seed, groups=groups))
     table.insert(0, "cluster", concepts.labels)
     table.insert(0, "feature", concepts.features)
-    table["support"] = np.asarray((acts[:, concepts.features] > 0).sum(0)).ravel()
+    fired = acts if support is None else support
+    table["support"] = np.asarray((fired[:, concepts.features] > 0).sum(0)).ravel()
     return table.sort_values("z", key=np.abs, ascending=False, kind="stable").reset_index(drop=True)
 
 

@@ -67,7 +67,7 @@ class Scorer:
         latents = pool_features(self.model, self.tokenizer, self.sae, items, Path(folder) / self.key(items),
                                 layer=self.layer, batch_size=self.batch_size, max_length=self.max_length,
                                 progress=progress)
-        acts = latents.pool(self.pooling, self.topk)                            # [S, F]
+        acts = latents.pool(self.pooling, self.topk, self.concepts.calibration)  # [S, F]
         return self.concepts.scores(acts)                                       # [S, C]
 
 

@@ -10,7 +10,8 @@ C and response token t,
     c_C(t)   = (raw_C(t) − mean_C) / sd_C     (the response-level standardisation, unchanged)
 so with the audit's default mean pooling, mean_t c_C(t) = c_C(y) exactly: a token's score is on
 the same scale as the response's score in pairs.parquet (τ = 0 is the audited mean response).
-Response length (cluster LENGTH) has no per-token score, so token filtering on it is refused.
+Response length (cluster LENGTH) has no per-token score, so token filtering on it is refused; so
+has an audit pooled with "calmax" (a response's length-calibrated maximum, `audit.calmax`).
 
 Masks follow `ShapedPair`'s contract: one entry per response token of `encode_response` (the
 end-of-turn token included) when the training tokens are given. The audit may have cut a long
@@ -46,6 +47,10 @@ def token_scores(audit: AuditFolder, pair_id: str, side: str, cluster: int) -> n
         raise AnatomistError("response length has no per-token score: shape it with λ (--lam length=…), "
                              "not a token filter")
     concepts = audit.concepts
+    if concepts.calibration is not None:
+        # calmax scores a response by its length-calibrated maximum, a number no single token has
+        raise AnatomistError(f"{audit.path}: audited with pooling 'calmax', which has no per-token score: "
+                             "shape it with λ, or token-filter from an audit with --pooling mean")
     members = concepts.labels == c
     acts = audit.latents.token_acts(_seq(audit, pair_id, side), concepts.features[members])    # [T, M]
     raw = acts.astype(np.float64) @ concepts.weights[members]                                   # [T]
