@@ -314,3 +314,31 @@ def test_until_predict_stops_before_training(tiny):
     assert not (out / "train").exists()
     assert any("predicted shifts, plain DPO" in line for line in lines)
     assert (out / "data" / RECORD).is_file()
+
+
+def test_the_shaping_benchmark_runs_its_variants_as_loop_units(organism_run, tmp_path, monkeypatch):
+    import sys
+    from types import SimpleNamespace
+
+    from anatomist.shape.pairs import plain
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    sys.modules.pop("shaping", None)
+    import predict_vs_actual as pva
+    import shaping
+
+    ctx = organism_run[0]
+    model, tok = ctx.loaded
+    args = SimpleNamespace(work=tmp_path, steps=1, lr=1e-3, beta=0.1, train_layers=1, seed=0, samples=1,
+                           max_new_tokens=4)
+    call = ("plain", plain(ctx.pairs[:8]), {}, args, model, tok, ctx.scorer, ctx.prompts[:3], ctx.heldout_pairs[:4],
+            {"pairs": "first 8"}, 0.0, None)
+    first = shaping.run_variant(*call)
+    run = Path(first["run"])
+    assert run.name == f"plain-{shaping.settings_key({'pairs': 'first 8', 'variant': 'plain'})}"
+    assert read_record(run)["done"] and len(first["preference"]) == 4 and len(first["frame"]) == 3
+    monkeypatch.setattr(pva, "train_and_eval", lambda *a, **k: pytest.fail("a finished variant was rerun"))
+    again = shaping.run_variant(*call)
+    pd.testing.assert_frame_equal(again["frame"], first["frame"])
+    (run / RECORD).unlink()                   # a run finished before stage records: adopted, not redone
+    pd.testing.assert_frame_equal(shaping.run_variant(*call)["preference"], first["preference"])
