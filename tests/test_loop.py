@@ -211,6 +211,7 @@ def test_organism_example_runs_end_to_end_and_writes_the_report(organism_run):
     for heading in ("Screen", "Audit", "What was shaped and why", "Predicted vs measured behaviour shift",
                     "Held-out preference accuracy", "Run: shaped"):
         assert f">{heading}<" in html, heading
+    assert html.count("<td>shaped</td>") >= 2            # C0's predicted vs measured rows, in both runs
     assert any(line.startswith("plan: C0") for line in lines)
     assert any("predicted shifts, shaped DPO" in line for line in lines)
 
@@ -342,3 +343,52 @@ def test_the_shaping_benchmark_runs_its_variants_as_loop_units(organism_run, tmp
     pd.testing.assert_frame_equal(again["frame"], first["frame"])
     (run / RECORD).unlink()                   # a run finished before stage records: adopted, not redone
     pd.testing.assert_frame_equal(shaping.run_variant(*call)["preference"], first["preference"])
+
+
+def test_a_preference_file_runs_to_the_plan_and_an_edited_file_reruns_what_reads_it(organism_run, tmp_path):
+    ctx = organism_run[0]
+    data = tmp_path / "pairs.jsonl"
+    shutil.copyfile(ctx.data["train"], data)
+    recipe = write(tmp_path, {"model": ctx.cfg.model, "sae": ctx.cfg.sae, "audit": TINY["audit"],
+                              "data": {"source": "file", "path": str(data), "topic_column": "topic",
+                                       "prompts": ctx.data["prompts"]},
+                              "shape": {"lam": {"flagged": -1.0}}})
+    out = tmp_path / "run"
+    run_loop(read_config(recipe, out=out), until="predict", echo=lambda s: None)
+    record = json.loads((out / "data" / "data.json").read_text())
+    assert record["train"] == str(data) and record["heldout_pairs"] is None and record["truth"] is None
+    screen = pd.read_parquet(out / "screen" / "screen.parquet")
+    assert set(screen.topic) >= {"all", "coding"}                       # per-topic rows from the column
+    plan = json.loads((out / "predict" / "plan.json").read_text())
+    flagged = pd.read_parquet(out / "audit" / "rows.parquet").query("direction != 'none'").cluster.unique()
+    assert sorted(int(k) for k in plan["recipe"]["lam"]) == sorted(int(k) for k in flagged)
+    assert all(c["how"] == "flagged" and c["flagged_rows"] for c in plan["concepts"])
+
+    lines: list[str] = []
+    run_loop(read_config(recipe, out=out), until="predict", echo=lines.append)
+    assert all("skipped" in line for line in lines if line.startswith("["))
+    data.write_text("".join(data.read_text().splitlines(keepends=True)[:-1]))       # one pair fewer
+    lines.clear()
+    run_loop(read_config(recipe, out=out), until="predict", echo=lines.append)
+    assert [line.split("]")[0][1:] for line in lines if "inputs changed" in line] == ["data", "screen", "audit",
+                                                                                      "predict"]
+    assert json.loads((out / "audit" / "audit.json").read_text())["data"]["n_pairs"] == len(ctx.pairs) - 1
+
+
+@pytest.mark.slow
+def test_organism_example_on_the_real_model_at_small_size(tmp_path):
+    """The organism recipe as shipped (the default model and SAE, shaping on flagged:over_formatting),
+    only smaller: 16 prompts per topic, 4 DPO steps, 2 held-out prompts per topic."""
+    recipe = yaml.safe_load((EXAMPLES / "organism-shaped.yaml").read_text())
+    recipe["data"]["per_topic"] = 16
+    recipe["train"].update(steps=4, train_layers=2)
+    recipe["eval"].update(prompts_per_topic=2, max_new_tokens=32, n_boot=200)
+    path = write(tmp_path, recipe, "organism-shaped.yaml")
+    ctx = run_loop(read_config(path, out=tmp_path / "run"), config_path=str(path), echo=lambda s: None)
+    plan = json.loads((ctx.out / "predict" / "plan.json").read_text())
+    assert all(c["how"] == "flagged:over_formatting" and any(t["detector"] == "over_formatting" for t in c["tracks"])
+               for c in plan["concepts"])
+    assert ctx.variants() == (["plain"] if plan["recipe_is_plain"] else ["plain", "shaped"])
+    for v in ctx.variants():
+        assert json.loads((ctx.out / "verify" / v / "verify.json").read_text())["n_rows"] > 0
+    assert (ctx.out / "report" / "report.html").is_file()

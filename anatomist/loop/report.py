@@ -6,12 +6,13 @@ verify's own sections; each stage's full page is linked."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
 
 from anatomist.fileio import atomic_write_text
-from anatomist.html import badge, esc, num, page, section, table, tag
+from anatomist.html import badge, esc, num, page, section, short, table, tag
 from anatomist.loop.context import Ctx
 from anatomist.loop.units import read_record
 
@@ -31,8 +32,6 @@ def report_inputs(ctx: Ctx, stages) -> dict:
 
 
 def link(folder: Path, target: Path, text: str) -> str:
-    import os
-
     return tag("a", esc(text), href=os.path.relpath(target, folder))
 
 
@@ -82,7 +81,9 @@ def audit_part(ctx: Ctx) -> str:
                      f"{len(audit.pair_ids)} pairs, layer {audit.layer}."))
     if audit.score is not None:
         body += truth_section(audit.score)
-    return body + push_table(audit)
+    # the table's concept links point at cards on the audit's own page
+    target = os.path.relpath(ctx.audit_dir / "report.html", ctx.folder("report"))
+    return body + push_table(audit).replace('href="#', f'href="{esc(target)}#')
 
 
 def shape_part(ctx: Ctx) -> str:
@@ -122,17 +123,15 @@ def shift_part(ctx: Ctx, variants: list[str]) -> str:
         body = tag("p", esc(f"{s['n_rows']} (topic, concept) rows over {s['n_topics']} topics; noise ceiling of R² "
                             f"{num(s['r2_ceiling'])}. ") + link(report, folder / "verify.html", "verify's page"))
         body += summary_table(nan_for_null(s))
-        concepts = folder / "verify_concepts.parquet"
-        if concepts.is_file():
-            frame = pd.read_parquet(concepts)
-            keep = frame[frame["cluster"].isin(shaped)] if shaped else frame.head(0)
-            top = pd.concat([keep, frame.reindex(frame["actual"].abs().sort_values(ascending=False).index).head(8)])
-            top = top.drop_duplicates("cluster")
-            rows = [[f"C{int(r.cluster)}", esc(ctx_name(ctx, int(r.cluster))), num(getattr(r, "yhat_feature", None), 3),
-                     num(r.actual, 3), ci(r.ci_low, r.ci_high), "shaped" if int(r.cluster) in shaped else ""]
-                    for r in top.itertuples()]
-            body += tag("h4", "Per concept: the shaped concepts, then the largest measured shifts") + table(
-                ["concept", "name", "predicted ΔB (calibrated, feature)", "measured ΔB", "95% CI", ""], rows)
+        frame = pd.read_parquet(folder / "verify_rows.parquet")
+        keep = frame[frame["cluster"].isin(shaped)]
+        top = frame.reindex(frame["actual"].abs().sort_values(ascending=False).index).head(8)
+        rows = [[esc(r.topic), f"C{int(r.cluster)}", esc(short(ctx_name(ctx, int(r.cluster)), 50)), num(r.yhat_feature, 3),
+                 num(r.actual, 3), ci(r.ci_low, r.ci_high), "shaped" if int(r.cluster) in shaped else ""]
+                for r in pd.concat([keep, top]).drop_duplicates(["topic", "cluster"]).itertuples()]
+        body += tag("h4", "Per (topic, concept): the shaped concepts' rows, then the largest measured shifts") + table(
+            ["topic", "concept", "name", "predicted ΔB (feature-conditioned, cross-fit)", "measured ΔB", "95% CI", ""],
+            rows)
         if "sweep" in s:
             rows = [[num(r["lam"]), num(r["actual"], 3), ci(r["ci_low"], r["ci_high"]), num(r["predicted"], 3),
                      num(r.get("heldout_acc"), 3)] for r in s["sweep"]]

@@ -55,7 +55,12 @@ def run_data(ctx: Ctx, unit: str, folder: Path) -> None:
     """Where the pairs are: a file as given, or an organism built here (generations cached, resumable)."""
     d = ctx.cfg.data
     if d.source == "file":
-        record = {"train": d.path, "heldout_pairs": d.heldout_pairs, "prompts": d.prompts, "truth": None}
+        def absolute(p):     # later stages (and reruns from another folder) read them from anywhere
+            return str(Path(p).resolve()) if p else None
+        record = {"train": absolute(d.path), "heldout_pairs": absolute(d.heldout_pairs), "prompts": absolute(d.prompts),
+                  "truth": None,
+                  # the files' digests are this stage's result: a changed file changes every digest downstream
+                  "digests": data_inputs(ctx, unit)["files"]}
     else:
         from anatomist.organism.plant import HELDOUT_PAIRS
 
