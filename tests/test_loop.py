@@ -36,7 +36,7 @@ def write(tmp_path: Path, obj, name: str = "recipe.yaml") -> Path:
 def test_examples_read_with_their_comments_meaning_what_they_say():
     org = read_config(EXAMPLES / "organism-shaped.yaml")
     assert org.data.source == "organism" and org.data.per_topic == 80
-    assert org.shape.lam == {"flagged:over_formatting": -4.0} and org.shape.baseline
+    assert org.shape.lam == {"flagged:over_formatting": -4.0, "flagged:flattery": -4.0} and org.shape.baseline
     assert org.train.lr == 5e-5 and org.train.train_layers == 4 and org.eval.samples == 4
     hh = read_config(EXAMPLES / "hh-plain-vs-shaped.yaml", out="elsewhere")
     assert hh.data.source == "organism-hh" and hh.out == "elsewhere"
@@ -66,6 +66,7 @@ def test_defaults_types_and_the_default_run_folder(tmp_path):
     ({"audit": {"alpha": 2.0}}, r"recipe.yaml: audit: alpha must be in \(0, 1\)"),
     ({"data": {"source": "file"}}, r"recipe.yaml: data: data.path"),
     ({"eval": 3}, r"recipe.yaml: eval must be a mapping of fields, got int 3"),
+    ({"predict": {"first_order": True}, "eval": {"samples": 2}}, r"recipe.yaml: predict.first_order needs eval"),
     ("model: [unclosed", r"recipe.yaml \(line 1\): not valid YAML"),
 ])
 def test_bad_recipes_fail_in_one_line_naming_file_and_field(tmp_path, recipe, message):
@@ -173,7 +174,8 @@ def _hh_or_real(real):
 
 def tables(out: Path) -> dict[str, pd.DataFrame]:
     """Every table the loop's result rests on (generations are scored; texts compared too)."""
-    names = ["audit/rows.parquet", "predict/plain.parquet", "eval/pre/behaviour.parquet",
+    names = ["audit/rows.parquet", "predict/plain.parquet", "base/behaviour.parquet",
+             *[f"predict/first_order/{v}/first_order.parquet" for v in ("plain", "shaped")],
              *[f"eval/{v}/post/behaviour.parquet" for v in ("plain", "shaped")],
              *[f"eval/{v}/preference.parquet" for v in ("plain", "shaped")],
              *[f"verify/{v}/verify_rows.parquet" for v in ("plain", "shaped")]]
@@ -182,8 +184,10 @@ def tables(out: Path) -> dict[str, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def organism_run(tiny):
-    """The organism example, shaped on cluster 0 (a random model flags nothing reliably), whole."""
-    recipe = tiny_recipe(tiny, "organism-shaped.yaml", data={"per_topic": 16}, shape={"lam": {"0": -2.0}})
+    """The organism example, shaped on cluster 0 (a random model flags nothing reliably), whole, with
+    the first-order forecast (the HH test runs without it)."""
+    recipe = tiny_recipe(tiny, "organism-shaped.yaml", data={"per_topic": 16}, shape={"lam": {"0": -2.0}},
+                         predict={"first_order": True, "grad_share": 0.5})
     lines: list[str] = []
     ctx = run_loop(read_config(recipe, out=tiny / "org"), config_path=str(recipe), echo=lines.append)
     return ctx, recipe, lines
@@ -193,9 +197,15 @@ def test_organism_example_runs_end_to_end_and_writes_the_report(organism_run):
     ctx, _, lines = organism_run
     out = ctx.out
     assert ctx.variants() == ["plain", "shaped"]
-    for stage in ("data", "screen", "audit", "predict", "shape", "train/plain", "train/shaped", "eval/pre",
+    for stage in ("data", "screen", "audit", "base", "predict", "shape", "train/plain", "train/shaped",
                   "eval/plain", "eval/shaped", "verify/plain", "verify/shaped", "report"):
         assert read_record(out / stage)["done"], stage
+    assert not (out / "eval" / "pre").exists()                # the base eval ran before predict, once
+    for v, lam in (("plain", {}), ("shaped", {"0": -2.0})):
+        meta = json.loads((out / "predict" / "first_order" / v / "first_order.json").read_text())
+        assert meta["lam"] == lam and meta["half"] == "even" and meta["grad_pairs"] == 42   # half of 84 pairs
+        verify = json.loads((out / "verify" / v / "verify.json").read_text())
+        assert "first_adam" in verify["predictors"] and verify["first_order"].endswith("base samples it did not read")
     plan = json.loads((out / "predict" / "plan.json").read_text())
     assert plan["recipe"]["lam"] == {"0": -2.0} and plan["concepts"][0]["how"] == "named"
     shaped = pd.read_parquet(out / "shape" / "pairs.parquet")
@@ -288,32 +298,38 @@ def test_killed_mid_run_the_rerun_resumes_and_gives_the_same_tables(organism_run
     want = tables(ctx.out)
     for name, frame in tables(out).items():
         pd.testing.assert_frame_equal(frame, want[name], obj=name)
+    assert "first_adam" in json.loads((out / "verify" / "shaped" / "verify.json").read_text())["predictors"]
 
 
 def test_hh_example_plain_vs_shaped_at_tiny_size(tiny, monkeypatch):
     monkeypatch.chdir(REPO)                    # the example's data path is relative to the repository root
     recipe = tiny_recipe(tiny, "hh-plain-vs-shaped.yaml", data={"limit": 60, "heldout": 40},
-                         shape={"lam": {"flagged:flattery": -4.0, "1": -1.0}})
-    ctx = run_loop(read_config(recipe, out=tiny / "hh"), echo=lambda s: None)
+                         shape={"lam": {"flagged:flattery": -4.0, "flagged:no_such_detector": 2.0, "1": -1.0}})
+    lines: list[str] = []
+    ctx = run_loop(read_config(recipe, out=tiny / "hh"), echo=lines.append)
     plan = json.loads((ctx.out / "predict" / "plan.json").read_text())
+    assert plan["selectors"]["flagged:no_such_detector"] == []
+    assert "plan: flagged:no_such_detector: the audit flagged no such concept (nothing shaped for it)" in lines
     assert plan["recipe"]["lam"]["1"] == -1.0 and ctx.variants() == ["plain", "shaped"]
     assert all(c["how"] in ("named", "flagged:flattery") for c in plan["concepts"])
-    prompts = pd.read_parquet(ctx.out / "eval" / "pre" / "behaviour.parquet")
+    prompts = pd.read_parquet(ctx.out / "eval" / "pre" / "behaviour.parquet")   # no forecast: the base in eval/
     assert set(prompts.topic) <= {"violence", "theft_fraud", "drugs_alcohol", "insults_bias", "other"}
     assert json.loads((ctx.out / "eval" / "shaped" / "summary.json").read_text())["preference"]["n"] == 12
     assert (ctx.out / "report" / "report.html").is_file()
 
 
 def test_until_predict_stops_before_training(tiny):
-    recipe = tiny_recipe(tiny, "organism-shaped.yaml", data={"per_topic": 16}, shape={"lam": {"0": -2.0}})
+    recipe = tiny_recipe(tiny, "organism-shaped.yaml", data={"per_topic": 16}, shape={"lam": {"0": -2.0}},
+                         predict={"first_order": True})
     out = tiny / "org-until"
     if (tiny / "org" / "audit" / RECORD).is_file():        # the organism is audited already: reuse it
         reuse_audit(tiny / "org", out)
     lines: list[str] = []
     run_loop(read_config(recipe, out=out), until="predict", echo=lines.append)
     assert (out / "predict" / "plan.json").is_file() and not (out / "shape").exists()
-    assert not (out / "train").exists()
+    assert not (out / "train").exists() and read_record(out / "base")["done"]
     assert any("predicted shifts, plain DPO" in line for line in lines)
+    assert any("first-order forecast, shaped DPO, per concept" in line for line in lines)
     assert (out / "data" / RECORD).is_file()
 
 
@@ -377,7 +393,8 @@ def test_a_preference_file_runs_to_the_plan_and_an_edited_file_reruns_what_reads
 
 @pytest.mark.slow
 def test_organism_example_on_the_real_model_at_small_size(tmp_path):
-    """The organism recipe as shipped (the default model and SAE, shaping on flagged:over_formatting),
+    """The organism recipe as shipped (the default model and SAE, shaping the flagged concepts that track
+    over_formatting or flattery),
     only smaller: 16 prompts per topic, 4 DPO steps, 2 held-out prompts per topic."""
     recipe = yaml.safe_load((EXAMPLES / "organism-shaped.yaml").read_text())
     recipe["data"]["per_topic"] = 16
@@ -386,8 +403,9 @@ def test_organism_example_on_the_real_model_at_small_size(tmp_path):
     path = write(tmp_path, recipe, "organism-shaped.yaml")
     ctx = run_loop(read_config(path, out=tmp_path / "run"), config_path=str(path), echo=lambda s: None)
     plan = json.loads((ctx.out / "predict" / "plan.json").read_text())
-    assert all(c["how"] == "flagged:over_formatting" and any(t["detector"] == "over_formatting" for t in c["tracks"])
-               for c in plan["concepts"])
+    for c in plan["concepts"]:
+        trait = c["how"].partition(":")[2]
+        assert trait in ("over_formatting", "flattery") and any(t["detector"] == trait for t in c["tracks"])
     assert ctx.variants() == (["plain"] if plan["recipe_is_plain"] else ["plain", "shaped"])
     for v in ctx.variants():
         assert json.loads((ctx.out / "verify" / v / "verify.json").read_text())["n_rows"] > 0

@@ -63,6 +63,12 @@ class DataConfig:
 class PredictSection:
     spread: str = "pairs"                # s² of a concept per topic: "pairs" (the dataset's responses) or "none"
     top: int = 15                        # rows of predicted shifts printed (and shown in the report)
+    # also the first-order forecast (evaluate/forecast.py): each run's DPO direction at the reference
+    # (train section's blocks and β, the plan's λ) applied to the base model's own generations on the
+    # held-out prompts (the base eval then runs before predict). Costs about one DPO epoch per run;
+    # verify scores it on the base samples it did not read (needs eval.samples >= 4)
+    first_order: bool = False
+    grad_share: float = 1.0              # share of the pairs in the forecast's gradient pass (seeded; 1 = all)
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,13 @@ class LoopConfig:
     shape: ShapeConfig = field(default_factory=ShapeConfig)
     train: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        if self.predict.first_order and self.eval.samples < 4:
+            raise AnatomistError(f"predict.first_order needs eval.samples >= 4 (two halves of >= 2 samples per "
+                                 f"prompt: the forecast's and verify's), got {self.eval.samples}")
+        if not 0 < self.predict.grad_share <= 1:
+            raise AnatomistError(f"predict.grad_share must be in (0, 1], got {self.predict.grad_share}")
 
 
 # -- reading ---------------------------------------------------------------------------------------

@@ -108,6 +108,16 @@ class Ctx:
         return json.loads((self.folder("predict") / PLAN).read_text())
 
     @property
+    def pre_unit(self) -> tuple[str, str]:
+        """Where the base model's eval lives: the base stage (before predict) when the first-order
+        forecast reads it, else the eval stage's first unit."""
+        return ("base", "") if self.cfg.predict.first_order else ("eval", "pre")
+
+    @property
+    def pre_dir(self) -> Path:
+        return self.folder(*self.pre_unit)
+
+    @property
     def audit_dir(self) -> Path:
         return self.folder("audit")
 

@@ -79,7 +79,9 @@ def make_plan(audit_dir, shape: ShapeConfig) -> dict:
         raise AnatomistError("shape.drop_extreme needs a shaped concept (lam, token_filter or inoculate) to rank "
                              "pairs by")
     recipe = Recipe(lam=lam, token_filter=tf, inoculate=ino, drop_extreme=shape.drop_extreme)
-    return {"recipe": recipe_dict(recipe), "recipe_is_plain": recipe.is_plain,
+    selectors = {name: [int(k) for k in expand(audit, name)[0]] for name in shape.lam
+                 if expand(audit, name)[1] != "named"}
+    return {"recipe": recipe_dict(recipe), "recipe_is_plain": recipe.is_plain, "selectors": selectors,
             "concepts": [concept_why(audit, k, why[k], lam.get(k)) for k in recipe.concepts],
             "asked": asdict(shape)}
 

@@ -104,6 +104,9 @@ def shape_part(ctx: Ctx) -> str:
              f"{summary['n_pairs']} pairs kept, mean |offset| {num(summary.get('offset_abs_mean'), 3)}, "
              f"{summary.get('n_inoculated', 0)} inoculated, {summary.get('tokens_masked', 0)} tokens masked. "
              "Sign: L = −log σ(β·Δθ − λ·Δc); λ < 0 suppresses the concept.")
+    empty = [name for name, found in plan.get("selectors", {}).items() if not found]
+    if empty:
+        facts += f" Selectors that found no flagged concept (nothing shaped for them): {', '.join(empty)}."
     return tag("p", esc(facts)) + table(["concept", "name", "λ", "chosen by", "flagged audit rows",
                                          "tracks (screen detector, AUROC)"], rows)
 
@@ -114,7 +117,7 @@ def shift_part(ctx: Ctx, variants: list[str]) -> str:
     from anatomist.evaluate.verify_report import summary_table
 
     report = ctx.folder("report")
-    pre = pd.read_parquet(ctx.folder("eval", "pre") / "behaviour.parquet")
+    pre = pd.read_parquet(ctx.pre_dir / "behaviour.parquet")
     shaped = {c["cluster"] for c in ctx.plan["concepts"]}
     parts = []
     for v in variants:

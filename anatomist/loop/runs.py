@@ -106,14 +106,18 @@ TRAIN_OUTPUTS = ("summary.json", TRAIN_PAIRS)
 # -- eval ------------------------------------------------------------------------------------------
 
 def eval_units(ctx: Ctx) -> list[str]:
-    return ["pre", *ctx.variants()]
+    return [*(["pre"] if ctx.pre_unit == ("eval", "pre") else []), *ctx.variants()]
+
+
+def base_units(ctx: Ctx) -> list[str]:
+    return [""] if ctx.pre_unit == ("base", "") else []
 
 
 def eval_inputs(ctx: Ctx, unit: str) -> dict:
     inputs = {"eval": section(ctx.cfg, "eval"), "audit": ctx.digest("audit"), "data": ctx.digest("data"),
               "model": ctx.cfg.model}
-    if unit != "pre":
-        inputs.update(train=ctx.digest("train", unit), pre=ctx.digest("eval", "pre"), beta=ctx.cfg.train.beta)
+    if unit not in ("pre", ""):
+        inputs.update(train=ctx.digest("train", unit), pre=ctx.digest(*ctx.pre_unit), beta=ctx.cfg.train.beta)
     return inputs
 
 
@@ -121,7 +125,7 @@ def run_eval_unit(ctx: Ctx, unit: str, folder: Path) -> None:
     from anatomist.evaluate.preference import pair_logps
 
     model, tok = ctx.loaded
-    if unit == "pre":
+    if unit in ("pre", ""):     # the base: the eval stage's "pre", or the base stage's own folder
         ctx.echo(f"eval base: {len(ctx.prompts)} prompts × {ctx.cfg.eval.samples} samples")
         eval_base(model, tok, ctx.prompts, folder, scorer=ctx.scorer, settings=ctx.cfg.eval, progress=ctx.progress)
         if ctx.heldout_pairs:   # the base's log-probs of the held-out pairs, once for every policy
@@ -134,7 +138,7 @@ def run_eval_unit(ctx: Ctx, unit: str, folder: Path) -> None:
     policy = load(str(ctx.folder("train", unit) / POLICY)).model.to(ctx.device).eval()
     ref = None
     if ctx.heldout_pairs:
-        table = pd.read_parquet(ctx.folder("eval", "pre") / REF_LOGPS)
+        table = pd.read_parquet(ctx.pre_dir / REF_LOGPS)
         assert list(table.pair_id) == [p.id for p in ctx.heldout_pairs], "the base ranked the same held-out pairs"
         ref = (table["chosen"].to_numpy(), table["rejected"].to_numpy())
     ctx.echo(f"eval {unit}: {len(ctx.prompts)} prompts × {ctx.cfg.eval.samples} samples"
@@ -165,9 +169,11 @@ def sweep_cluster(ctx: Ctx) -> tuple[int, float] | None:
 
 
 def verify_inputs(ctx: Ctx, unit: str) -> dict:
-    inputs = {"audit": ctx.digest("audit"), "pre": ctx.digest("eval", "pre"), "post": ctx.digest("eval", unit),
+    inputs = {"audit": ctx.digest("audit"), "pre": ctx.digest(*ctx.pre_unit), "post": ctx.digest("eval", unit),
               "train": ctx.digest("train", unit), "n_boot": ctx.cfg.eval.n_boot, "seed": ctx.cfg.eval.seed,
               "spread": ctx.cfg.predict.spread}
+    if ctx.cfg.predict.first_order:
+        inputs["forecast"] = ctx.digest("predict")
     if unit == "plain" and "shaped" in ctx.variants() and sweep_cluster(ctx):
         inputs["sweep"] = ctx.digest("eval", "shaped")
     return inputs
@@ -189,9 +195,10 @@ def run_verify(ctx: Ctx, unit: str, folder: Path) -> None:
         runs = [{"lam": 0.0, "post": "../../eval/plain/post", "heldout_acc": accs["plain"]},
                 {"lam": sweep[1], "post": "../../eval/shaped/post", "heldout_acc": accs["shaped"]}]
         atomic_write_text(folder / "sweep.json", dumps({"cluster": sweep[0], "runs": runs}))
-    result = verify_run(ctx.audit_dir, folder, pre=ctx.folder("eval", "pre"), post=ctx.folder("eval", unit) / "post",
+    forecast = ctx.folder("predict") / "first_order" / unit
+    result = verify_run(ctx.audit_dir, folder, pre=ctx.pre_dir, post=ctx.folder("eval", unit) / "post",
                         cfg=PredictConfig(spread=ctx.cfg.predict.spread), n_boot=ctx.cfg.eval.n_boot,
-                        seed=ctx.cfg.eval.seed)
+                        seed=ctx.cfg.eval.seed, first_order=forecast if forecast.is_dir() else None)
     s = result.summary
     ctx.echo(f"verify {unit}: {s['n_rows']} (topic, concept) rows, feature R² {s['predictors']['feature']['r2']:.3f}, "
              f"noise ceiling {s['r2_ceiling']:.3f}")

@@ -50,6 +50,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           steps.SCREEN_OUTPUTS),
     Stage("audit", "SAE concepts that separate chosen from rejected, per topic", steps.audit_inputs,
           steps.run_audit_stage, steps.AUDIT_OUTPUTS),
+    Stage("base", "the base model on held-out prompts, before predict (predict.first_order reads it)",
+          runs.eval_inputs, runs.run_eval_unit, runs.EVAL_OUTPUTS, units=runs.base_units),
     Stage("predict", "the shaping plan and the predicted shift per (topic, concept)", steps.predict_inputs,
           steps.run_predict, steps.PREDICT_OUTPUTS),
     Stage("shape", "the recipe applied to the pairs", steps.shape_inputs, steps.run_shape, steps.SHAPE_OUTPUTS),

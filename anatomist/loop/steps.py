@@ -148,7 +148,10 @@ AUDIT_OUTPUTS = ("audit.json", "rows.parquet", "pairs.parquet", "clusters.parque
 # -- predict ---------------------------------------------------------------------------------------
 
 def predict_inputs(ctx: Ctx, unit: str) -> dict:
-    return {"audit": ctx.digest("audit"), "predict": section(ctx.cfg, "predict"), "shape": section(ctx.cfg, "shape")}
+    inputs = {"audit": ctx.digest("audit"), "predict": section(ctx.cfg, "predict"), "shape": section(ctx.cfg, "shape")}
+    if ctx.cfg.predict.first_order:   # the forecast reads the run's DPO settings and the base generations
+        inputs.update(train=section(ctx.cfg, "train"), base=ctx.digest("base"), data=ctx.digest("data"))
+    return inputs
 
 
 def run_predict(ctx: Ctx, unit: str, folder: Path) -> None:
@@ -165,9 +168,32 @@ def run_predict(ctx: Ctx, unit: str, folder: Path) -> None:
     lam = {int(k): v for k, v in plan["recipe"]["lam"].items()}
     if lam:
         atomic_write_parquet(predict_rows(ctx.audit_dir, cfg, lam=lam), folder / "shaped.parquet")
+    ctx.__dict__.pop("plan", None)       # ctx.plan reads the plan just written
+    if ctx.cfg.predict.first_order:
+        for variant in ctx.variants():
+            first_order(ctx, variant, folder / "first_order" / variant, lam if variant == "shaped" else {})
 
 
-PREDICT_OUTPUTS = (PLAN, "*.parquet")
+def first_order(ctx: Ctx, variant: str, folder: Path, lam: dict) -> None:
+    """The first-order forecast of one run (`evaluate.forecast.forecast`) from a copy of the base
+    generations, so it writes in this stage's own folder; it reads the even half of each prompt's
+    samples and verify scores it on the odd half. λ only: a token filter or inoculation is not
+    part of the forecast's direction (the plan's λ is)."""
+    import shutil
+
+    from anatomist.evaluate.behaviour import TABLE
+    from anatomist.evaluate.forecast import forecast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ctx.pre_dir / TABLE, folder / TABLE)
+    ctx.echo(f"first-order forecast, {variant} run: the DPO direction over {ctx.cfg.predict.grad_share:.0%} of "
+             f"{len(ctx.pairs)} pairs × the base generations")
+    forecast(ctx.audit_dir, folder, cfg=ctx.cfg.train, lam=lam, temperature=ctx.cfg.eval.temperature,
+             grad_share=ctx.cfg.predict.grad_share, seed=ctx.cfg.train.seed, pairs=ctx.pairs, loaded=ctx.loaded,
+             device=ctx.device, progress=ctx.progress)
+
+
+PREDICT_OUTPUTS = (PLAN, "*.parquet", "first_order/*/first_order.parquet")
 
 
 def print_plan(ctx: Ctx) -> None:
@@ -175,6 +201,9 @@ def print_plan(ctx: Ctx) -> None:
     import pandas as pd
 
     plan, echo = ctx.plan, ctx.echo
+    for name, found in plan.get("selectors", {}).items():
+        if not found:
+            echo(f"plan: {name}: the audit flagged no such concept (nothing shaped for it)")
     if plan["recipe_is_plain"]:
         echo(f"plan: nothing to shape (shape: {plan['asked']['lam'] or 'no λ'}); plain DPO only")
     for c in plan["concepts"]:
@@ -195,6 +224,14 @@ def print_plan(ctx: Ctx) -> None:
         for r in show.itertuples():
             echo(f"{str(r.topic)[:22]:<22} {r.cluster:>7} {r.dbar:>7.3f} {getattr(r, col):>12.4f}  "
                  f"{r.direction:<9} {str(r.label)[:40]}")
+    for path in sorted((folder / "first_order").glob("*/first_order.parquet")):
+        rows = pd.read_parquet(path)
+        rows = rows[rows.topic == "all"]
+        rows = rows.reindex(rows["x_first_adam"].abs().sort_values(ascending=False).index).head(top)
+        echo(f"\nfirst-order forecast, {path.parent.name} DPO, per concept (unscaled: sign and ranking):")
+        echo(f"{'cluster':>7} {'x_first_adam':>13} {'x_first_plain':>14}  name")
+        for r in rows.itertuples():
+            echo(f"{r.cluster:>7} {r.x_first_adam:>13.4g} {r.x_first_plain:>14.4g}  {str(r.label)[:50]}")
 
 
 # -- shape -----------------------------------------------------------------------------------------
