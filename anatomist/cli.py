@@ -93,6 +93,8 @@ def _register() -> None:
     app.add_typer(sae_app, name="sae")
     from anatomist.screen.cli import screen as screen_cmd
     app.command("screen")(screen_cmd)
+    from anatomist.loop.cli import loop as loop_cmd
+    app.command("loop")(loop_cmd)
 
 
 _register()

@@ -55,7 +55,6 @@ report it beside the other variants.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import random
 import time
@@ -263,36 +262,31 @@ def print_level(name: str, s: dict) -> None:
     print("\n".join(level_lines(name, s)))
 
 
+def eval_settings(args, samples: int):
+    """The eval every run of this benchmark (and shaping.py) shares, as `anatomist loop`'s eval section."""
+    from anatomist.loop.config import EvalConfig
+
+    return EvalConfig(samples=samples, max_new_tokens=args.max_new_tokens, temperature=T_EVAL, seed=args.seed,
+                      batch_size=getattr(args, "gen_batch", 32))
+
+
 def train_and_eval(name, base_model, tok, shaped, args, run: Path, scorer, prompts, heldout, t0,
                    ref_logps=None, keep_policy: bool = False) -> dict:
-    """DPO a fresh copy of the base on `shaped`, evaluate it; returns {post, post_frame, policy (when
-    kept, else None), dpo_seconds, heldout_acc, preference}. keep_policy: also save it to run/dpo/policy.
+    """DPO a fresh copy of the base on `shaped`, evaluate it: `anatomist.loop`'s train and eval
+    (`loop.runs.train_policy`, `eval_policy`) into run/dpo, run/post, run/preference.parquet.
+    Returns {post, post_frame, policy (when kept, else None), dpo_seconds, heldout_acc, preference};
+    keep_policy: also save it to run/dpo/policy. ref_logps: the base model's held-out pair
+    log-probs (`pair_logps`), shared across runs."""
+    from anatomist.loop.runs import eval_policy, train_policy
 
-    ref_logps: the base model's held-out pair log-probs (`pair_logps`), shared across runs; the
-    per-pair ranking lands in run/preference.parquet."""
-    from anatomist.evaluate.behaviour import evaluate_behaviour
-    from anatomist.evaluate.preference import preference_accuracy
-    from anatomist.fileio import atomic_write_parquet
-    from anatomist.train import train_dpo
-
-    policy = copy.deepcopy(base_model)
-    cfg = dpo_config(args)
     log(f"{name}: DPO on {len(shaped)} pairs ({args.steps or 'one epoch of'} steps)", t0)
-    t_dpo = time.perf_counter()
-    train_dpo(policy, tok, shaped, cfg, run / "dpo", cache_dir=args.work / "dpo_cache", save_model=keep_policy,
-              progress=False)
-    t_dpo = time.perf_counter() - t_dpo
-    policy.eval()
+    policy, t_dpo = train_policy(base_model, tok, shaped, dpo_config(args), run / "dpo",
+                                 cache_dir=args.work / "dpo_cache", save_model=keep_policy)
     log(f"{name}: post eval", t0)
-    post = evaluate_behaviour(policy, tok, prompts, out_dir=run / "post", scorer=scorer,
-                              samples_per_prompt=getattr(args, "post_samples", args.samples),
-                              max_new_tokens=args.max_new_tokens, seed=args.seed, temperature=T_EVAL,
-                              model_name=name, batch_size=getattr(args, "gen_batch", 32), progress=False)
-    ref = {"reference": base_model} if ref_logps is None else {"reference_logps": ref_logps}
-    frame, acc = preference_accuracy(policy, tok, heldout, **ref, beta=args.beta, progress=False)
-    atomic_write_parquet(frame, run / "preference.parquet")   # shaping.py reads its presence as "done"
-    return {"post": run / "post", "post_frame": post, "policy": policy if keep_policy else None,
-            "dpo_seconds": t_dpo, "heldout_acc": acc["accuracy"], "preference": frame}
+    out = eval_policy(policy, tok, prompts, heldout, run, scorer=scorer, beta=args.beta, name=name,
+                      settings=eval_settings(args, getattr(args, "post_samples", args.samples)),
+                      ref_logps=ref_logps, reference=base_model)
+    return {**out, "policy": policy if keep_policy else None, "dpo_seconds": t_dpo}
 
 
 def main(argv=None) -> None:
@@ -302,8 +296,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     from anatomist.data import load_pairs, text_hash
-    from anatomist.evaluate.behaviour import Scorer, evaluate_behaviour, first_per_topic, read_prompts
+    from anatomist.evaluate.behaviour import Scorer, first_per_topic, read_prompts
     from anatomist.evaluate.verify import verify_run
+    from anatomist.loop.runs import eval_base
     from anatomist.models import load
     from anatomist.sae import default_sae, load_sae
     from anatomist.shape.pairs import plain
@@ -336,9 +331,7 @@ def main(argv=None) -> None:
     (run / "train_pairs.json").write_text(json.dumps([{"id": p.id, "text_hash": text_hash(p)} for p in trained]))
     scorer = Scorer.from_audit(audit, loaded=(base_model, tok), sae=sae)
     log("base eval", t0)
-    base = evaluate_behaviour(base_model, tok, prompts, out_dir=run / "pre", scorer=scorer,
-                              samples_per_prompt=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                              temperature=T_EVAL, model_name="base", batch_size=args.gen_batch, progress=False)
+    base = eval_base(base_model, tok, prompts, run / "pre", scorer=scorer, settings=eval_settings(args, args.samples))
     plain_run = train_and_eval("plain", base_model, tok, plain(trained), args, run, scorer, prompts, heldout, t0,
                                keep_policy=True)
     design = first_order_design(args, base_model, tok, trained, base, plain_run, audit, run, t0)

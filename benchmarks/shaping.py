@@ -34,7 +34,7 @@
                residual; `anatomist.shape.steer.steering_alpha`). Steering at layer L needs the
                blocks above L − 1 trained, so --train-layers defaults to n_blocks − 1 − L for
                every variant.
-3. Evaluation (`predict_vs_actual.train_and_eval`): generations on held-out prompts of the affected
+3. Evaluation (`anatomist.loop.runs`, through `predict_vs_actual.train_and_eval`): generations on held-out prompts of the affected
    topics and a control topic, same seeds for the base and every policy; the detector's fire rate
    with a prompt-bootstrap 95% CI; the increase over the base; "reduction of the increase"
    1 − Δ_variant / Δ_plain (goal ≥ 80%), the matched cluster's ΔB, and held-out preference
@@ -43,15 +43,15 @@
    and on the other pairs, whose drop vs plain is the goal (≤ 2 points; paired bootstrap CI).
    The base model's log-probs of the held-out pairs are computed once for every variant.
 
-Caching: every DPO run lives in --work/<variant>-<hash of its settings> (resumes after a kill;
-a finished one is not rerun), generations and scores are cached by evaluate_behaviour, and the
-small audit under --work/audits/<hash of its pairs' texts>. summary.json lands in --work.
+Caching: every DPO run lives in --work/<variant>-<hash of its settings>, run as an `anatomist.loop`
+unit (`loop.units.run_unit`: resumes after a kill; a finished one is not rerun), generations and
+scores are cached by evaluate_behaviour, and the small audit under --work/audits/<hash of its
+pairs' texts>. summary.json lands in --work.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -73,7 +73,10 @@ GOAL_REDUCTION, GOAL_ACC_DROP = 0.8, 0.02
 # ----------------------------------------------------------------------------- run names
 
 def settings_key(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """A run folder's name suffix: the first 12 hex digits of its `anatomist.loop` input hash."""
+    from anatomist.loop.units import inputs_hash
+
+    return inputs_hash(obj)[:12]
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -209,27 +212,36 @@ def build_variants(args, trained, audit_dir: Path, clusters: dict[int, float], t
 
 def run_variant(name, shaped, extra, args, base_model, tok, scorer, prompts, heldout, common, t0,
                 ref_logps) -> dict:
-    """DPO + post eval of one variant, cached in its own folder (result.json marks it done)."""
+    """DPO + post eval of one variant (`anatomist.loop`'s train and eval, via pva.train_and_eval) in
+    its own folder, skipped or rerun by `anatomist.loop.units.run_unit` on the hash of its settings
+    (the folder name carries that hash too)."""
     import pandas as pd
 
-    run = args.work / f"{name}-{settings_key({**common, **extra, 'variant': name})}"
+    from anatomist.fileio import atomic_write_text
+    from anatomist.loop.units import run_unit
+
+    settings = {**common, **extra, "variant": name}
+    run = args.work / f"{name}-{settings_key(settings)}"
     done = run / "result.json"
-    if done.is_file() and (run / "post" / "behaviour.parquet").is_file() and (run / "preference.parquet").is_file():
-        pva.log(f"{name}: cached in {run}", t0)
-        result = json.loads(done.read_text())
-    else:
-        run.mkdir(parents=True, exist_ok=True)
+
+    def body():
+        # a run finished before stage records existed (result.json and its tables) is adopted as it is
+        if done.is_file() and (run / "post" / "behaviour.parquet").is_file() and (run / "preference.parquet").is_file():
+            return
         # a Shaped value: train_dpo takes its steering (steered variant) and leakage deltas from it
         out = pva.train_and_eval(name, base_model, tok, shaped, args, run, scorer, prompts, heldout, t0,
                                  ref_logps=ref_logps)
-        result = {"heldout_acc": out["heldout_acc"], "settings": {**common, **extra}}
-        from anatomist.fileio import atomic_write_text
-        atomic_write_text(done, json.dumps(result, indent=1, default=str) + "\n")
+        atomic_write_text(done, json.dumps({"heldout_acc": out["heldout_acc"], "settings": {**common, **extra}},
+                                           indent=1, default=str) + "\n")
+    state = run_unit(run, settings, body, outputs=("result.json", "preference.parquet", "post/behaviour.parquet"),
+                     name=name)
+    if state == "skipped":
+        pva.log(f"{name}: cached in {run}", t0)
+    result = json.loads(done.read_text())
     result["frame"] = pd.read_parquet(run / "post" / "behaviour.parquet")
     result["preference"] = pd.read_parquet(run / "preference.parquet")
     result["run"] = str(run)
     return result
-
 
 
 # ----------------------------------------------------------------------------- the table
@@ -346,14 +358,10 @@ def main(argv=None) -> None:
     t0 = time.time()
     from anatomist.audit.folder import CONCEPTS, AuditFolder
     from anatomist.data import load_pairs
-    from anatomist.evaluate.behaviour import (
-        Scorer,
-        evaluate_behaviour,
-        first_per_topic,
-        read_prompts,
-    )
+    from anatomist.evaluate.behaviour import Scorer, first_per_topic, read_prompts
     from anatomist.evaluate.preference import pair_logps
     from anatomist.fileio import atomic_write_text
+    from anatomist.loop.runs import eval_base
     from anatomist.models import load
     from anatomist.organism.match import trait_clusters
     from anatomist.organism.plant import read_truth
@@ -407,9 +415,8 @@ def main(argv=None) -> None:
 
     scorer = Scorer.from_audit(audit, loaded=(base_model, tok), sae=sae)
     pva.log("base eval", t0)
-    base = evaluate_behaviour(base_model, tok, prompts, out_dir=args.work / "base", scorer=scorer,
-                              samples_per_prompt=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                              model_name="base", progress=False)
+    base = eval_base(base_model, tok, prompts, args.work / "base", scorer=scorer,
+                     settings=pva.eval_settings(args, args.samples))
     common = {"audit": str(audit), "concepts": settings_key((folder.path / CONCEPTS).read_text()),
               "pairs": settings_key([p.id for p in pairs]), "heldout": settings_key([p.id for p in heldout]),
               "prompts": settings_key([p.id for p in prompts]), "trait": trait, "clusters": clusters,
