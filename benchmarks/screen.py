@@ -22,7 +22,7 @@ Measured (c), 2026-12-05, 100k pairs (111 MB), the 2-core dev machine UNDER LOAD
 5-9 from other jobs: absolute pairs/s here are not an idle machine's; the ratios to the read in
 the same run are the comparable numbers), medians of 3 rounds,
 
-    PYTHONPATH=. nice -n 10 .venv/bin/python benchmarks/screen.py --parts c --minilm 0 --organism /work/main/runs/demo/organism
+    nice -n 10 .venv/bin/python benchmarks/screen.py --parts c --minilm 0 --organism /work/main/runs/demo/organism
 
                                      before (per-response)      after, run 1 (load 9.5)    after, run 2 (load 6.1)
     read + validate (load_pairs)     3.3 s, CPU 2.2 s           3.9 s, CPU 1.9 s           2.8 s, CPU 1.9 s
@@ -53,6 +53,7 @@ import argparse
 import json
 import os
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -60,10 +61,13 @@ from statistics import median
 
 import pandas as pd
 
-from anatomist.data import load_pairs
-from anatomist.data.shared import HH_NAME, shared_data_dir
-from anatomist.screen import DETECTORS, read_with_hygiene, screen_pairs
-from anatomist.screen.quality import quality, read_labelled
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from anatomist.data import load_pairs  # noqa: E402
+from anatomist.data.shared import HH_NAME, shared_data_dir  # noqa: E402
+from anatomist.screen import DETECTORS, read_with_hygiene, screen_pairs  # noqa: E402
+from anatomist.screen.quality import quality, read_labelled  # noqa: E402
 
 TRAIT_DETECTOR = {"over_formatting": "over_formatting", "flattery": "flattery", "urls": "urls",
                   "verbosity": "length", "harmful_compliance": "harmful_compliance"}
@@ -228,7 +232,7 @@ def detector_quality() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--organism", type=Path, default=Path("../runs-new2/demo/organism"))
+    ap.add_argument("--organism", type=Path, default=REPO / "runs" / "demo" / "organism")
     ap.add_argument("--pairs", type=int, default=100_000)
     ap.add_argument("--minilm", type=int, default=500, help="prompts to embed with all-MiniLM (0: skip)")
     ap.add_argument("--repeats", type=int, default=3, help="rounds of the speed part (read, then each screen)")
