@@ -39,8 +39,10 @@ ratios to the read.) The column path (`anatomist.screen.columns`) cuts the scree
 (default detectors) to 30% (all), with results identical to the per-response path (tables,
 per-pair fires and hygiene equal on this 100k file with all detectors; tests/test_screen_columns.py).
 With the default detectors the screen reached 5,200 pairs/s at load average 6 and 3,700 at 9.5:
-the 5,000 pairs/s goal is met only while the other jobs leave about one core free. An idle
-2-core machine should do better (the detectors run on both cores), but that was not measured.
+the 5,000 pairs/s goal is met only while the other jobs leave about one core free. On the idle
+machine (load average 0.5, 2026-12-05, `.venv/bin/python benchmarks/screen.py --minilm 0`, all parts):
+read 1.9 s; default detectors 10,571 pairs/s with topics from a column (4.9× the read, CPU 12.5 s),
+10,839 with no topics (4.8×); all registered detectors 7,068 pairs/s (7.4×).
 Where the CPU still goes (per 100k pairs, one core):
 language_switch ~2.7 s (tokenizing each text's first 240 characters for function words),
 flattery ~2 s (two large case-insensitive regexes over every opening), the hygiene checks ~2 s,
