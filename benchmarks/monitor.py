@@ -12,10 +12,13 @@ concept and the screen's over_formatting detector on held-out prompts of the pla
 prompts, seeds and samples at every point of both runs), with the alarm CONCEPT>--threshold.
 
 Prints, per run: the trajectory (shift from step 0 with its 95% CI over prompts, per point), the
-first step whose CI excludes 0 and the step the alarm fired; then the monitor's overhead in the
-plain run itself — seconds spent on monitor points ÷ seconds of the optimizer steps, as measured,
-and scaled to the default cadence (a point every 10 steps). The monitor's generations never touch
-the training RNG, so the monitored run trains exactly as an unmonitored one would.
+first step whose CI excludes 0 and the step the alarm fired. Then the overhead: a third run, plain
+DPO again under the default cadence (every=None: the monitor times the first steps and picks the
+cadence that keeps its points within --budget of training time), prints the cadence it chose and
+its overhead as measured in that run — seconds spent on monitor points ÷ seconds of the optimizer
+steps, with and without the first and last point (which every monitored run pays once) — beside
+the dense runs' own ratio at --every. The monitor's generations never touch the training RNG, so a
+monitored run trains exactly as an unmonitored one would (tests/test_monitor.py).
 Output: --work/<run>/ (DPO run folders with monitor.jsonl, monitor.html) and --work/summary.json.
 """
 
@@ -32,7 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from anatomist.monitor.cli import DEFAULT_EVERY  # noqa: E402
+from anatomist.monitor.core import DEFAULT_BUDGET  # noqa: E402
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -49,7 +52,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=None, help="DPO steps (default one epoch; --small 12)")
     ap.add_argument("--lr", type=float, default=None, help="default 5e-5; --small 2e-4")
     ap.add_argument("--train-layers", type=int, default=None, help="default 4; --small 2")
-    ap.add_argument("--every", type=int, default=None, help="monitor cadence (default 10; --small 3)")
+    ap.add_argument("--every", type=int, default=None, help="cadence of the two trajectory runs (default 10; --small 3)")
+    ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET, help="time budget of the default-cadence run")
     ap.add_argument("--per-topic", type=int, default=None, help="monitor prompts per planted topic (default 20; --small 5)")
     ap.add_argument("--samples", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default 64; --small 48")
@@ -58,7 +62,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     small = {"pairs": 96, "steps": 12, "lr": 2e-4, "train_layers": 2, "every": 3, "per_topic": 5, "max_new_tokens": 48}
-    full = {"pairs": 300, "steps": None, "lr": 5e-5, "train_layers": 4, "every": DEFAULT_EVERY, "per_topic": 20,
+    full = {"pairs": 300, "steps": None, "lr": 5e-5, "train_layers": 4, "every": 10, "per_topic": 20,
             "max_new_tokens": 64}
     for k, v in (small if args.small else full).items():
         if getattr(args, k) is None:
@@ -164,17 +168,23 @@ def main(argv=None) -> None:
         print(f"first step whose CI excludes 0 (rising): {r['first_ci_excludes_0']}; alarm {concept}>{args.threshold:g} "
               f"fired at step: {r['alarm_step']}")
 
-    p = results[0]
-    measured = p["monitor_s"] / p["step_s"]
-    per_point = p["monitor_s"] / max(p["n_points"], 1)
-    per_step = p["step_s"] / max(p["n_steps"], 1)
-    default = per_point / (DEFAULT_EVERY * per_step)
-    print(f"\noverhead (plain run, same run): monitor {p['monitor_s']:.1f} s over {p['n_points']} points vs "
-          f"{p['step_s']:.1f} s of {p['n_steps']} optimizer steps = {measured:.2f}× at every={args.every}; "
-          f"{per_point:.1f} s per point / ({DEFAULT_EVERY} × {per_step:.2f} s per step) = {default:.2f}× at the "
-          f"default cadence (every {DEFAULT_EVERY})")
+    loaded = load(audit.model_name, device=args.device)
+    mon = ConceptMonitor(args.audit, prompts, every=None, budget=args.budget, concepts=[concept], detectors=[args.trait],
+                         samples=args.samples, seed=args.seed, max_new_tokens=args.max_new_tokens, scorer=scorer)
+    auto = run("plain, default cadence", plain(pairs), loaded, mon, args, args.work / "plain_default")
+    inner = auto["rows"][1:-1]
+    print(f"\n== overhead, measured in each run: seconds of monitor points / seconds of optimizer steps")
+    for r in (*results, auto):
+        every = r["meta"]["every"]
+        print(f"  {r['name']:<24} every {every!s:>4}: {r['n_points']} points, {r['monitor_s']:.1f} s vs "
+              f"{r['step_s']:.1f} s of {r['n_steps']} steps = {r['monitor_s'] / r['step_s']:.2f}×")
+    default = sum(p["seconds"] for p in inner) / auto["step_s"]
+    print(f"default cadence (budget {args.budget:.0%}): a point every {auto['meta']['every']} steps; without the "
+          f"first and last point {default:.2f}× ({len(inner)} points between them)")
+    results.append(auto)
     summary = {"concept": concept, "topics": topics, "args": {k: str(v) for k, v in vars(args).items()},
-               "overhead_measured": measured, "overhead_default_cadence": default,
+               "overhead_default_cadence": auto["monitor_s"] / auto["step_s"], "overhead_default_inner": default,
+               "default_every": auto["meta"]["every"],
                "runs": [{k: v for k, v in r.items() if k not in ("rows", "meta")} for r in results]}
     (args.work / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"wrote {args.work}/summary.json, {args.work}/plain/monitor.html, {args.work}/shaped/monitor.html")

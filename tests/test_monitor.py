@@ -140,6 +140,63 @@ def test_monitor_measures_and_resumes_to_the_same_journal(tmp_path, smol_tokeniz
     assert page.count('class="plot"') == 4 and "sorry / cannot" in page
 
 
+class Clock:
+    """A fake time.perf_counter: training steps and monitor points take the time the test says."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_default_cadence_spends_the_budget_and_a_resumed_run_keeps_it(tmp_path, monkeypatch):
+    import anatomist.monitor.core as core
+
+    clock = Clock()
+    monkeypatch.setattr(core, "time", clock)
+
+    def monitor():
+        mon = ConceptMonitor(None, PROMPTS, detectors=["length"], samples=1, budget=0.5)   # every=None: automatic
+
+        def sample(model, tok):           # a point takes 5 s
+            clock.now += 5.0
+            return ["A short answer."] * len(PROMPTS)
+
+        mon.sample = sample
+        return mon
+
+    def run(folder, steps, start=0, killed_at=None):
+        mon = monitor()
+        mon.start(folder, start)
+        for step in range(start, (steps if killed_at is None else killed_at) + 1):
+            if step > start:
+                clock.now += 1.0          # an optimizer step takes 1 s
+            if mon.due(step, steps):
+                mon.measure(None, None, step)
+        return mon
+
+    mon = run(tmp_path / "full", 25)
+    # 3 steps timed at 1 s each (never the point before them): every = ceil(5 / (0.5 * 1)) = 10
+    assert mon.every == 10
+    assert [r["step"] for r in read_points(tmp_path / "full")] == [0, 10, 20, 25]
+    meta = json.loads((tmp_path / "full" / "monitor.json").read_text())
+    assert meta["every"] == 10 and meta["budget"] == 0.5
+    assert core.auto_every(5.0, 1.0, 0.1) == 50 and core.auto_every(0.1, 1.0, 0.1) == 1
+
+    # killed after step 12 (checkpoint there): the rerun keeps the fixed cadence, times nothing new
+    run(tmp_path / "resumed", 25, killed_at=12)
+    clock.now += 100.0
+    resumed = run(tmp_path / "resumed", 25, start=12)
+    assert resumed.every == 10 and resumed._step_seconds == []
+    assert [r["step"] for r in read_points(tmp_path / "resumed")] == [0, 10, 20, 25]
+
+    # a run shorter than the warm-up measures its first and last point only
+    short = run(tmp_path / "short", 2)
+    assert short.every is None and [r["step"] for r in read_points(tmp_path / "short")] == [0, 2]
+    assert "the run ended before a cadence was fixed" in short.finish().read_text()
+
+
 def test_monitor_refuses_to_resume_other_settings(tmp_path, smol_tokenizer, one_thread):
     mon = _monitor(tmp_path)
     mon.start(tmp_path / "run")

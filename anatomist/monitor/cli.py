@@ -9,15 +9,18 @@ import typer
 
 from anatomist.errors import AnatomistError
 
-DEFAULT_EVERY = 10
+from anatomist.monitor.core import DEFAULT_BUDGET
 DEFAULT_PER_TOPIC = 4
 PROMPTS_FILE = "heldout_prompts.jsonl"   # what `anatomist organism build` writes beside train.jsonl
 
 AUDIT = typer.Option(None, "--monitor", help="Audit folder whose concepts to watch during training: every "
                      "--monitor-every steps the policy answers fixed held-out prompts, and each concept's shift from "
                      "step 0 (95% CI over prompts) goes to OUT/monitor.jsonl, the log and OUT/monitor.html.")
-EVERY = typer.Option(None, "--monitor-every", min=1, help=f"Steps between monitor points (default {DEFAULT_EVERY}); "
+EVERY = typer.Option(None, "--monitor-every", min=1, help="Steps between monitor points (default: the cadence that "
+                     "keeps the monitor within --monitor-budget of training time, fixed after the first steps); "
                      "without --monitor, watches the screen's detectors only.")
+BUDGET = typer.Option(DEFAULT_BUDGET, "--monitor-budget", min=0.001, max=1.0, help="Share of training time the "
+                      "default cadence may spend on monitor points (the first and last point come on top).")
 PROMPTS = typer.Option(None, "--monitor-prompts", help=f"Held-out prompts (jsonl: id, topic, prompt); default: "
                        f"{PROMPTS_FILE} beside the training data or the audit's data.")
 PER_TOPIC = typer.Option(DEFAULT_PER_TOPIC, "--monitor-per-topic", min=1,
@@ -43,7 +46,8 @@ def default_prompts(*candidates: Path | None) -> Path:
 
 
 def build(audit: Path | None, every: int | None, prompts, per_topic: int, samples: int, max_new_tokens: int,
-          concepts: list[str], detectors: list[str], alarms: list[str], stop: bool, *, seed: int = 0):
+          concepts: list[str], detectors: list[str], alarms: list[str], stop: bool, *, seed: int = 0,
+          budget: float = DEFAULT_BUDGET):
     """A `ConceptMonitor` from the CLI options, or None when no monitor option was given.
     `prompts`: a file, a list of `HeldoutPrompt`s, or a callable giving one (the command's default)."""
     from anatomist.data.heldout import first_per_topic, read_prompts
@@ -54,6 +58,6 @@ def build(audit: Path | None, every: int | None, prompts, per_topic: int, sample
     if callable(prompts):
         prompts = prompts()
     items = read_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
-    return ConceptMonitor(audit, first_per_topic(items, per_topic), every=every or DEFAULT_EVERY,
+    return ConceptMonitor(audit, first_per_topic(items, per_topic), every=every, budget=budget,
                           concepts=concepts or None, detectors=detectors or None, samples=samples, seed=seed,
                           alarms=alarms, stop_on_alarm=stop, max_new_tokens=max_new_tokens)

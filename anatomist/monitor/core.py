@@ -1,8 +1,8 @@
 """`ConceptMonitor`: sample the policy on fixed held-out prompts every N steps, score the audit's
 concepts and the screen's detectors on what it wrote, and track each metric's shift from step 0.
 
-    mon = ConceptMonitor("runs/audit", "runs/organism/heldout_prompts.jsonl", every=10,
-                         alarms=["over_formatting>0.2"])
+    mon = ConceptMonitor("runs/audit", "runs/organism/heldout_prompts.jsonl",
+                         alarms=["over_formatting>0.2"])   # every=None: cadence from the time budget
     mon.start("runs/dpo", step=0)                 # binds the run folder; resumes its points
     row = mon.measure(model, tokenizer, step=0)   # one point (also writes monitor.jsonl)
 
@@ -16,6 +16,13 @@ What one point measures (so that two points differ by the policy only):
 - detectors: the screen's detectors (`anatomist.screen.detectors`, default set unless named) on
   the response text, named `det_<name>` (mean score).
 Each metric's shift from step 0 is paired by prompt with a t-interval (`anatomist.monitor.stats`).
+
+Cadence: `every=N` measures a point every N optimizer steps. The default (`every=None`) spends at
+most `budget` (10%) of the training time on the monitor: after the first point, the monitor times
+`WARMUP_STEPS` optimizer steps (the time from the end of a point, or of a due() call, to the next
+due() call) and fixes every = ceil(point seconds / (budget × median step seconds)); the cadence is
+written to monitor.meta.json, so a resumed run keeps it. Either way a point is also measured at the
+start and after the last step, which a short run pays on top of the budget.
 
 Concepts monitored by default: the audit's flagged clusters (rows with a direction, strongest
 first, at most `max_concepts`), plus every concept an alarm names. Front ends: the
@@ -58,6 +65,15 @@ def _flagged(audit, limit: int) -> list[int]:
     return list(dict.fromkeys(int(c) for c in rows["cluster"] if int(c) >= 0))[:limit]
 
 
+WARMUP_STEPS = 3         # optimizer steps timed before an automatic cadence is fixed
+DEFAULT_BUDGET = 0.1     # the share of training time an automatic cadence spends on the monitor
+
+
+def auto_every(point_seconds: float, step_seconds: float, budget: float) -> int:
+    """The cadence whose points cost at most `budget` of the training time between them."""
+    return max(1, math.ceil(point_seconds / (budget * max(step_seconds, 1e-9))))
+
+
 class ConceptMonitor:
     """See the module docstring. `audit_dir=None` monitors the detectors only (e.g. GRPO without an
     audit); `scorer` replaces the audit's instrument (tests). `concepts`: cluster ids or labels
@@ -65,19 +81,24 @@ class ConceptMonitor:
     [] none); `alarms`: "NAME>τ" / "NAME<τ" specs or `Alarm`s."""
 
     def __init__(self, audit_dir: str | Path | None, prompts: str | Path | Sequence[HeldoutPrompt], *,
-                 every: int = 10, concepts: Sequence[str | int] | None = None,
+                 every: int | None = None, budget: float = DEFAULT_BUDGET, concepts: Sequence[str | int] | None = None,
                  detectors: Sequence[str] | None = None, samples: int = 2, seed: int = 0,
                  alarms: Sequence[str | Alarm] = (), stop_on_alarm: bool = False, max_new_tokens: int = 64,
                  temperature: float = 0.7, batch_size: int = 32, max_concepts: int = 8, scorer=None):
         from anatomist.screen.detectors import DETECTORS, resolve
 
-        if every < 1 or samples < 1 or max_new_tokens < 1:
+        if (every is not None and every < 1) or samples < 1 or max_new_tokens < 1:
             raise AnatomistError(f"monitor: every, samples and max_new_tokens must be >= 1 "
                                  f"(got {every}, {samples}, {max_new_tokens})")
+        if not 0 < budget <= 1:
+            raise AnatomistError(f"monitor: the time budget is a share of training time in (0, 1] (got {budget})")
         self.prompts = list(read_prompts(prompts) if isinstance(prompts, (str, Path)) else prompts)
         if not self.prompts:
             raise AnatomistError("monitor: no prompts")
         self.every, self.samples, self.seed = every, samples, seed
+        self.auto, self.budget = every is None, budget
+        self._tick: float | None = None          # end of the last point or due() call (automatic cadence)
+        self._step_seconds: list[float] = []
         self.max_new_tokens, self.temperature, self.batch_size = max_new_tokens, temperature, batch_size
         self.stop_on_alarm = stop_on_alarm
         self.alarms = [a if isinstance(a, Alarm) else parse_alarm(a) for a in alarms]
@@ -127,7 +148,8 @@ class ConceptMonitor:
 
     def meta(self) -> dict:
         return {"metrics": self.labels, "prompts": [[p.id, p.topic] for p in self.prompts], "samples": self.samples,
-                "seed": self.seed, "every": self.every, "max_new_tokens": self.max_new_tokens,
+                "seed": self.seed, "every": self.every if self.every is not None else "auto",
+                "budget": self.budget if self.auto else None, "max_new_tokens": self.max_new_tokens,
                 "temperature": self.temperature, "audit": str(self.audit_dir) if self.audit_dir else None,
                 "alarms": {a.spec: self.alarm_metric[a.spec] for a in self.alarms}}
 
@@ -135,7 +157,10 @@ class ConceptMonitor:
         """Bind the run folder; keep its points up to `step` (the checkpoint being resumed)."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        old, new = journal.read_meta(self.folder), self.meta()
+        old = journal.read_meta(self.folder)
+        if self.auto and self.every is None and old is not None and isinstance(old.get("every"), int):
+            self.every = old["every"]          # the cadence the run fixed before it was stopped
+        new = self.meta()
         if old is not None and old != new and journal.read_points(self.folder):
             keep = {k for k in new if old.get(k) != new[k]}
             raise AnatomistError(f"{self.folder / journal.META}: the monitor of this run measured other things "
@@ -145,9 +170,28 @@ class ConceptMonitor:
         journal.write_points(self.folder, self.points)
 
     def due(self, step: int, total: int | None = None) -> bool:
-        """Whether a point is measured after `step` optimizer steps (0 = before training)."""
+        """Whether a point is measured after `step` optimizer steps (0 = before training). Call it
+        once per optimizer step: an automatic cadence times the steps between calls."""
         done = any(r["step"] == step for r in self.points)
+        if self.every is None:
+            self._time_step()
+        if self.every is None:                 # not fixed yet: the first point and the last only
+            return not done and (not self.points or step == total)
         return not done and (step % self.every == 0 or step == total)
+
+    def _time_step(self) -> None:
+        now = time.perf_counter()
+        if self._tick is not None and self.points:
+            self._step_seconds.append(now - self._tick)
+        self._tick = now
+        if len(self._step_seconds) >= WARMUP_STEPS:
+            point = float(np.mean([r["seconds"] for r in self.points]))
+            self.every = auto_every(point, float(np.median(self._step_seconds)), self.budget)
+            log.info("monitor: a point takes %.1f s, a step %.2f s: a point every %d steps keeps the monitor "
+                     "within %.0f%% of training time", point, float(np.median(self._step_seconds)), self.every,
+                     100 * self.budget)
+            if self.folder is not None:
+                journal.write_meta(self.folder, self.meta())
 
     @property
     def alarm_fired(self) -> bool:
@@ -215,6 +259,7 @@ class ConceptMonitor:
                "seconds": round(time.perf_counter() - t0, 3)}
         self.points.append(row)
         journal.write_points(self.folder, self.points)
+        self._tick = time.perf_counter()   # the next step is timed from here, without this point
         return row
 
     def finish(self) -> Path | None:

@@ -85,10 +85,18 @@ def monitor_section(folder: str | Path) -> tuple[str, list[str]]:
     fired = [[str(p["step"]), esc(spec), esc(meta["metrics"][meta["alarms"][spec]]),
               num(p["metrics"][meta["alarms"][spec]]["shift"], 3)] for p in points for spec in p["alarms"]]
     head = tag("p", esc(f"{len(meta['prompts'])} held-out prompts × {meta['samples']} samples, seed {meta['seed']}, "
-                        f"every {meta['every']} steps; shifts are paired by prompt with step 0 (95% t-interval "
+                        f"{cadence(meta)}; shifts are paired by prompt with step 0 (95% t-interval "
                         "over prompts)."))
     alarms = table(["step", "alarm", "metric", "shift"], fired) if fired else tag("p", "No alarm fired.")
     return section("Concept monitor", head + alarms + "".join(blocks)), plots
+
+
+def cadence(meta: dict) -> str:
+    every, budget = meta["every"], meta.get("budget")
+    if budget is None:
+        return f"every {every} steps"
+    fixed = f"every {every} steps" if isinstance(every, int) else "at the first and last step (the run ended before a cadence was fixed)"
+    return f"{fixed} (the default cadence: within {budget:.0%} of training time)"
 
 
 def write_report(folder: str | Path) -> Path:

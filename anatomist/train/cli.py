@@ -61,7 +61,8 @@ def dpo(
     on_bad_row: str = on_bad_row_option(),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", hidden=True,
                                        help="Deprecated: --on-bad-row skip."),
-    monitor: Path = mon.AUDIT, monitor_every: int = mon.EVERY, monitor_prompts: Path = mon.PROMPTS,
+    monitor: Path = mon.AUDIT, monitor_every: int = mon.EVERY, monitor_budget: float = mon.BUDGET,
+    monitor_prompts: Path = mon.PROMPTS,
     monitor_per_topic: int = mon.PER_TOPIC, monitor_samples: int = mon.SAMPLES,
     monitor_max_new_tokens: int = mon.TOKENS, monitor_concept: list[str] = mon.CONCEPTS,
     monitor_detector: list[str] = mon.DETECTORS, alarm: list[str] = mon.ALARMS, stop_on_alarm: bool = mon.STOP,
@@ -94,7 +95,8 @@ def dpo(
         return monitor_prompts or mon.default_prompts(data, AuditFolder(monitor).data_file if monitor else None)
 
     watch = mon.build(monitor, monitor_every, prompts, monitor_per_topic, monitor_samples, monitor_max_new_tokens,
-                      monitor_concept, monitor_detector, alarm, stop_on_alarm, seed=seed)
+                      monitor_concept, monitor_detector, alarm, stop_on_alarm, seed=seed,
+                      budget=monitor_budget)
     pairs = read_pairs(data, format=data_format, limit=limit, on_bad_row="skip" if skip_bad_rows else on_bad_row)
     loaded = load(model)
     # With an audit, the Shaped value carries the steering and the leakage deltas (anatomist.train.dpo doc).

@@ -48,7 +48,8 @@ def grpo(
     max_operand: int = typer.Option(default(GRPOConfig, "max_operand"), help="Largest operand (difficulty)."),
     seed: int = typer.Option(default(GRPOConfig, "seed")),
     device: str = typer.Option("cpu"),
-    monitor: Path = mon.AUDIT, monitor_every: int = mon.EVERY, monitor_prompts: Path = mon.PROMPTS,
+    monitor: Path = mon.AUDIT, monitor_every: int = mon.EVERY, monitor_budget: float = mon.BUDGET,
+    monitor_prompts: Path = mon.PROMPTS,
     monitor_per_topic: int = mon.PER_TOPIC, monitor_samples: int = mon.SAMPLES,
     monitor_max_new_tokens: int = mon.TOKENS, monitor_concept: list[str] = mon.CONCEPTS,
     monitor_detector: list[str] = mon.DETECTORS, alarm: list[str] = mon.ALARMS, stop_on_alarm: bool = mon.STOP,
@@ -79,7 +80,8 @@ def grpo(
         return heldout_problems(cfg)
 
     watch = mon.build(monitor, monitor_every, prompts, monitor_per_topic, monitor_samples, monitor_max_new_tokens,
-                      monitor_concept, monitor_detector, alarm, stop_on_alarm, seed=seed)
+                      monitor_concept, monitor_detector, alarm, stop_on_alarm, seed=seed,
+                      budget=monitor_budget)
     lm = load(model, device=device)
     drafter = None
     if spec == "mtp":
