@@ -19,6 +19,16 @@ its overhead as measured in that run — seconds spent on monitor points ÷ seco
 steps, with and without the first and last point (which every monitored run pays once) — beside
 the dense runs' own ratio at --every. The monitor's generations never touch the training RNG, so a
 monitored run trains exactly as an unmonitored one would (tests/test_monitor.py).
+Measured on the 2-core CPU machine, 2026-12-05 (demo organism, 300 pairs, 38 steps, top 4 blocks, 40
+prompts × 2 samples; the watched concept 10 is the scorer's best match to over_formatting, which the
+demo audit did not flag): at lr 5e-5 neither run moved concept 10 (shifts within ±0.07, no CI
+excluding 0); at `--lr 2e-4` plain DPO left it flat (−0.05 [−0.20, +0.10] at step 38; the
+over_formatting detector fell −0.25) while the shaped run pushed it down from step 20 (−0.25
+[−0.38, −0.12]; −0.36 [−0.49, −0.22] at step 38). The issue's "plain DPO raises it" did not happen at
+this size. A point (80 generations + scoring) costs 25 s against 1.6 s per cached-bottom DPO step:
+every=10 costs 1.5–4× of training; the default cadence picked a point every 138 steps, so on these
+38-step runs only the first and last point ran (1.01×, both paid once per run).
+
 Output: --work/<run>/ (DPO run folders with monitor.jsonl, monitor.html) and --work/summary.json.
 """
 
