@@ -21,8 +21,8 @@ Cadence: `every=N` measures a point every N optimizer steps. The default (`every
 most `budget` (10%) of the training time on the monitor: after the first point, the monitor times
 `WARMUP_STEPS` optimizer steps (the time from the end of a point, or of a due() call, to the next
 due() call) and fixes every = ceil(point seconds / (budget × median step seconds)); the cadence is
-written to monitor.meta.json, so a resumed run keeps it. Either way a point is also measured at the
-start and after the last step, which a short run pays on top of the budget.
+written to the journal's meta file (monitor.json), so a resumed run keeps it. Either way a point is
+also measured at the start and after the last step, which a short run pays on top of the budget.
 
 Concepts monitored by default: the audit's flagged clusters (rows with a direction, strongest
 first, at most `max_concepts`), plus every concept an alarm names. Front ends: the
