@@ -32,3 +32,14 @@ def test_leiden_recovers_planted_blocks(backend):
     assert all(len(set(labels[truth == b])) == 1 for b in range(3))
     assert np.array_equal(labels, leiden(knn_graph(cosine_similarity(x), 8), seed=0, backend=backend))
     assert list(np.bincount(labels)) == sorted(np.bincount(labels), reverse=True)  # largest first
+
+
+def test_sknetwork_leiden_gives_one_partition_per_seed_within_a_process():
+    """Unseeded, scikit-network's C rand() gave 5 partitions in 5 calls on this graph."""
+    import scipy.sparse as sp
+
+    a = sp.random(400, 400, density=0.03, random_state=1, format="csr")
+    graph = (a + a.T).tocsr()
+    runs = {tuple(leiden(graph, resolution=1.0, seed=0)) for _ in range(5)}
+    assert len(runs) == 1
+    assert len({tuple(leiden(graph, resolution=1.0, seed=s)) for s in range(4)}) > 1   # the seed matters

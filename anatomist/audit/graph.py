@@ -2,6 +2,11 @@
 
 Leiden comes from scikit-network (BSD) by default; `backend="leidenalg"` uses leidenalg/igraph,
 which are GPL and therefore never required (`pip install leidenalg` to opt in).
+
+scikit-network's Leiden core draws from the C library's `rand()` (sknetwork 0.33,
+leiden_core.pyx), which its `random_state` does not seed: two calls in one process gave different
+partitions of the same graph. `_sknetwork` seeds `rand()` with `srand(seed)` first, so a partition
+depends only on the graph, the resolution and the seed (tests/test_audit_graph.py).
 """
 
 from __future__ import annotations
@@ -33,9 +38,23 @@ def knn_graph(similarity: np.ndarray, k: int) -> sp.csr_matrix:
     return graph.maximum(graph.T).tocsr()
 
 
+def _seed_c_rand(seed: int) -> None:
+    """srand(seed) in the C library this process links (where ctypes can reach one)."""
+    import ctypes
+    import ctypes.util
+
+    for name in (None, ctypes.util.find_library("c")):   # the process's own symbols, else libc by name
+        try:
+            ctypes.CDLL(name).srand(ctypes.c_uint(seed % 2**32))
+            return
+        except (OSError, AttributeError, TypeError):      # none reachable: partitions stay unseeded
+            continue
+
+
 def _sknetwork(graph: sp.csr_matrix, resolution: float, seed: int) -> np.ndarray:
     from sknetwork.clustering import Leiden
 
+    _seed_c_rand(seed)
     return np.asarray(Leiden(resolution=resolution, random_state=seed).fit_predict(graph))
 
 
