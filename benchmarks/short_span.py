@@ -26,7 +26,8 @@ The statistic was chosen on two development organisms only, never on a scored dr
 
 Measured (session 9, this 2-core machine, three runs each: the concept clusters differ run to run,
 because scikit-network's Leiden gives another partition of the same graph on a second call with
-the same random_state, so a range is shown; "controls" = share of control cells with a flagged
+the same random_state — fixed since: anatomist.audit.graph seeds the C rand() it draws from —
+so a range is shown; "controls" = share of control cells with a flagged
 tracking row; "len rb" = mean rank-biserial of the concepts for "long" within (topic, side)):
 
     dev set  pooling  recall  precision  planted   flagged  controls  len rb   missed
