@@ -111,6 +111,32 @@ def test_pooling_resumes_after_kill(tmp_path, setup, monkeypatch):
     assert list(got.n_tokens) == list(ref.n_tokens)
 
 
+def test_pooling_resumed_inside_a_batch_reruns_that_batch_whole(tmp_path, setup, monkeypatch):
+    """As capture: a batch a kill cut in two runs again with the same sequences (same padding)."""
+    from anatomist.capture.store import ShardWriter
+
+    model, tok, sae = setup
+    real_add, real_latents = ShardWriter.add, pool_mod._response_latents
+
+    def dies_before_seq_3(self, seq, *args, **kwargs):
+        if seq == 3:
+            raise KeyboardInterrupt
+        return real_add(self, seq, *args, **kwargs)
+
+    monkeypatch.setattr(ShardWriter, "add", dies_before_seq_3)
+    with pytest.raises(KeyboardInterrupt):
+        pool_features(model, tok, sae, ITEMS, tmp_path / "run", batch_size=2, shard_rows=1, progress=False)
+    monkeypatch.setattr(ShardWriter, "add", real_add)
+    batches = []
+    monkeypatch.setattr(pool_mod, "_response_latents",
+                        lambda model, sae, batch, *a: batches.append([it.id for it in batch]) or
+                        real_latents(model, sae, batch, *a))
+    got = pool_features(model, tok, sae, ITEMS, tmp_path / "run", batch_size=2, shard_rows=1, progress=False).pooled()
+    assert batches[0] == [ITEMS[2].id, ITEMS[3].id] and len(batches) == 3
+    ref = pool_features(model, tok, sae, ITEMS, tmp_path / "ref", batch_size=2, shard_rows=1, progress=False).pooled()
+    assert (got.max != ref.max).nnz == 0 and (got.mean != ref.mean).nnz == 0
+
+
 def test_pooling_needs_a_layer_and_items(tmp_path, setup):
     model, tok, _ = setup
     no_layer = SAE(SAEConfig(d_in=16, d_sae=8, architecture="topk", k=2)).init_weights(torch.Generator().manual_seed(0))

@@ -120,6 +120,36 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, wide_tiny, smol_to
     assert json.loads((out / "manifest.json").read_text())["complete"]
 
 
+def test_resume_inside_a_batch_reruns_that_batch_whole(tmp_path, wide_tiny, smol_tokenizer, monkeypatch):
+    """A kill between two shards of one batch: the resumed run pads that batch as the uninterrupted
+    run did (a batch of other sequences rounds differently on some CPUs), storing only what is missing."""
+    from anatomist.capture.store import ShardWriter
+
+    real_add, real_stream = ShardWriter.add, capture_run.residual_stream
+
+    def dies_before_seq_3(self, seq, *args, **kwargs):
+        if seq == 3:
+            raise KeyboardInterrupt      # sequences 0-2 are on disk: the batch [2, 3] was cut in two
+        return real_add(self, seq, *args, **kwargs)
+
+    monkeypatch.setattr(ShardWriter, "add", dies_before_seq_3)
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        capture(wide_tiny, smol_tokenizer, ITEMS, out, 2, batch_size=2, shard_tokens=1, progress=False)
+    assert len(list(out.glob("shard_*.safetensors"))) == 3
+    monkeypatch.setattr(ShardWriter, "add", real_add)
+    batches = []
+    monkeypatch.setattr(capture_run, "residual_stream",
+                        lambda model, ids, mask, layer: batches.append(ids) or real_stream(model, ids, mask, layer))
+    got = capture(wide_tiny, smol_tokenizer, ITEMS, out, 2, batch_size=2, shard_tokens=1, progress=False).load()
+    _, want_first, _ = capture_run.encode_batch(smol_tokenizer, ITEMS[2:4], 256)
+    assert len(batches) == 4 and torch.equal(batches[0], want_first)   # batches [2,3] [4,5] [6,7] [8,9]
+    ref = capture(wide_tiny, smol_tokenizer, ITEMS, tmp_path / "ref", 2, batch_size=2, shard_tokens=1,
+                  progress=False).load()
+    for key in ref:
+        assert torch.equal(got[key], ref[key]), key
+
+
 def test_resume_with_other_settings_is_refused(tmp_path, wide_tiny, smol_tokenizer):
     capture(wide_tiny, smol_tokenizer, ITEMS[:2], tmp_path / "a", 1, progress=False)
     with pytest.raises(AnatomistError, match=r"holds a capture with other settings \(layer\)"):

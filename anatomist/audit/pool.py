@@ -203,15 +203,17 @@ def pool_features(model, tokenizer, sae, items: Sequence[CaptureItem], out: str 
     start = writer.next_seq
     with progress_bar(f"SAE latents of responses (layer {layer})", total=len(items), completed=start,
                       enabled=progress) as bar:
-        for b in range(start, len(items), batch_size):
+        for b in range(start - start % batch_size, len(items), batch_size):  # as capture: redo a cut batch whole
             batch = items[b:b + batch_size]
             tokens, latents, emb = _response_latents(model, sae, batch, layer, tokenizer, max_length)
             for i, lat in enumerate(latents):
+                if b + i < start:
+                    continue
                 pos, feat = torch.nonzero(lat, as_tuple=True)
                 writer.add(b + i, batch[i].id, batch[i].side, info={"tokens": tokens[i]},
                            per_seq={"prompt_emb": emb[i].float()},
                            pos=pos.int(), feat=feat.int(), val=lat[pos, feat].float())
-            bar.advance(len(batch))
+            bar.advance(b + len(batch) - max(b, start))
     writer.close(len(items))
     return Latents(out)
 

@@ -2,7 +2,10 @@
 
 Sequences are processed in input order, `batch_size` at a time, right-padded; only real tokens
 are stored (all of them, or only response tokens with `keep="response"`). Rerunning the same
-call on the same folder resumes after the last finished shard.
+call on the same folder resumes after the last finished shard; a batch that a kill cut in two is
+run again whole (only its unwritten sequences are stored), because a batch of other sequences
+pads differently and the matmul kernels then round differently: a resumed store is bit-identical
+to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -90,17 +93,19 @@ def capture(model, tokenizer, items: Sequence[CaptureItem], out: str | Path, lay
     writer = ShardWriter(out, settings, shard_rows=shard_tokens)
     start = writer.next_seq
     with progress_bar(f"capture layer {layer}", total=len(items), completed=start, enabled=progress) as bar:
-        for b in range(start, len(items), batch_size):
+        for b in range(start - start % batch_size, len(items), batch_size):  # redo a batch a kill cut: see above
             batch = items[b:b + batch_size]
             encoded, input_ids, mask = encode_batch(tokenizer, batch, max_length)
             # shards are written from the CPU, whatever device the model runs on
             acts = residual_stream(model, input_ids, mask, layer).to("cpu", DTYPES[dtype])  # [B, T, D]
             for i, (it, enc) in enumerate(zip(batch, encoded)):
+                if b + i < start:
+                    continue
                 n = len(enc.input_ids)
                 resp = torch.tensor(enc.response_mask)
                 sel = resp if keep == "response" else torch.ones(n, dtype=torch.bool)
                 writer.add(b + i, it.id, it.side, acts=acts[i, :n][sel].clone(), pos=torch.arange(n)[sel].int(),
                            token=input_ids[i, :n][sel], response=resp[sel])
-            bar.advance(len(batch))
+            bar.advance(b + len(batch) - max(b, start))
     writer.close(len(items))
     return ActivationStore(out)
