@@ -120,6 +120,11 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, wide_tiny, smol_to
     assert json.loads((out / "manifest.json").read_text())["complete"]
 
 
+def test_first_batch_of_a_resumed_run():
+    assert [capture_run.first_batch(done, 10, 4) for done in (0, 3, 4, 5, 9, 10)] == [0, 0, 4, 4, 8, 10]
+    assert capture_run.first_batch(10, 10, 8) == 10     # a finished store runs nothing, even after a partial batch
+
+
 def test_resume_inside_a_batch_reruns_that_batch_whole(tmp_path, wide_tiny, smol_tokenizer, monkeypatch):
     """A kill between two shards of one batch: the resumed run pads that batch as the uninterrupted
     run did (a batch of other sequences rounds differently on some CPUs), storing only what is missing."""

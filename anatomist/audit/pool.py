@@ -25,7 +25,7 @@ import torch
 
 from anatomist.audit.calmax import MaxCalibration, fit_max_calibration
 from anatomist.capture.hook import residual_stream
-from anatomist.capture.run import CaptureItem, encode_batch, items_hash
+from anatomist.capture.run import CaptureItem, encode_batch, first_batch, items_hash
 from anatomist.capture.store import ShardStore, ShardWriter
 from anatomist.errors import AnatomistError
 from anatomist.models.layers import check_layer
@@ -203,7 +203,7 @@ def pool_features(model, tokenizer, sae, items: Sequence[CaptureItem], out: str 
     start = writer.next_seq
     with progress_bar(f"SAE latents of responses (layer {layer})", total=len(items), completed=start,
                       enabled=progress) as bar:
-        for b in range(start - start % batch_size, len(items), batch_size):  # as capture: redo a cut batch whole
+        for b in range(first_batch(start, len(items), batch_size), len(items), batch_size):  # as capture
             batch = items[b:b + batch_size]
             tokens, latents, emb = _response_latents(model, sae, batch, layer, tokenizer, max_length)
             for i, lat in enumerate(latents):

@@ -74,6 +74,12 @@ def encode_batch(tokenizer, batch: Sequence[CaptureItem], max_length: int):
     return encoded, ids, mask
 
 
+def first_batch(done: int, n: int, batch_size: int) -> int:
+    """Where a resumed run starts when `done` of `n` sequences are stored: at the start of the batch
+    holding sequence `done` (a batch a kill cut in two runs again whole; see the module docstring)."""
+    return done if done >= n else done - done % batch_size
+
+
 def capture(model, tokenizer, items: Sequence[CaptureItem], out: str | Path, layer: int, *,
             model_name: str = "", batch_size: int = 8, max_length: int = 256, keep: str = "all",
             dtype: str = "float32", shard_tokens: int = 1 << 17, progress: bool = True) -> ActivationStore:
@@ -93,7 +99,7 @@ def capture(model, tokenizer, items: Sequence[CaptureItem], out: str | Path, lay
     writer = ShardWriter(out, settings, shard_rows=shard_tokens)
     start = writer.next_seq
     with progress_bar(f"capture layer {layer}", total=len(items), completed=start, enabled=progress) as bar:
-        for b in range(start - start % batch_size, len(items), batch_size):  # redo a batch a kill cut: see above
+        for b in range(first_batch(start, len(items), batch_size), len(items), batch_size):
             batch = items[b:b + batch_size]
             encoded, input_ids, mask = encode_batch(tokenizer, batch, max_length)
             # shards are written from the CPU, whatever device the model runs on
