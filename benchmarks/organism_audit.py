@@ -3,7 +3,7 @@ at the default strength and weaker ones, against a random-label baseline from th
 
     nice -n 10 .venv/bin/python benchmarks/organism_audit.py [--organism runs/organism]
         [--audit runs/organism_audit] [--strengths 0.9,0.75,0.6] [--poolings mean,max,top16] [--top-k K]
-        [--fractions 0.5,0.75,0.9] [--subsets 40]
+        [--fractions 0.5,0.75,0.9] [--subsets 40] [--draws 3]
 
 1. Builds the default organism into --organism unless its truth.json exists (generations cached).
 2. Audits its train.jsonl with the default SAE and `AuditConfig(topic_column="topic")` into
@@ -32,13 +32,19 @@ at the default strength and weaker ones, against a random-label baseline from th
    (`organism.power.detection_power`; rows recomputed as the audit computes them, no forward
    pass): P(found) per planted cell and how often a subset meets issue 5's goal (recall 1,
    precision ≥ 0.8). One draw's recall says little when a cell sits near the threshold; this says
-   whether a miss is luck or a weak cell. Measured (session 7, this 2-core machine, seed 0, 40
+   whether a miss is luck or a weak cell (with --draws, on every draw). Measured (session 7, this 2-core machine, seed 0, 40
    subsets per fraction 0.5 / 0.75 / 0.9; a draw differs between machines, issue 20): on that
    session's draw, flattery/health is found in none, coding/over_formatting in 0.15 /
    0.38 / 0.57, and the goal is met in none; on the older draw the goal is met in 0.25 / 0.88 /
    0.85. Pooling both draws (2× pairs per cell, a scratch audit) finds all 8 cells, at precision
    0.61: with more data the planted traits' side effects (verbosity-tracking concepts in harmful,
    where compliant answers run longer) become significant too, and count against precision.
+6. --draws 3 (issue 20): the default organism on three draws, seeds DRAW_SEEDS (0, 1, 2; fixed
+   before any draw was scored): the prompt pool is nearly the same, the sampled answers and which
+   pairs carry a trait differ. Draw n > 1 is built into <organism>_seedS (train split only) and
+   audited into <audit>_seedS at the default strength and pooling (and null), then a table gives
+   each draw's recall, sign accuracy, precision against the measured truth, planted-only
+   precision, and whether issue 20's goal (8/8 and precision ≥ 0.9 on every draw) holds.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ from anatomist.sae import default_sae, load_sae
 DEFAULT_STRENGTH = 0.9
 BUILD_GOAL_S = 1200    # issue 5: the default organism (≥ 1,200 pairs) builds in ≤ 20 min on a 2-core CPU
 GOAL_RECALL, GOAL_PRECISION = 1.0, 0.8    # issue 5, at the default strength
+GOAL20_PRECISION = 0.9                    # issue 20: against the measured truth, on every draw
+DRAW_SEEDS = (0, 1, 2)                    # issue 20's three draws, fixed before any was scored
 
 
 def weaker(config: PlantConfig, s: float | None) -> PlantConfig:
@@ -99,6 +107,9 @@ def main() -> None:
                     help="tracking threshold (default: the matching rule's own, 0.5 stratified, 0.3 global)")
     ap.add_argument("--fractions", default="0.5,0.75,0.9", help="subset sizes (share of each topic's pairs); '' skips")
     ap.add_argument("--subsets", type=int, default=40, help="random subsets per fraction")
+    ap.add_argument("--draws", type=int, default=1, choices=range(1, len(DRAW_SEEDS) + 1),
+                    help=f"organism draws to build and audit, seeds {DRAW_SEEDS} in order (draw 1 in --organism, "
+                         "draw n in --organism_seedS); the later draws at the default strength and pooling only")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--from-run", type=Path, default=None, metavar="DIR",
                     help="a brought-back run (benchmarks/gpu/truth.sh: DIR holds organism.tar.xz and audit.tar.xz, "
@@ -113,39 +124,62 @@ def main() -> None:
 
     t0 = time.time()
     loaded = load()
-    if not (args.organism / "truth.json").is_file():
-        build_organism(args.organism, loaded=loaded)
-    built = json.loads((args.organism / "build.json").read_text())
-    truth = args.organism / "truth.json"
-    pairs = load_pairs(args.organism / "train.jsonl")
     sae_path = str(default_sae())
     sae = load_sae(sae_path)
+    draws = []
+    for i, seed in enumerate(DRAW_SEEDS[:args.draws]):
+        tag = "" if i == 0 else f"_seed{seed}"
+        organism, audit = (p.with_name(p.name + tag) for p in (args.organism, args.audit))
+        # the first draw is compared across strengths and poolings; the others at the default only
+        strengths, poolings = (args.strengths, args.poolings) if i == 0 else (str(DEFAULT_STRENGTH),
+                                                                              args.poolings.split(",")[0])
+        print(f"\n######## draw {i + 1}/{args.draws}: organism seed {seed} ({organism}) ########", flush=True)
+        draws.append(audit_draw(organism, audit, seed, strengths, poolings, loaded, sae, sae_path, args))
+    print(f"total {time.time() - t0:.0f} s")
+    if len(draws) > 1:
+        print_draws(draws)
+    if args.fractions:
+        for d in draws:
+            subsets(d["default_audit"], d["truth"], args)
+
+
+def audit_draw(organism: Path, audit: Path, seed: int, strengths: str, poolings: str, loaded, sae, sae_path: str,
+               args) -> dict:
+    """Build (unless built) and audit one organism draw, rescore it at weaker strengths and other
+    poolings, print its tables; returns what the cross-draw summary needs."""
+    if not (organism / "truth.json").is_file():
+        # later draws only need the train split: the held-out pairs serve predict_vs_actual.py
+        build_organism(organism, loaded=loaded, seed=seed, heldout_pairs=seed == DRAW_SEEDS[0])
+    built = json.loads((organism / "build.json").read_text())
+    truth = organism / "truth.json"
+    pairs = load_pairs(organism / "train.jsonl")
     cfg = AuditConfig(topic_column="topic")
 
     t = time.time()
-    if not is_audit_of(args.audit, pairs):
-        run_audit(loaded.model, loaded.tokenizer, sae, pairs, args.audit, cfg, model_name=DEFAULT_MODEL,
-                  sae_path=sae_path, data_path=str(args.organism / "train.jsonl"))
+    if not is_audit_of(audit, pairs):
+        run_audit(loaded.model, loaded.tokenizer, sae, pairs, audit, cfg, model_name=DEFAULT_MODEL,
+                  sae_path=sae_path, data_path=str(organism / "train.jsonl"))
     audit_s = time.time() - t
 
     def dirs(s: float | None, pooling: str) -> tuple[Path, Path]:
         """(organism folder, audit folder) of strength s (None: null) audited with `pooling`."""
         tag = "" if s == DEFAULT_STRENGTH else f"_{'null' if s is None else f's{s:g}'}"
-        data = args.organism.with_name(args.organism.name + tag)
-        return data, args.audit.with_name(args.audit.name + tag + ("" if pooling == "mean" else f"_{pooling}"))
+        data = organism.with_name(organism.name + tag)
+        return data, audit.with_name(audit.name + tag + ("" if pooling == "mean" else f"_{pooling}"))
 
     results, strict, timings = {}, {}, {}
-    for pooling in args.poolings.split(","):
-        for s in [None] + [float(x) for x in args.strengths.split(",")]:
+    for pooling in poolings.split(","):
+        for s in [None] + [float(x) for x in strengths.split(",")]:
             name = "null" if s is None else f"{s:g}"
             t = time.time()
             data, audit_dir = dirs(s, pooling)
             if s != DEFAULT_STRENGTH:
-                relabel_organism(args.organism, data, weaker(DEFAULT_CONFIG, s), tokenizer=loaded.tokenizer)
+                relabel_organism(organism, data, weaker(DEFAULT_CONFIG, s),
+                                 tokenizer=loaded.tokenizer)
             new_pairs = load_pairs(data / "train.jsonl")
             if not is_audit_of(audit_dir, new_pairs):
                 # every audit reads the default audit's latents: same responses, other sides or pooling
-                reuse_latents(args.audit / "latents", audit_dir / "latents", pairs, new_pairs)
+                reuse_latents(audit / "latents", audit_dir / "latents", pairs, new_pairs)
                 run_audit(loaded.model, loaded.tokenizer, sae, new_pairs, audit_dir, pooling_config(cfg, pooling),
                           model_name=DEFAULT_MODEL, sae_path=sae_path, progress=False,
                           data_path=str(data / "train.jsonl"))
@@ -164,8 +198,7 @@ def main() -> None:
           f"({built['seconds_train'] / BUILD_GOAL_S:.2f} × the {BUILD_GOAL_S} s goal), with "
           f"{built['n_heldout_pairs']} held-out pairs {built['seconds']:.0f} s "
           f"({built['seconds'] / BUILD_GOAL_S:.2f} ×); benchmarks/organism_build.py compares samplers")
-    print(f"organism: {len(pairs)} train pairs; full audit {audit_s:.0f} s "
-          f"(0 = reused); total {time.time() - t0:.0f} s")
+    print(f"organism: {len(pairs)} train pairs; full audit {audit_s:.0f} s (0 = reused)")
     print("null = the same responses with every planted cell relabelled as a balanced control, scored against "
           "the default truth (what the audit 'finds' by chance)")
     for title, table in (("matching='stratified' (the default: tracking within (topic, side) strata); precision "
@@ -181,9 +214,28 @@ def main() -> None:
                   f"{r['sign_accuracy']:8.2f} "
                   f"{r['trait_share']:11.2f} {r['n_flagged']:7d} {r['control_false_positive_rate']:11.2f} "
                   f"{r['recall'] - null['recall']:13.2f} {timings[(pooling, name)]:7.0f}")
+    first = poolings.split(",")[0]
+    return dict(seed=seed, n_pairs=len(pairs), build_s=built["seconds_train"], truth=truth,
+                default_audit=dirs(DEFAULT_STRENGTH, first)[1], score=results[(first, f"{DEFAULT_STRENGTH:g}")],
+                null=results[(first, "null")])
 
-    if args.fractions:
-        subsets(dirs(DEFAULT_STRENGTH, args.poolings.split(",")[0])[1], truth, args)
+
+def print_draws(draws: list[dict]) -> None:
+    """Issue 20's table: the default strength and pooling on every draw, and whether the goal holds."""
+    print(f"\nthe default organism on {len(draws)} draws (seeds fixed in DRAW_SEEDS before any was scored; "
+          "precision against the measured truth of the same pairs, planted-only beside it):")
+    print(f"{'seed':>6s} {'pairs':>6s} {'build s':>7s} {'recall':>9s} {'sign acc':>8s} {'precision':>9s} "
+          f"{'planted':>7s} {'flagged':>7s} {'null recall':>11s}")
+    met = []
+    for d in draws:
+        r = d["score"]
+        found = sum(c["found"] for c in r["cells"])
+        print(f"{d['seed']:6d} {d['n_pairs']:6d} {d['build_s']:7.0f} {found:>5d}/{len(r['cells']):<3d} "
+              f"{r['sign_accuracy']:8.2f} {r['precision']:9.2f} {r['precision_planted']:7.2f} {r['n_flagged']:7d} "
+              f"{d['null']['recall']:11.2f}")
+        met.append(r["recall"] >= GOAL_RECALL and r["precision"] >= GOAL20_PRECISION)
+    print(f"issue 20's goal (recall {GOAL_RECALL:g} with the right sign and precision ≥ {GOAL20_PRECISION} on every "
+          f"draw): met on {sum(met)} of {len(draws)} draws")
 
 
 def from_run(args) -> None:
