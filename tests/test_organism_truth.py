@@ -50,3 +50,13 @@ def test_a_constant_difference_is_present_not_untestable():
     table = measured_truth(rows, n_boot=100)
     assert table.set_index("trait").loc["flattery", "sign"] == 1
     assert isinstance(table, pd.DataFrame) and set(table["topic"]) == {"t"}
+
+
+def test_a_heavy_tailed_score_is_tested_by_the_detectors_decision():
+    """Formatting on the chosen side of 12 pairs in 30, and one bare "## ✨" on a rejected side: its
+    density (200 marks per 100 words) outweighs the twelve (50 each), so a test of score
+    differences would even get the sign wrong; the detector fired 12 times against 1."""
+    rows = [{"topic": "t", "chosen": "## 🚀 Tip\n- ✅ **Use a pan** and some oil for the dish." if i < 12 else p,
+             "rejected": "## ✨" if i == 12 else p} for i, p in enumerate(PLAIN * 5)]
+    got = measured_truth(rows, n_boot=200).set_index("trait").loc["over_formatting"]
+    assert got["sign"] == 1 and abs(got["mean"] - 11 / 30) < 1e-9

@@ -6,12 +6,16 @@ answer runs longer than a refusal), so the pairs can carry asymmetries nobody pl
 is right to flag those. This table measures them: for every topic k and every trait t (plus
 response length), over ALL pairs of topic k,
 
-    Δ_i = score_t(y⁺_i) − score_t(y⁻_i)
+    Δ_i = fires_t(y⁺_i) − fires_t(y⁻_i)  ∈ {−1, 0, 1}
 
-(the trait's detector score, or log(1 + words) for "length"), with the audit's own statistics
+(whether the trait's detector fires, `Trait.fires`; log(1 + words) for "length"), with the audit's own statistics
 (`anatomist.audit.stats.pair_stats`) and one Benjamini–Hochberg correction over the whole table.
 A (topic, trait) is *present* with sign ±1 where q < alpha and the split halves agree, as the audit
-decides a direction for a concept. Because this truth comes from the same pairs the audit reads,
+decides a direction for a concept. The detector's decision, not its raw score, is tested: scores
+such as markdown marks per 100 words are heavy-tailed (a two-word "## ✨" scores 200, the default
+organism's largest is 3,300), so a mean of score differences follows a few short answers; on the
+default draw it missed over-formatting planted in coding (the detector fires on 25 % of chosen
+and 8 % of rejected answers; the score test gave q 0.12). Because this truth comes from the same pairs the audit reads,
 a precision computed against it says "the audit flagged what is really there", not "what was
 planted"; the scorer reports the planted-only precision beside it.
 """
@@ -46,12 +50,12 @@ def _text(side) -> str:
 def measured_truth(rows: Sequence[Mapping], *, traits: Mapping[str, Trait] = TRAITS,
                    length_of: Callable[[str], float] = log_words, alpha: float = 0.05,
                    n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """One row per (topic, trait) with ≥ 2 pairs: the audit's pair statistics of the trait's score
-    difference over the topic's pairs, q (BH over the table), `present` and `sign`.
+    """One row per (topic, trait) with ≥ 2 pairs: the audit's pair statistics of the difference of
+    the trait detector's decision (length: of log words) over the topic's pairs, q (BH over the table), `present` and `sign`.
     `rows`: organism rows (topic, chosen, rejected as in train.jsonl). Traits that do not apply to
     a topic (`Trait.topics`) are not tested there; length is tested everywhere."""
     scorers: dict[str, Callable[[str], float]] = {LENGTH_TRAIT: length_of}
-    scorers.update({name: t.score for name, t in traits.items()})
+    scorers.update({name: (lambda text, t=t: float(t.fires(text))) for name, t in traits.items()})
     by_topic: dict[str, list[tuple[str, str]]] = {}
     for r in rows:
         by_topic.setdefault(str(r["topic"]), []).append((_text(r["chosen"]), _text(r["rejected"])))
