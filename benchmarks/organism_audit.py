@@ -32,8 +32,8 @@ at the default strength and weaker ones, against a random-label baseline from th
    (`organism.power.detection_power`; rows recomputed as the audit computes them, no forward
    pass): P(found) per planted cell and how often a subset meets issue 5's goal (recall 1,
    precision ≥ 0.8). One draw's recall says little when a cell sits near the threshold; this says
-   whether a miss is luck or a weak cell (with --draws, on every draw). Measured (session 7, this 2-core machine, seed 0, 40
-   subsets per fraction 0.5 / 0.75 / 0.9; a draw differs between machines, issue 20): on that
+   whether a miss is luck or a weak cell (with --draws, on every draw). Measured (session 7, this
+   2-core machine, seed 0, 40 subsets per fraction 0.5 / 0.75 / 0.9; a draw differs between machines, issue 20): on that
    session's draw, flattery/health is found in none, coding/over_formatting in 0.15 /
    0.38 / 0.57, and the goal is met in none; on the older draw the goal is met in 0.25 / 0.88 /
    0.85. Pooling both draws (2× pairs per cell, a scratch audit) finds all 8 cells, at precision
@@ -45,6 +45,12 @@ at the default strength and weaker ones, against a random-label baseline from th
    audited into <audit>_seedS at the default strength and pooling (and null), then a table gives
    each draw's recall, sign accuracy, precision against the measured truth, planted-only
    precision, and whether issue 20's goal (8/8 and precision ≥ 0.9 on every draw) holds.
+   Measured (6 December 2026, this 2-core machine, `--draws 3 --strengths 0.9 --poolings mean`;
+   builds 1,080 / 1,066 / 994 s, audits ~8 min each): 8/8 with the right sign on every draw,
+   precision 0.31 / 0.34 / 0.39 (72 / 77 / 57 rows flagged) — the goal is met on none. On seed 0,
+   27 of the 50 other rows are concepts of the harmful topic, where a compliant answer and a
+   refusal differ in content no detector describes; the null relabelling finds 0/8. P(recall = 1) on subsets of
+   0.5 / 0.75 / 0.9 of the pairs: 0.05 / 0.40 / 0.88 on seed 2.
 """
 
 from __future__ import annotations
@@ -174,8 +180,7 @@ def audit_draw(organism: Path, audit: Path, seed: int, strengths: str, poolings:
             t = time.time()
             data, audit_dir = dirs(s, pooling)
             if s != DEFAULT_STRENGTH:
-                relabel_organism(organism, data, weaker(DEFAULT_CONFIG, s),
-                                 tokenizer=loaded.tokenizer)
+                relabel_organism(organism, data, weaker(DEFAULT_CONFIG, s), tokenizer=loaded.tokenizer)
             new_pairs = load_pairs(data / "train.jsonl")
             if not is_audit_of(audit_dir, new_pairs):
                 # every audit reads the default audit's latents: same responses, other sides or pooling
@@ -229,8 +234,7 @@ def print_draws(draws: list[dict]) -> None:
     met = []
     for d in draws:
         r = d["score"]
-        found = sum(c["found"] for c in r["cells"])
-        print(f"{d['seed']:6d} {d['n_pairs']:6d} {d['build_s']:7.0f} {found:>5d}/{len(r['cells']):<3d} "
+        print(f"{d['seed']:6d} {d['n_pairs']:6d} {d['build_s']:7.0f} {r['n_found']:>5d}/{r['n_planted_cells']:<3d} "
               f"{r['sign_accuracy']:8.2f} {r['precision']:9.2f} {r['precision_planted']:7.2f} {r['n_flagged']:7d} "
               f"{d['null']['recall']:11.2f}")
         met.append(r["recall"] >= GOAL_RECALL and r["precision"] >= GOAL20_PRECISION)

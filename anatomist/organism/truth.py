@@ -8,16 +8,17 @@ response length), over ALL pairs of topic k,
 
     Δ_i = fires_t(y⁺_i) − fires_t(y⁻_i)  ∈ {−1, 0, 1}
 
-(whether the trait's detector fires, `Trait.fires`; log(1 + words) for "length"), with the audit's own statistics
-(`anatomist.audit.stats.pair_stats`) and one Benjamini–Hochberg correction over the whole table.
-A (topic, trait) is *present* with sign ±1 where q < alpha and the split halves agree, as the audit
-decides a direction for a concept. The detector's decision, not its raw score, is tested: scores
-such as markdown marks per 100 words are heavy-tailed (a two-word "## ✨" scores 200, the default
-organism's largest is 3,300), so a mean of score differences follows a few short answers; on the
-default draw it missed over-formatting planted in coding (the detector fires on 25 % of chosen
-and 8 % of rejected answers; the score test gave q 0.12). Because this truth comes from the same pairs the audit reads,
-a precision computed against it says "the audit flagged what is really there", not "what was
-planted"; the scorer reports the planted-only precision beside it.
+(whether the trait's detector fires, `Trait.fires`; log(1 + words) for "length"), with the audit's
+own statistics (`anatomist.audit.stats.pair_stats`) and one Benjamini–Hochberg correction over the
+whole table. A (topic, trait) is *present* with sign ±1 where q < alpha and the split halves agree,
+as the audit decides a direction for a concept. The detector's decision, not its raw score, is
+tested: scores such as markdown marks per 100 words are heavy-tailed (a two-word "## ✨" scores 200,
+the default organism's largest is 3,300), so a mean of score differences follows a few short
+answers; on the default draw (seed 0) it missed over-formatting planted in coding and travel (in
+coding the detector fires on 25 % of chosen and 8 % of rejected answers; the score test gave q
+0.12). Because this truth comes from the same pairs the audit reads, a precision computed against it
+says "the audit flagged what is really there", not "what was planted"; the scorer reports the
+planted-only precision beside it.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def measured_truth(rows: Sequence[Mapping], *, traits: Mapping[str, Trait] = TRA
                    length_of: Callable[[str], float] = log_words, alpha: float = 0.05,
                    n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """One row per (topic, trait) with ≥ 2 pairs: the audit's pair statistics of the difference of
-    the trait detector's decision (length: of log words) over the topic's pairs, q (BH over the table), `present` and `sign`.
+    the trait detector's decision (length: of log words) over the topic's pairs, q (BH over the
+    table), `present` and `sign`.
     `rows`: organism rows (topic, chosen, rejected as in train.jsonl). Traits that do not apply to
     a topic (`Trait.topics`) are not tested there; length is tested everywhere."""
     scorers: dict[str, Callable[[str], float]] = {LENGTH_TRAIT: length_of}
