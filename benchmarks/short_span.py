@@ -24,6 +24,10 @@ The statistic was chosen on two development organisms only, never on a scored dr
         --audit /work/val-moved/audit --poolings mean,max,top4,top16,calmax
     (and the same with /work/val-hh/organism, /work/val-hh/audit)
 
+The precision columns below predate two scorer changes (session 14: the measured truth tests each
+detector's decision; session 15: a row is right when the measured traits carry ≥ half of its
+gap, `organism.score`) and were not rerun; a rerun prints the current rule's figures.
+
 Measured (session 9, this 2-core machine, three runs each: the concept clusters differ run to run,
 because scikit-network's Leiden gives another partition of the same graph on a second call with
 the same random_state — fixed since: anatomist.audit.graph seeds the C rand() it draws from —

@@ -222,10 +222,16 @@ def test_planted_truth_section_only_with_a_score(rendered, tmp_path):
     page = page_without_plotlyjs(render_report(audit).read_text(encoding="utf-8"))
     part = page[page.index(f"<h2>{esc(TRUTH)}</h2>"):page.index(f"<h2>{esc(SECTIONS[1])}</h2>")]
     assert "recall 0.50 (1 of 2 planted" in part and "precision 0.75 of 4 flagged" in part
+    assert "|rank-biserial| ≥ 0.3" in part         # an older score.json: the threshold in rho_min
     rows = part.split("<tr>")[2:]
     assert len(rows) == 3 and "✓ found" in rows[0] and ">C0<" in rows[0] and "0.61" in rows[0]
     assert "✗ missed" in rows[1] and esc("<b>verbosity</b>") in rows[1] and "<b>verbosity" not in rows[1]
     assert ">length<" in rows[2]
+    (audit / "score.json").write_text(json.dumps({**score, "rho_min": None, "matching": "stratified",
+                                                  "threshold": 0.5, "null_credit": 0.01}))
+    page = page_without_plotlyjs(render_report(audit).read_text(encoding="utf-8"))
+    note = page[page.index(f"<h2>{esc(TRUTH)}</h2>"):page.index(f"<h2>{esc(SECTIONS[1])}</h2>")]
+    assert "|rank-biserial| ≥ 0.5" in note and "credits 0.01" in note and "None" not in note
 
 
 def test_a_damaged_score_json_is_named(tmp_path):

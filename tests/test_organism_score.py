@@ -149,7 +149,15 @@ def test_stratified_matching_and_measured_precision_on_the_hand_made_audit(fake_
     assert signs[("coding", "over_formatting")] == 1 and signs[("physics", "urls")] == -1
     assert ("cooking", "over_formatting") not in signs and ("health", "urls") not in signs
     assert [f["measured"] for f in s["flagged"]] == [True, True, False, False, False]
+    assert [f["by_tracking"] for f in s["flagged"]] == [True, True, False, False, False]
     assert s["precision"] == pytest.approx(2 / 5) and s["precision_planted"] == pytest.approx(2 / 5)
+    assert s["precision_tracking"] == pytest.approx(2 / 5)
+    # the formatting density and the URL count carry their gap with the detector; formatting is
+    # balanced in cooking, so no measured trait carries that row's gap; coding's sqrt-density row
+    # claims the wrong direction
+    shares = [f["explained"] for f in s["flagged"]]
+    assert shares[0] > 0.5 and shares[1] > 0.5 and shares[2] < 0.5
+    assert 0.0 <= s["null_credit"] < 0.2
     assert s["recall"] == 1.0
 
 
@@ -171,6 +179,7 @@ def test_a_decoy_that_separates_the_sides_gets_no_credit(fake_audit):
     assert topic["categories"]["planted"] == 1 and topic["n_found"] == 1          # free credit
     strat = score_tables(decoy, texts, topics, rows, truth)
     assert strat["categories"]["unmatched"] == 1 and strat["n_found"] == 0 and strat["precision"] == 0.0
+    assert abs(strat["flagged"][0]["explained"]) < 0.1        # its gap goes with the side, not the trait
     assert abs(strat["best_rho"]["over_formatting"]["rho"]) < 0.5
 
 
@@ -246,7 +255,8 @@ def test_cli_score(fake_audit):
     root, audit = fake_audit
     res = CliRunner().invoke(app, ["organism", "score", str(audit), "--truth", str(root / "data" / "truth.json")])
     assert res.exit_code == 0, res.output
-    assert "precision 0.40 (measured truth; planted-only 0.40)" in res.output and "over_formatting" in res.output
+    assert "precision 0.40 (measured truth; by tracking 0.40; planted-only 0.40; null credit" in res.output
+    assert "over_formatting" in res.output
     for cmd in ("build-hh", "score"):
         res = CliRunner().invoke(app, ["organism", cmd, "--help"])
         assert res.exit_code == 0 and "Example" in res.output

@@ -211,11 +211,20 @@ def truth_section(score: dict) -> str:
     headline = (f"recall {score['recall']:.2f} ({score['n_found']} of {score['n_planted_cells']} planted "
                 f"(trait, topic) cells found with the right sign) · precision {score['precision']:.2f} of "
                 f"{score['n_flagged']} flagged topic rows · sign accuracy {score['sign_accuracy']:.2f}")
+    threshold = score.get("threshold", score.get("rho_min"))
+    tracks = (f"tracks the trait's detector within one topic and one side (|rank-biserial| ≥ {threshold})"
+              if score.get("matching", "stratified") == "stratified" else
+              f"tracks the trait's detector (|Spearman ρ| ≥ {threshold}, matching '{score['matching']}')")
+    precision = ("A flagged row is right (precision) when the traits measured asymmetric in its topic carry at "
+                 "least half of its chosen − rejected gap"
+                 + (f"; with the traits shuffled within (topic, side) the rule credits {score['null_credit']:.2f}"
+                    if "null_credit" in score else "")
+                 + (f"; planted-only precision {score['precision_planted']:.2f}"
+                    if "precision_planted" in score else "") + ". ")
     note = ("Each planted cell puts a trait on one side of the pairs of one topic. A cell is found when a "
-            "flagged row of that topic belongs to a concept whose score tracks the trait's detector "
-            f"(|Spearman ρ| ≥ {score['rho_min']}) and moves the way the planted side implies: 'expected' is "
-            "that direction for the matched concept (a concept anti-correlated with the trait should be "
-            "suppressed where the trait is chosen). Truth: " + score["truth"])
+            f"flagged row of that topic belongs to a concept that {tracks} and moves the way the planted side "
+            "implies: 'expected' is that direction for the matched concept (a concept anti-correlated with the "
+            "trait should be suppressed where the trait is chosen). " + precision + "Truth: " + score["truth"])
     header_ = ["trait", "topic", "planted on (strength)", "pairs", "", "matched row", "ρ", "q", "direction",
                "expected"]
     return tag("p", tag("b", esc(headline))) + tag("p", esc(note), class_="muted") + table(header_, body,

@@ -36,11 +36,21 @@ Rules (r = a response, 2P of them; c_C(r) = the audit's concept score of cluster
   expectations count as right); "wrong_sign" — C tracks a trait planted in k, direction
   opposite; "control" — C tracks a trait that is only a balanced control in k (a false
   positive); "other_trait" — C tracks a trait absent from k; "unmatched" — C tracks no trait.
-- **precision** (against the measured truth, `anatomist.organism.truth`): a flagged row is right
-  when its cluster tracks a trait or length whose chosen − rejected asymmetry in that topic is
-  significant (the audit's own statistics, BH over the (topic, trait) table) and the row's
-  direction is that asymmetry's sign × the tracking's sign. The truth is measured on the same
-  pairs the audit reads: it says the audit flagged what is really there, side effects included.
+- **precision** (against the measured truth, `anatomist.organism.truth`): a flagged row (k, C)
+  is right when the traits (and length) whose chosen − rejected asymmetry in topic k is
+  significant (the audit's own statistics, BH over the (topic, trait) table) carry at least
+  EXPLAINED_MIN = 0.5 of C's chosen − rejected gap in k (`truth.explained_share`: least squares of
+  c_C on the side and those traits over k's responses, the traits' coefficients estimated within
+  a side) and the row's direction is the gap's sign. This credits what the pairs really contain,
+  side effects included — content that appears only in answers carrying a trait (what a compliant
+  answer says that a refusal does not) goes with the trait however low its AUROC for it — and
+  gives none to a concept that moves with the side alone (a decoy: share 0). The truth is measured
+  on the same pairs the audit reads: it says the audit flagged what is really there.
+  **null_credit**: the same rule with each response's traits shuffled within its (topic, side)
+  stratum (N_NULL shuffles; the traits keep their asymmetry, lose any link to the concept) — the
+  share of rows credited for free. **precision_tracking**: the earlier rule, kept beside it — the
+  row's cluster tracks (|r| ≥ RB_MIN, above) a measured trait and the direction is the asymmetry's
+  sign × the tracking's sign; an SAE concept that tracks a trait partly (AUROC 0.7) fails it.
   **precision_planted** = planted / flagged, the strict planted-only figure, is reported beside it.
 - **sign_accuracy** = planted / (planted + wrong_sign);
   **trait_share** = flagged rows whose cluster tracks some trait / flagged (an upper bound that
@@ -63,13 +73,15 @@ from anatomist.errors import AnatomistError
 from anatomist.fileio import atomic_write_text
 from anatomist.organism.plant import read_truth
 from anatomist.organism.traits import TRAITS
-from anatomist.organism.truth import LENGTH_TRAIT, log_words, measured_truth
+from anatomist.organism.truth import LENGTH_TRAIT, explained_share, measured_truth, response_traits
 
 log = logging.getLogger(__name__)
 
 RHO_MIN = 0.3          # |Spearman ρ| for matching="topic" / "global"
 RB_MIN = 0.5           # |rank-biserial| (AUROC ≥ 0.75 or ≤ 0.25) for matching="stratified"
 MATCHING = ("stratified", "topic", "global")
+EXPLAINED_MIN = 0.5    # a flagged row is right when the measured traits carry at least half its gap
+N_NULL = 20            # within-stratum shuffles of the traits for `null_credit`
 CATEGORIES = ("planted", "wrong_sign", "control", "other_trait", "unmatched")
 
 
@@ -115,15 +127,15 @@ def above_stratum_median(x: np.ndarray, strata: np.ndarray) -> np.ndarray:
     return out
 
 
-def tracking(c: np.ndarray, texts: Sequence[str], topics_r: np.ndarray, traits: Sequence[str],
-             ids: list[int]) -> pd.DataFrame:
-    """(traits + length) × clusters: stratified rank-biserial of each trait's detector firing (for
-    length: above the stratum's median log words) against c [2P, C], within (topic, side) strata,
-    where neither the preference side nor the topic can stand in for the trait."""
+def tracking(c: np.ndarray, x: np.ndarray, names: Sequence[str], topics_r: np.ndarray, ids: list[int]) -> pd.DataFrame:
+    """names × clusters: stratified rank-biserial of each trait's detector firing (x's columns, from
+    `truth.response_traits`; for length: above the stratum's median log words) against c [2P, C],
+    within (topic, side) strata, where neither the preference side nor the topic can stand in for
+    the trait."""
     side = np.tile(np.array(["chosen", "rejected"], dtype=object), len(topics_r) // 2)
     strata = np.array([f"{k}|{s}" for k, s in zip(topics_r, side)])
-    labels = {t: np.array([TRAITS[t].fires(x) for x in texts]) for t in traits}
-    labels[LENGTH_TRAIT] = above_stratum_median(np.array([log_words(x) for x in texts]), strata)
+    labels = {t: (above_stratum_median(x[:, j], strata) if t == LENGTH_TRAIT else x[:, j] > 0)
+              for j, t in enumerate(names)}
     return pd.DataFrame({t: stratified_rank_biserial(y, c, strata) for t, y in labels.items()}, index=ids).T
 
 
@@ -176,6 +188,32 @@ def measured_right(topic: str, cluster: int, direction: str, matches: dict[str, 
     return False
 
 
+def explained_rows(c: np.ndarray, ids: Sequence[int], x: np.ndarray, names: Sequence[str], topics_r: np.ndarray,
+                   flagged: pd.DataFrame, present: dict[str, list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """(share, gap) per flagged row: `truth.explained_share` of the row's cluster over the responses
+    of its topic, with that topic's measured traits (present[topic], names of x's columns) as the
+    covariates, and the cluster's chosen − rejected gap there. x [2P, T] (2i chosen, 2i+1 rejected)."""
+    col = {int(cl): j for j, cl in enumerate(ids)}
+    chosen = np.tile([True, False], len(topics_r) // 2)
+    share, gap = np.zeros(len(flagged)), np.zeros(len(flagged))
+    for k, idx in flagged.groupby("topic", sort=False).indices.items():
+        sel = topics_r == k
+        cc = c[sel][:, [col[int(cl)] for cl in flagged["cluster"].iloc[idx]]]
+        xs = x[sel][:, [list(names).index(t) for t in present.get(k, [])]]
+        share[idx] = explained_share(cc, chosen[sel], xs)
+        gap[idx] = cc[chosen[sel]].mean(0) - cc[~chosen[sel]].mean(0)
+    return share, gap
+
+
+def shuffled_within(strata: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of range(len(strata)) that moves each element only within its stratum."""
+    order = np.arange(len(strata))
+    for s in np.unique(strata):
+        idx = np.flatnonzero(strata == s)
+        order[idx] = rng.permutation(idx)
+    return order
+
+
 def _best(rho_row: pd.Series) -> dict:
     if rho_row.empty:
         return {"cluster": None, "rho": 0.0}
@@ -211,7 +249,9 @@ def score_tables(c: np.ndarray, texts: Sequence[str], topics: Sequence[str], row
     topics_r = np.repeat(np.asarray(topics, dtype=object), 2)                    # [2P]
     traits = list(truth["traits"])
     threshold = rho_min if rho_min is not None else (RB_MIN if matching == "stratified" else RHO_MIN)
-    track = tracking(c, texts, topics_r, traits, ids)          # length is always matched this way
+    names = [*traits, LENGTH_TRAIT]
+    x = response_traits(texts, names)                        # [2P, T+1] detector decisions, log words
+    track = tracking(c, x, names, topics_r, ids)             # length is always matched this way
     if matching == "stratified":
         rho = track.loc[traits]
     else:
@@ -228,12 +268,26 @@ def score_tables(c: np.ndarray, texts: Sequence[str], topics: Sequence[str], row
         measured = measured_truth([{"topic": k, "chosen": texts[2 * i], "rejected": texts[2 * i + 1]}
                                    for i, k in enumerate(topics)])
     measured_sign = {(r.topic, r.trait): int(r.sign) for r in measured.itertuples()}
+    present: dict[str, list[str]] = {}
+    for (k, t), sgn in measured_sign.items():
+        if sgn:
+            present.setdefault(k, []).append(t)
     flagged = flagged_rows(rows, top_k)
+    share, gap = explained_rows(c, ids, x, names, topics_r, flagged, present)
+    sign_ok = np.array([_sign(d) for d in flagged["direction"]]) == np.sign(gap)
     flagged = flagged.assign(
         category=[categorize(k, int(cl), d, by_topic.get(k, matches), truth)
                   for k, cl, d in zip(flagged["topic"], flagged["cluster"], flagged["direction"])],
-        measured=[measured_right(k, int(cl), d, by_topic.get(k, matches), measured_sign)
-                  for k, cl, d in zip(flagged["topic"], flagged["cluster"], flagged["direction"])])
+        by_tracking=[measured_right(k, int(cl), d, by_topic.get(k, matches), measured_sign)
+                 for k, cl, d in zip(flagged["topic"], flagged["cluster"], flagged["direction"])],
+        explained=share, measured=(share >= EXPLAINED_MIN) & sign_ok)
+    # the same rule with each response's traits shuffled within its (topic, side) stratum: the traits
+    # keep their asymmetry but lose any link to the concept, so what is credited is free credit
+    strata = np.array([f"{k}|{i % 2}" for i, k in enumerate(topics_r)])
+    rng = np.random.default_rng(0)
+    null = [float(np.mean((explained_rows(c, ids, x[shuffled_within(strata, rng)], names, topics_r, flagged,
+                                          present)[0] >= EXPLAINED_MIN) & sign_ok)) if len(flagged) else float("nan")
+            for _ in range(N_NULL)]
     counts = {cat: int((flagged["category"] == cat).sum()) for cat in CATEGORIES}
 
     cells, controls = [], []
@@ -271,8 +325,12 @@ def score_tables(c: np.ndarray, texts: Sequence[str], topics: Sequence[str], row
     signed = counts["planted"] + counts["wrong_sign"]
     return {
         "recall": sum(c["found"] for c in cells) / len(cells) if cells else float("nan"),
-        # against what the pairs really contain (`organism.truth`, measured on these same pairs)
+        # against what the pairs really contain (`organism.truth`, measured on these same pairs):
+        # the measured traits carry at least half of the row's gap
         "precision": float(flagged["measured"].mean()) if n else float("nan"),
+        "null_credit": float(np.mean(null)) if n else float("nan"),   # the same with the traits shuffled
+        # the earlier rule: the row's cluster tracks (|r| ≥ RB_MIN) a measured trait, sign consistent
+        "precision_tracking": float(flagged["by_tracking"].mean()) if n else float("nan"),
         "precision_planted": counts["planted"] / n if n else float("nan"),   # the strict, planted-only figure
         "sign_accuracy": counts["planted"] / signed if signed else float("nan"),
         "trait_share": (n - counts["unmatched"]) / n if n else float("nan"),
@@ -290,7 +348,8 @@ def score_tables(c: np.ndarray, texts: Sequence[str], topics: Sequence[str], row
         "best_rho": {t: _best(rho.loc[t]) for t in traits},
         "best_length": _best(track.loc[LENGTH_TRAIT]),  # shows how close an unmatched trait came
         "flagged": [{"topic": r.topic, "cluster": int(r.cluster), "direction": r.direction,
-                     "rank_score": float(r.rank_score), "category": r.category, "measured": bool(r.measured)}
+                     "rank_score": float(r.rank_score), "category": r.category, "measured": bool(r.measured),
+                     "explained": round(float(r.explained), 4), "by_tracking": bool(r.by_tracking)}
                     for r in flagged.itertuples()],
     }
 
@@ -391,8 +450,9 @@ def format_score(result: dict) -> str:
                      f"{r.get('z', float('nan')):6.2f} {r.get('q', float('nan')):8.2g} {r.get('direction', '-'):>9s} {r.get('expected', '-'):>8s}")
     cats = ", ".join(f"{k} {v}" for k, v in result["categories"].items())
     lines.append(f"recall {result['recall']:.2f} ({result['n_found']}/{result['n_planted_cells']})  "
-                 f"precision {result['precision']:.2f} (measured truth; planted-only "
-                 f"{result['precision_planted']:.2f})  sign accuracy {result['sign_accuracy']:.2f}  "
+                 f"precision {result['precision']:.2f} (measured truth; by tracking "
+                 f"{result['precision_tracking']:.2f}; planted-only {result['precision_planted']:.2f}; "
+                 f"null credit {result['null_credit']:.2f})  sign accuracy {result['sign_accuracy']:.2f}  "
                  f"trait share {result['trait_share']:.2f}  controls flagged {result['control_false_positive_rate']:.2f}")
     lines.append(f"flagged rows {result['n_flagged']}: {cats}")
     return "\n".join(lines)

@@ -19,6 +19,20 @@ coding the detector fires on 25 % of chosen and 8 % of rejected answers; the sco
 0.12). Because this truth comes from the same pairs the audit reads, a precision computed against it
 says "the audit flagged what is really there", not "what was planted"; the scorer reports the
 planted-only precision beside it.
+
+Whether a flagged concept row is *explained* by this truth (`explained_share`): over the topic's
+responses, least squares c ≈ a + b·chosen + Σ_t β_t·x_t with x_t the measured traits of the topic
+(detector decisions, log words). Because the residuals have mean zero on each side, the concept's
+chosen − rejected gap splits exactly into
+
+    gap = mean(c | chosen) − mean(c | rejected) = b + Σ_t β_t·(x̄_t⁺ − x̄_t⁻),
+
+the part the traits carry (β_t is estimated within a side, where the preference cannot stand in
+for the trait) and the part b that goes with the side alone. share = 1 − b / gap. A concept that
+separates the sides but not the trait (a decoy) has β = 0 and share 0; a concept that appears only
+in answers that carry the trait (content of compliant answers, the header of a formatted one) has
+share ≈ 1, whatever its AUROC for the trait. A covariate that does not vary within either side
+cannot be told from the side and is left out (it explains nothing measurably).
 """
 
 from __future__ import annotations
@@ -32,7 +46,7 @@ import pandas as pd
 from anatomist.audit.stats import add_q, pair_stats
 from anatomist.organism.traits import TRAITS, Trait, n_words
 
-__all__ = ["LENGTH_TRAIT", "log_words", "measured_truth"]
+__all__ = ["LENGTH_TRAIT", "log_words", "measured_truth", "response_traits", "explained_share"]
 
 LENGTH_TRAIT = "length"
 
@@ -80,3 +94,25 @@ def measured_truth(rows: Sequence[Mapping], *, traits: Mapping[str, Trait] = TRA
     cols = ["topic", "trait", "present", "sign", *[c for c in table.columns if c not in ("topic", "trait",
                                                                                            "present", "sign")]]
     return table[cols]
+
+
+def response_traits(texts: Sequence[str], names: Sequence[str], *, traits: Mapping[str, Trait] = TRAITS,
+                    length_of: Callable[[str], float] = log_words) -> np.ndarray:
+    """[R, len(names)]: per response, each named trait's detector decision (0/1), or length_of
+    for "length" — the covariates `explained_share` reads."""
+    cols = [[length_of(x) if n == LENGTH_TRAIT else float(traits[n].fires(x)) for x in texts] for n in names]
+    return np.array(cols, dtype=np.float64).T.reshape(len(texts), len(names))
+
+
+def explained_share(c: np.ndarray, chosen: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """[C]: the share of each column's chosen − rejected gap that the covariates carry (module
+    docstring), over the responses of one topic. c [R, C] concept scores, chosen [R] bool, x [R, T]
+    covariates. 0 where the gap is 0; covariates constant within both sides are dropped."""
+    chosen = np.asarray(chosen, dtype=bool)
+    x = np.asarray(x, dtype=np.float64).reshape(len(chosen), -1)
+    varies = np.array([x[chosen, j].std() > 0 or x[~chosen, j].std() > 0 for j in range(x.shape[1])], dtype=bool)
+    design = np.column_stack([np.ones(len(chosen)), chosen.astype(np.float64), x[:, varies]])
+    beta = np.linalg.lstsq(design, c, rcond=None)[0]                       # [2 + T', C]
+    gap = c[chosen].mean(0) - c[~chosen].mean(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(gap != 0, 1.0 - beta[1] / gap, 0.0)
