@@ -23,7 +23,10 @@ Steps (each stage caches / resumes on its own; rerunning reuses what is done):
     (SNIS, ESS-checked, evaluate/paired.py). Both levels scored (per concept, leave-one-concept-out;
     per (topic, concept), across topics) against the paired and the direct target, with CIs, noise
     ceilings, sign accuracy and ΔR² against the naive and prompt baselines; the predictor's own cost
-    against DPO's time. Every per-generation number lands in plain/first_order/.
+    against DPO's time. Beside them "first_oracle", a ceiling and not a predictor: the same
+    covariance form with δ = the trained policy's own log-prob change on the predictor's half, and
+    each predicted δ's within-prompt correlation with that δ ("δ agreement"): together they tell a
+    wrong direction from too few samples. Every per-generation number lands in plain/first_order/.
  6. verify (the data-only predictors on all base samples, verify.html) and --sweep λ,...: DPO
     shaped with λ on --sweep-cluster (default: the audit's top flagged dataset-wide concept), each
     evaluated the same way; the curve lands in verify.html.
@@ -205,8 +208,8 @@ def first_order_design(args, base_model, tok, trained, base, plain_run, audit: P
     per-generation number under run/first_order/ for later analysis."""
     import pandas as pd
 
-    from anatomist.evaluate.firstorder import (first_order_columns, generation_logps, generation_seqs,
-                                               run_directional_logps, steps_logps)
+    from anatomist.evaluate.firstorder import (delta_agreement, first_order_columns, generation_logps,
+                                               generation_seqs, run_directional_logps, steps_logps)
     from anatomist.evaluate.paired import paired_actual, sample_halves
     from anatomist.evaluate.verify import verify
     from anatomist.fileio import atomic_write_parquet, atomic_write_text
@@ -231,6 +234,12 @@ def first_order_design(args, base_model, tok, trained, base, plain_run, audit: P
                                  cache_dir=args.work / "first_order_cache", device=args.device, progress=False)
     costs = {"first_plain": timings["gradient"] + timings["jvp_plain"],
              "first_adam": timings["gradient"] + timings["jvp_adam"], "first_steps": time.perf_counter() - t}
+    log("oracle: the trained policy's own log-prob change on the predictor's half (a ceiling, not a predictor)", t0)
+    seqs_p = generation_seqs(half_p)
+    oracle = (generation_logps(plain_run["policy"], seqs_p, temperature=T_EVAL, device=args.device)
+              - generation_logps(base_model, seqs_p, temperature=T_EVAL, device=args.device))
+    agreement = delta_agreement(half_p, dlogp, oracle)
+    dlogp["oracle"] = oracle
     first = first_order_columns(half_p, dlogp)
     log(f"paired target: log-probs of the other {len(half_t)} base generations under base and policy", t0)
     seqs_t = generation_seqs(half_t)
@@ -249,7 +258,8 @@ def first_order_design(args, base_model, tok, trained, base, plain_run, audit: P
     atomic_write_parquet(first, out / "first_order_rows.parquet")
     atomic_write_parquet(actual, out / "paired_actual.parquet")
     result = {"paired": paired.summary, "direct": direct.summary, "ess": health, "seconds": costs, "frozen": FROZEN,
-              "seconds_dpo": plain_run["dpo_seconds"], "grad_pairs": n_grad, "trained_pairs": len(trained)}
+              "seconds_dpo": plain_run["dpo_seconds"], "grad_pairs": n_grad, "trained_pairs": len(trained),
+              "delta_agreement": agreement}
     atomic_write_text(out / "summary.json", json.dumps(result, indent=1, default=float))
     pd.concat([paired.rows.assign(level="topic"), paired.concepts.assign(level="concept")]
               if paired.concepts is not None else [paired.rows]).pipe(atomic_write_parquet, out / "scored_rows.parquet")
@@ -389,17 +399,28 @@ def print_figures(result, heldout_acc: float | None, design: dict | None, args) 
     e = design["ess"]
     print(f"  weights: median ESS {e['median_ess_share']:.2f} of a prompt's samples; {e['fallback_share']:.0%} of "
           f"{e['n_prompts']} prompts fell back to the direct difference (ESS < {e['min_ess']})")
-    for level, key in (("per concept", "concept"), ("per (topic, concept)", None)):
-        for target in ("paired", "direct"):
-            s = design[target].get(key) if key else design[target]
-            if s:
-                print_level(f"{level}, {target} target", s)
+    print_design_levels(design)
     for name, secs in design["seconds"].items():
         what = (f"{args.variant_steps} DPO steps on {design['grad_pairs']} pairs + two forwards" if name == "first_steps"
                 else f"reference forward and gradient pass over {design['grad_pairs']} of {design['trained_pairs']} "
                      "trained pairs + one JVP over its half of the base samples")
         print(f"predictor cost, {name}{' (frozen)' if name == FROZEN else ''}: {secs:.0f} s ({what}) vs DPO training "
               f"{design['seconds_dpo']:.0f} s: ratio {secs / design['seconds_dpo']:.2f} (goal ≤ 0.5)")
+
+
+def print_design_levels(design: dict) -> None:
+    """The first-order design's verify levels, and how well each predicted δ agrees with the
+    trained policy's own log-prob change (the oracle) on the same generations."""
+    for level, key in (("per concept", "concept"), ("per (topic, concept)", None)):
+        for target in ("paired", "direct"):
+            s = design[target].get(key) if key else design[target]
+            if s:
+                print_level(f"{level}, {target} target", s)
+    if "delta_agreement" in design:
+        print("  first_oracle is not a predictor: its δ is the trained policy's own log-prob change on the predictor's "
+              "half, so its R² is what the covariance form reaches with a perfect δ at this many samples")
+        print("  δ agreement (within-prompt Pearson r of the predicted δ with the oracle's): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in design["delta_agreement"].items()))
 
 
 def unpacked_run(folder: Path, into: Path) -> Path:

@@ -15,6 +15,7 @@ import torch
 from anatomist.evaluate.firstorder import (
     PRECONDITIONERS,
     covariance_shift,
+    delta_agreement,
     directional_logps,
     dpo_direction,
     tilt_shift,
@@ -170,6 +171,18 @@ def test_covariance_shift_by_hand():
     per_topic, per_concept = covariance_shift(c, d, prompt, topic, n_topics=3)
     np.testing.assert_allclose(per_topic[:, 0], [2.5, 2.0, np.nan])
     np.testing.assert_allclose(per_concept, [7 / 3])
+
+
+def test_delta_agreement_by_hand():
+    # centred within the prompt: A d [−1, 1], truth [−1, 1]; B d [−1, −1, 2], truth [0, 0, 0]
+    # r = (1 + 1) / sqrt((1 + 1 + 1 + 1 + 4)·(1 + 1)) = 0.5; a per-prompt offset of the truth changes nothing
+    import pandas as pd
+
+    base = pd.DataFrame({"prompt_id": ["A", "A", "B", "B", "B"]})
+    truth = np.array([1.0, 3.0, 5.0, 5.0, 5.0])
+    d = np.array([0.0, 2.0, 1.0, 1.0, 4.0])
+    got = delta_agreement(base, {"d": d, "minus": -truth, "same": truth + np.array([0, 0, 9, 9, 9])}, truth)
+    assert got == pytest.approx({"d": 0.5, "minus": -1.0, "same": 1.0})
 
 
 def test_covariance_is_invariant_to_per_prompt_offsets():

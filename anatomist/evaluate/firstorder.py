@@ -50,8 +50,8 @@ from anatomist.train.batches import Seq, collate, collate_rows
 from anatomist.train.dpo import DPOConfig, batch_dpo, make_trainable, prepare, sequence_sums
 from anatomist.train.split import SplitLM, StateCache, to_device
 
-__all__ = ["PRECONDITIONERS", "dpo_direction", "tempered_sequence_logps", "eager_attention", "directional_logps",
-           "per_prompt_shift", "covariance_shift", "tilt_shift", "generation_seqs",
+__all__ = ["PRECONDITIONERS", "delta_agreement", "dpo_direction", "tempered_sequence_logps", "eager_attention",
+           "directional_logps", "per_prompt_shift", "covariance_shift", "tilt_shift", "generation_seqs",
            "run_directional_logps", "generation_logps", "steps_logps", "first_order_columns", "first_order_rows"]
 
 
@@ -196,6 +196,26 @@ def tilt_shift(c: np.ndarray, dlogp: np.ndarray, prompt: np.ndarray, topic: np.n
         return (w / w.sum()) @ cx - cx.mean(0)
 
     return per_prompt_shift(c, dlogp, prompt, topic, n_topics, tilt)
+
+
+def delta_agreement(base: pd.DataFrame, dlogp: dict[str, np.ndarray], truth: np.ndarray) -> dict[str, float]:
+    """Within-prompt Pearson r of each predicted δ in `dlogp` [N] with `truth` [N] (the trained
+    policy's own log-prob change on the same generations, rows of `base`): does the predicted
+    direction move the generations the way training did? Both are centred within each prompt
+    first (the covariance form only reads δ relative to the prompt's other samples)."""
+    prompt = base["prompt_id"].astype(str).to_numpy()
+
+    def centred(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        return x - pd.Series(x).groupby(prompt).transform("mean").to_numpy()
+
+    t = centred(truth)
+    out = {}
+    for name, d in dlogp.items():
+        x = centred(d)
+        denom = np.sqrt((x ** 2).sum() * (t ** 2).sum())
+        out[name] = float((x * t).sum() / denom) if denom > 0 else float("nan")
+    return out
 
 
 def generation_seqs(base: pd.DataFrame) -> list[Seq]:

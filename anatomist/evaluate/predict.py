@@ -64,6 +64,10 @@ PREDICTORS: dict[str, tuple[tuple[str, ...], str]] = {
     "first_adam": (("x_first_adam",), "x_first_adam"),
     # multi-step variant: δ = log π_k − log π_0 after k real steps of the run's DPO on a subsample
     "first_steps": (("x_first_steps",), "x_first_steps"),
+    # a ceiling, not a predictor: δ = the trained policy's own log-prob change on the predictor's
+    # half of the base samples (it reads the run's result): what the covariance form reaches with a
+    # perfect δ at this many samples (benchmarks/predict_vs_actual.py prints it beside the predictors)
+    "first_oracle": (("x_first_oracle",), "x_first_oracle"),
 }
 
 
