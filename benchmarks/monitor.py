@@ -28,6 +28,15 @@ over_formatting detector fell −0.25) while the shaped run pushed it down from 
 this size. A point (80 generations + scoring) costs 25 s against 1.6 s per cached-bottom DPO step:
 every=10 costs 1.5–4× of training; the default cadence picked a point every 138 steps, so on these
 38-step runs only the first and last point ran (1.01×, both paid once per run).
+On the planted topics only, several epochs (6 December 2026, `--pairs 120 --steps 60 --lr 2e-4
+--every 6`: 120 pairs of coding and travel, 60 steps ≈ 4 epochs; nice 10, beside other jobs): plain
+DPO raises the over_formatting detector from step 42 (+0.92; its CI excludes 0 from step 48 on:
++1.03 [+0.01, +2.04], and +0.69 [+0.06, +1.32] at step 60) and concept 1 by +0.14 [−0.09, +0.36] at step 60
+(+0.30 in travel, −0.03 in coding), its CI never excluding 0; the shaped run keeps both down
+(concept −0.04 [−0.14, +0.06], detector −0.18 at step 60). The alarm (1 > 0.2) never fired. So the
+behaviour DPO teaches shows in the detector, and the audit's concept moves with it in travel only:
+the issue's "the concept rises and its CI excludes 0" is not met at this size. Overhead at every 6:
+2.9× (80 generations per point); the default cadence picked every 156 (0.53× here, endpoints only).
 
 Output: --work/<run>/ (DPO run folders with monitor.jsonl, monitor.html) and --work/summary.json.
 """
@@ -174,9 +183,10 @@ def main(argv=None) -> None:
             print(f"{row['step']:>5} {m['shift']:>+10.3f} {ci:>18} {d['shift']:>+22.3f} " +
                   " ".join(f"{per_topic[t][j]:>+12.3f}" for t in topics) + "  " + ",".join(row["alarms"]))
         r["first_ci_excludes_0"] = first_step(r["rows"], metric)
+        r["detector_first_ci_excludes_0"] = first_step(r["rows"], det)
         r["alarm_step"] = next((row["step"] for row in r["rows"] if row["alarms"]), None)
-        print(f"first step whose CI excludes 0 (rising): {r['first_ci_excludes_0']}; alarm {concept}>{args.threshold:g} "
-              f"fired at step: {r['alarm_step']}")
+        print(f"first step whose CI excludes 0 (rising): concept {r['first_ci_excludes_0']}, detector "
+              f"{r['detector_first_ci_excludes_0']}; alarm {concept}>{args.threshold:g} fired at step: {r['alarm_step']}")
 
     loaded = load(audit.model_name, device=args.device)
     mon = ConceptMonitor(args.audit, prompts, every=None, budget=args.budget, concepts=[concept], detectors=[args.trait],
