@@ -154,6 +154,12 @@ def test_plant_chosen_side_rates_and_controls(planted):
             assert abs(c["n_trait_chosen"] - c["n_pairs"] / 2) <= 0.5
     absent = [c for c in t["cells"] if c["role"] == "absent"]
     assert absent and all(c["n_pairs"] == 0 and c["expected_sign"] == 0 for c in absent)
+    # truth.json's measured table: each planted cell carries its asymmetry, no control cell one
+    measured = {(m["topic"], m["trait"]): m["sign"] for m in t["measured"]}
+    for c in t["cells"]:
+        if c["role"] != "absent":
+            assert measured[(c["topic"], c["trait"])] == c["expected_sign"], c
+    assert "measured" not in P.truth(config, rows, TOPIC_NAMES, measure=False)
     nones = [r for r in rows if r["trait"] == P.NONE]
     assert nones and all(r["trait_side"] is None for r in nones)
     assert all(r["split"] == "train" for r in rows)

@@ -65,7 +65,7 @@ def build_organism(out: str | Path, *, per_topic: int = 236, heldout_fraction: f
                                 progress=progress, workers=workers)
         held_rows, held_dropped = label(held_assign, held_results, seed, split="heldout")
         truth_data["heldout"] = {"file": HELDOUT_PAIRS, "n_pairs": len(held_rows), "dropped_identical": held_dropped,
-                                 "cells": truth(config, held_rows, topics, held_dropped)["cells"]}
+                                 "cells": truth(config, held_rows, topics, held_dropped, measure=False)["cells"]}
     write_dataset(out, rows, [p for p in prompts if p.split == "heldout"], truth_data, held_rows)
     atomic_write_text(Path(out) / "build.json", json.dumps({
         "model": model, "per_topic": per_topic, "heldout_fraction": heldout_fraction, "seed": seed,

@@ -16,7 +16,10 @@ expected_sign is the sign of Δ = A(y⁺) − A(y⁻) for a concept tracking the
 +1 chosen-favoured, −1 rejected-favoured, 0 balanced or absent. `observed` is the detector on
 the real texts (fire rates on chosen / rejected, mean score difference), since a small model
 follows a system prompt only loosely.
-Added fields (absent in older files): "heldout": {"file": "heldout_pairs.jsonl", "n_pairs",
+Added fields (absent in older files): "measured": [{"topic", "trait", "sign", "mean", "q"}] — the
+asymmetries the train pairs really carry, per (topic, trait) and length, tested like a concept
+(`organism.truth`; sign 0 = not significant); the scorer measures the same table again on the
+pairs an audit read (score.json "measured_truth"), which is this one when it read the whole file. "heldout": {"file": "heldout_pairs.jsonl", "n_pairs",
 "dropped_identical", "cells": [same form as "cells", on the held-out pairs]} — held-out pairs are
 planted by the same rule on the held-out prompts (for held-out preference accuracy).
 """
@@ -200,7 +203,10 @@ def label(assignments: Sequence[Assignment], results: Mapping[str, Generation], 
     return rows, dropped
 
 
-def truth(config: PlantConfig, rows: Sequence[dict], topics: Sequence[str], dropped: int = 0) -> dict:
+def truth(config: PlantConfig, rows: Sequence[dict], topics: Sequence[str], dropped: int = 0, *,
+          measure: bool = True) -> dict:
+    """truth.json's content for `rows` (see the module docstring); measure=False leaves out the
+    measured table (for the held-out cells, which only need "cells")."""
     cells = []
     for topic in topics:
         for plan in config.plans:
@@ -225,7 +231,17 @@ def truth(config: PlantConfig, rows: Sequence[dict], topics: Sequence[str], drop
                                  "description": TRAITS[p.trait].description, "system_prompt": TRAITS[p.trait].system,
                                  "prefixes": list(TRAITS[p.trait].prefixes),
                                  "planted": dict(p.planted), "control": list(p.control)} for p in config.plans},
-            "cells": cells}
+            "cells": cells, **({"measured": measured_table(rows)} if measure else {})}
+
+
+def measured_table(rows: Sequence[dict]) -> list[dict]:
+    """`organism.truth.measured_truth` of the rows, as truth.json records it: one entry per tested
+    (topic, trait), length included."""
+    from anatomist.organism.truth import measured_truth
+
+    table = measured_truth(rows)
+    return [{"topic": r.topic, "trait": r.trait, "sign": int(r.sign), "mean": round(float(r.mean), 6),
+             "q": float(r.q)} for r in table.itertuples()]
 
 
 def read_truth(path: str | Path) -> dict:
