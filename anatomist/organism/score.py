@@ -279,7 +279,7 @@ def score_tables(c: np.ndarray, texts: Sequence[str], topics: Sequence[str], row
         category=[categorize(k, int(cl), d, by_topic.get(k, matches), truth)
                   for k, cl, d in zip(flagged["topic"], flagged["cluster"], flagged["direction"])],
         by_tracking=[measured_right(k, int(cl), d, by_topic.get(k, matches), measured_sign)
-                 for k, cl, d in zip(flagged["topic"], flagged["cluster"], flagged["direction"])],
+                     for k, cl, d in zip(flagged["topic"], flagged["cluster"], flagged["direction"])],
         explained=share, measured=(share >= EXPLAINED_MIN) & sign_ok)
     # the same rule with each response's traits shuffled within its (topic, side) stratum: the traits
     # keep their asymmetry but lose any link to the concept, so what is credited is free credit
