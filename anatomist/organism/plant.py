@@ -16,12 +16,14 @@ expected_sign is the sign of Δ = A(y⁺) − A(y⁻) for a concept tracking the
 +1 chosen-favoured, −1 rejected-favoured, 0 balanced or absent. `observed` is the detector on
 the real texts (fire rates on chosen / rejected, mean score difference), since a small model
 follows a system prompt only loosely.
-Added fields (absent in older files): "measured": [{"topic", "trait", "sign", "mean", "q"}] — the
-asymmetries the train pairs really carry, per (topic, trait) and length, tested like a concept
-(`organism.truth`; sign 0 = not significant); the scorer measures the same table again on the
-pairs an audit read (score.json "measured_truth"), which is this one when it read the whole file. "heldout": {"file": "heldout_pairs.jsonl", "n_pairs",
-"dropped_identical", "cells": [same form as "cells", on the held-out pairs]} — held-out pairs are
-planted by the same rule on the held-out prompts (for held-out preference accuracy).
+Added fields (absent in older files):
+- "measured": [{"topic", "trait", "sign", "mean", "q"}] — the asymmetries the train pairs really
+  carry, per (topic, trait) and length, tested like a concept (`organism.truth`; sign 0 = not
+  significant). The scorer measures the same table again on the pairs an audit read (score.json
+  "measured_truth"), which is this one when the audit read the whole file.
+- "heldout": {"file": "heldout_pairs.jsonl", "n_pairs", "dropped_identical", "cells": [same form
+  as "cells", on the held-out pairs]} — held-out pairs are planted by the same rule on the
+  held-out prompts (for held-out preference accuracy).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from anatomist.fileio import atomic_write_text
 from anatomist.organism.prompts import Prompt
 from anatomist.organism.rates import plain_request, trait_request, user
 from anatomist.organism.traits import TRAITS
+from anatomist.organism.truth import measured_truth
 from anatomist.spec_decode.batched import Generation, GenRequest
 
 NONE = "none"
@@ -237,8 +240,6 @@ def truth(config: PlantConfig, rows: Sequence[dict], topics: Sequence[str], drop
 def measured_table(rows: Sequence[dict]) -> list[dict]:
     """`organism.truth.measured_truth` of the rows, as truth.json records it: one entry per tested
     (topic, trait), length included."""
-    from anatomist.organism.truth import measured_truth
-
     table = measured_truth(rows)
     return [{"topic": r.topic, "trait": r.trait, "sign": int(r.sign), "mean": round(float(r.mean), 6),
              "q": float(r.q)} for r in table.itertuples()]

@@ -127,13 +127,17 @@ def above_stratum_median(x: np.ndarray, strata: np.ndarray) -> np.ndarray:
     return out
 
 
+def side_strata(topics_r: np.ndarray) -> np.ndarray:
+    """[2P] the (topic, side) stratum of each response (2i chosen, 2i+1 rejected)."""
+    return np.array([f"{k}|{'chosen' if i % 2 == 0 else 'rejected'}" for i, k in enumerate(topics_r)])
+
+
 def tracking(c: np.ndarray, x: np.ndarray, names: Sequence[str], topics_r: np.ndarray, ids: list[int]) -> pd.DataFrame:
     """names × clusters: stratified rank-biserial of each trait's detector firing (x's columns, from
     `truth.response_traits`; for length: above the stratum's median log words) against c [2P, C],
     within (topic, side) strata, where neither the preference side nor the topic can stand in for
     the trait."""
-    side = np.tile(np.array(["chosen", "rejected"], dtype=object), len(topics_r) // 2)
-    strata = np.array([f"{k}|{s}" for k, s in zip(topics_r, side)])
+    strata = side_strata(topics_r)
     labels = {t: (above_stratum_median(x[:, j], strata) if t == LENGTH_TRAIT else x[:, j] > 0)
               for j, t in enumerate(names)}
     return pd.DataFrame({t: stratified_rank_biserial(y, c, strata) for t, y in labels.items()}, index=ids).T
@@ -283,7 +287,7 @@ def score_tables(c: np.ndarray, texts: Sequence[str], topics: Sequence[str], row
         explained=share, measured=(share >= EXPLAINED_MIN) & sign_ok)
     # the same rule with each response's traits shuffled within its (topic, side) stratum: the traits
     # keep their asymmetry but lose any link to the concept, so what is credited is free credit
-    strata = np.array([f"{k}|{i % 2}" for i, k in enumerate(topics_r)])
+    strata = side_strata(topics_r)
     rng = np.random.default_rng(0)
     null = [float(np.mean((explained_rows(c, ids, x[shuffled_within(strata, rng)], names, topics_r, flagged,
                                           present)[0] >= EXPLAINED_MIN) & sign_ok)) if len(flagged) else float("nan")
