@@ -1,6 +1,8 @@
 """Pair statistics: does a concept (an SAE cluster, a screen detector) fire harder on chosen than on rejected?
 
-Shared by the audit and the screen (`anatomist.screen`), so it sits on the ground floor.
+Shared by the audit and the screen (`anatomist.screen`), so it sits on the ground floor. So does
+`snis_prompt_shift`, the importance-weighted shift of a mean between two models (the paired ΔB
+of `anatomist.evaluate.paired` and the paired monitor of `anatomist.monitor`).
 
 Input is always a matrix of pair disparities Δ [P, F]: Δ_{i,f} = A_f(y⁺_i) − A_f(y⁻_i), so a
 positive value means the chosen side fires harder (DESIGN.md). Columns are features, clusters or
@@ -187,3 +189,16 @@ def auroc_ci(score: np.ndarray, label: np.ndarray, *, groups: np.ndarray, n_boot
     tail = (1 - level) / 2
     lo, hi = (np.quantile(boots, [tail, 1 - tail]) if len(boots) else (np.nan, np.nan))
     return float(auroc(score, label)[0]), float(lo), float(hi)
+
+
+def snis_prompt_shift(c: np.ndarray, log_ratio: np.ndarray) -> tuple[np.ndarray, float]:
+    """One prompt's shift of E[c] from the model its n samples were drawn from to another, by
+    self-normalised importance sampling: w = softmax(log_ratio) (log π_new − log π_old of each
+    sample [n]), shift = Σ_j w_j c_j − mean_j c_j [C] from the samples' scores c [n, C], and the
+    effective sample size 1 / Σ_j w_j² (n when the models agree, → 1 as the weights degenerate).
+    Used by the paired ΔB (`anatomist.evaluate.paired`) and the paired monitor."""
+    z = np.asarray(log_ratio, dtype=np.float64)
+    w = np.exp(z - z.max())
+    w /= w.sum()
+    c = np.asarray(c, dtype=np.float64)
+    return w @ c - c.mean(0), float(1.0 / (w ** 2).sum())

@@ -54,7 +54,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from anatomist.monitor.core import DEFAULT_BUDGET  # noqa: E402
+from anatomist.monitor.core import DEFAULT_BUDGET, DEFAULT_SAMPLES  # noqa: E402
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -74,12 +74,16 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--every", type=int, default=None, help="cadence of the two trajectory runs (default 10; --small 3)")
     ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET, help="time budget of the default-cadence run")
     ap.add_argument("--per-topic", type=int, default=None, help="monitor prompts per planted topic (default 20; --small 5)")
-    ap.add_argument("--samples", type=int, default=2)
+    ap.add_argument("--samples", type=int, default=None, help="samples per prompt (default 4 paired, 2 sampled)")
+    ap.add_argument("--estimator", choices=("paired", "sampled"), default="paired",
+                    help="paired: reweigh step 0's samples at each point; sampled: sample afresh")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default 64; --small 48")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.samples is None:
+        args.samples = DEFAULT_SAMPLES[args.estimator]
     small = {"pairs": 96, "steps": 12, "lr": 2e-4, "train_layers": 2, "every": 3, "per_topic": 5, "max_new_tokens": 48}
     full = {"pairs": 300, "steps": None, "lr": 5e-5, "train_layers": 4, "every": 10, "per_topic": 20,
             "max_new_tokens": 64}
@@ -159,7 +163,8 @@ def main(argv=None) -> None:
                               args.per_topic)
     print(f"concept {concept} ({audit.label(concept) or 'no label'}), trait {args.trait} planted in {', '.join(topics)}; "
           f"{len(pairs)} pairs, {args.steps} steps, lr {args.lr}, top {args.train_layers} blocks; monitor: "
-          f"{len(prompts)} prompts × {args.samples} samples every {args.every} steps", flush=True)
+          f"{len(prompts)} prompts × {args.samples} samples every {args.every} steps, {args.estimator} estimator",
+          flush=True)
 
     base = load(audit.model_name)                                    # the instrument: frozen, shared by both runs
     scorer = Scorer.from_audit(args.audit, loaded=(base.model, base.tokenizer))
@@ -170,18 +175,19 @@ def main(argv=None) -> None:
         loaded = load(audit.model_name, device=args.device)           # a fresh policy per run
         mon = ConceptMonitor(args.audit, prompts, every=args.every, concepts=[concept], detectors=[args.trait],
                              samples=args.samples, seed=args.seed, alarms=[f"{concept}>{args.threshold:g}"],
-                             max_new_tokens=args.max_new_tokens, scorer=scorer)
+                             max_new_tokens=args.max_new_tokens, scorer=scorer, estimator=args.estimator)
         r = run(name, make(loaded.tokenizer), loaded, mon, args, args.work / ("plain" if i == 0 else "shaped"))
         results.append(r)
         print(f"\n== {name}: {r['n_steps']} steps in {r['wall_s']:.0f} s", flush=True)
         print(f"{'step':>5} {'Δ' + metric:>10} {'95% CI':>18} {'Δ' + det:>22} " +
-              " ".join(f"{'Δc ' + t:>12}" for t in topics) + "  alarms")
+              " ".join(f"{'Δc ' + t:>12}" for t in topics) + f" {'ESS':>5} {'fresh':>5}  alarms")
         per_topic = {t: topic_shift(r["rows"], r["meta"], metric, t) for t in topics}
         for j, row in enumerate(r["rows"]):
             m, d = row["metrics"][metric], row["metrics"][det]
             ci = "—" if m["ci_low"] is None else f"[{m['ci_low']:+.3f}, {m['ci_high']:+.3f}]"
             print(f"{row['step']:>5} {m['shift']:>+10.3f} {ci:>18} {d['shift']:>+22.3f} " +
-                  " ".join(f"{per_topic[t][j]:>+12.3f}" for t in topics) + "  " + ",".join(row["alarms"]))
+                  " ".join(f"{per_topic[t][j]:>+12.3f}" for t in topics) +
+                  f" {row.get('ess_share', float('nan')):>5.2f} {len(row.get('fallback', [])):>5}  " + ",".join(row["alarms"]))
         r["first_ci_excludes_0"] = first_step(r["rows"], metric)
         r["detector_first_ci_excludes_0"] = first_step(r["rows"], det)
         r["alarm_step"] = next((row["step"] for row in r["rows"] if row["alarms"]), None)
@@ -190,7 +196,8 @@ def main(argv=None) -> None:
 
     loaded = load(audit.model_name, device=args.device)
     mon = ConceptMonitor(args.audit, prompts, every=None, budget=args.budget, concepts=[concept], detectors=[args.trait],
-                         samples=args.samples, seed=args.seed, max_new_tokens=args.max_new_tokens, scorer=scorer)
+                         samples=args.samples, seed=args.seed, max_new_tokens=args.max_new_tokens, scorer=scorer,
+                         estimator=args.estimator)
     auto = run("plain, default cadence", plain(pairs), loaded, mon, args, args.work / "plain_default")
     inner = auto["rows"][1:-1]
     print(f"\n== overhead, measured in each run: seconds of monitor points / seconds of optimizer steps")

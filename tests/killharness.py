@@ -264,7 +264,7 @@ def job_organism(model: str, out: str, workers: int = 1) -> None:
 
 
 MONITOR_ARGS = ("--monitor-every", "3", "--monitor-detector", "length", "--monitor-detector", "emoji",
-                "--monitor-samples", "1", "--monitor-max-new-tokens", "4")
+                "--monitor-samples", "4", "--monitor-max-new-tokens", "4")   # paired (the default): anchors resume too
 
 
 def job_dpo(data: str, model: str, out: str, prompts: str = "") -> None:

@@ -14,7 +14,8 @@ from anatomist.data.heldout import HeldoutPrompt
 from anatomist.errors import AnatomistError
 from anatomist.monitor import ConceptMonitor, log_values, parse_alarm
 from anatomist.monitor.alarms import Alarm
-from anatomist.monitor.journal import POINTS, VOLATILE, read_points
+from anatomist.monitor.journal import ANCHOR, POINTS, VOLATILE, read_anchors, read_points
+from anatomist.spec_decode.batched import Generation
 from anatomist.monitor.stats import excludes_zero, paired_shift, prompt_means
 
 PROMPTS = [HeldoutPrompt(f"q{i}", "t0" if i < 2 else "t1", ({"role": "user", "content": f"Tell me about {w}."},))
@@ -84,7 +85,7 @@ def _monitor(tmp_path, **kw):
     audit = tmp_path / "audit"
     if not audit.is_dir():
         make_audit(audit, tokens=None)
-    kw = {"every": 2, "samples": 2, "concepts": [0, "sorry"], "detectors": ["length", "emoji"],
+    kw = {"every": 2, "samples": 2, "estimator": "sampled", "concepts": [0, "sorry"], "detectors": ["length", "emoji"],
           "max_new_tokens": 6, "scorer": FakeScorer(), **kw}
     return ConceptMonitor(audit, PROMPTS, **kw)
 
@@ -98,13 +99,17 @@ def _perturb(model, seed):
             p.add_(0.05 * torch.randn(p.shape, generator=g))
 
 
-def test_monitor_measures_and_resumes_to_the_same_journal(tmp_path, smol_tokenizer, one_thread):
-    mon = _monitor(tmp_path)
+@pytest.mark.parametrize("estimator, samples", [("sampled", 2), ("paired", 4)])
+def test_monitor_measures_and_resumes_to_the_same_journal(tmp_path, smol_tokenizer, one_thread, estimator, samples):
+    """Paired: min_ess 0.7 makes prompts fall back and take new anchors at steps 2, 4 and 5, so the
+    resumed run must also drop the anchors taken after its checkpoint."""
+    kw = {"estimator": estimator, "samples": samples, "min_ess": 0.7}
+    mon = _monitor(tmp_path, **kw)
     assert mon.metrics == ["c_0", "c_1", "det_length", "det_emoji"]
     assert mon.labels["c_1"] == "sorry / cannot"
 
     def run(folder, model, steps, start=0, monitor=None):
-        monitor = monitor or _monitor(tmp_path)
+        monitor = monitor or _monitor(tmp_path, **kw)
         monitor.start(folder, start)
         for step in range(start, steps + 1):
             if step > start:
@@ -120,6 +125,12 @@ def test_monitor_measures_and_resumes_to_the_same_journal(tmp_path, smol_tokeniz
     assert all(m["shift"] == 0 for m in rows[0]["metrics"].values())
     assert any(m["shift"] != 0 for r in rows[1:] for m in r["metrics"].values())   # the policy moved
     assert full.points == rows
+    if estimator == "paired":
+        assert [(a["step"], a["prompts"]) for a in read_anchors(tmp_path / "full")] == [(0, [0, 1, 2]), (2, [0]),
+                                                                                        (4, [0, 1, 2]), (5, [0])]
+        assert [r["fallback"] for r in rows] == [[], ["q0"], ["q0", "q1", "q2"], ["q0"]]
+    else:
+        assert not (tmp_path / "full" / ANCHOR).exists()
 
     # a run killed after its point at step 4 whose checkpoint is at step 2: the points after 2 are dropped,
     # measured again from the checkpoint's policy, and the journal equals the uninterrupted one
@@ -135,9 +146,11 @@ def test_monitor_measures_and_resumes_to_the_same_journal(tmp_path, smol_tokeniz
                 for line in (folder / POINTS).read_text().splitlines()]
 
     assert strip(tmp_path / "resumed") == strip(tmp_path / "full")
+    assert read_anchors(tmp_path / "resumed") == read_anchors(tmp_path / "full")
     assert (tmp_path / "full" / "monitor.json").read_text() == (tmp_path / "resumed" / "monitor.json").read_text()
     page = full.finish().read_text()
     assert page.count('class="plot"') == 4 and "sorry / cannot" in page
+    assert ("5 prompt samplings afresh" in page) if estimator == "paired" else ("samples the policy afresh" in page)
 
 
 class Clock:
@@ -157,11 +170,12 @@ def test_default_cadence_spends_the_budget_and_a_resumed_run_keeps_it(tmp_path, 
     monkeypatch.setattr(core, "time", clock)
 
     def monitor():
-        mon = ConceptMonitor(None, PROMPTS, detectors=["length"], samples=1, budget=0.5)   # every=None: automatic
+        mon = ConceptMonitor(None, PROMPTS, detectors=["length"], samples=1, budget=0.5,   # every=None: automatic
+                             estimator="sampled")
 
         def sample(model, tok):           # a point takes 5 s
             clock.now += 5.0
-            return ["A short answer."] * len(PROMPTS)
+            return [Generation(p.id, "A short answer.", 4, True, 0) for p in PROMPTS]
 
         mon.sample = sample
         return mon
@@ -224,7 +238,8 @@ def test_log_values_are_namespaced():
 
 # -- the callback in TRL's real DPOTrainer ------------------------------------------------------------
 
-def test_callback_values_reach_trl_dpo_log_history(tmp_path, smol_tokenizer, one_thread):
+@pytest.mark.parametrize("estimator", ["sampled", "paired"])
+def test_callback_values_reach_trl_dpo_log_history(tmp_path, smol_tokenizer, one_thread, estimator):
     import trl
     from datasets import Dataset
 
@@ -239,13 +254,15 @@ def test_callback_values_reach_trl_dpo_log_history(tmp_path, smol_tokenizer, one
     trainer = trl.DPOTrainer(model=tiny_llama(vocab_size=49152, hidden_size=16, layers=2), args=args,
                              ref_model=tiny_llama(vocab_size=49152, hidden_size=16, layers=2),
                              train_dataset=data, processing_class=smol_tokenizer)
-    mon = ConceptMonitor(None, PROMPTS, every=2, detectors=["length"], samples=1, max_new_tokens=6)
+    mon = ConceptMonitor(None, PROMPTS, every=2, detectors=["length"], samples=1 if estimator == "sampled" else 4,
+                         max_new_tokens=6, estimator=estimator)
     ConceptMonitorCallback.attach(trainer, mon)
     trainer.train()
     hist = trainer.state.log_history
     mon_rows = [h for h in hist if "monitor/det_length" in h]
     assert [h["step"] for h in mon_rows] == [0, 2, 4]
     assert all("monitor/det_length/ci_low" in h and "loss" not in h for h in mon_rows)
+    assert all(("monitor/ess_share" in h) == (estimator == "paired") for h in mon_rows)
     # TRL's own training metrics stay in its rows (the monitor row did not take them)
     assert sum("rewards/margins" in h for h in hist) == 4
     assert [r["step"] for r in read_points(tmp_path / "trl")] == [0, 2, 4]
@@ -277,7 +294,8 @@ def test_dpo_stops_at_the_checkpoint_after_an_alarm_and_trains_as_if_unwatched(t
 
     def watch(stop):
         return ConceptMonitor(tmp_path / "audit", PROMPTS, every=2, concepts=[0], detectors=[], samples=1,
-                              max_new_tokens=4, alarms=["bold / emoji>0.5"], stop_on_alarm=stop, scorer=RisingScorer())
+                              estimator="sampled", max_new_tokens=4, alarms=["bold / emoji>0.5"], stop_on_alarm=stop,
+                              scorer=RisingScorer())
 
     plain = train_dpo(_model(), smol_tokenizer, _pairs(), cfg, tmp_path / "plain", **kw)
     stopped = train_dpo(_model(), smol_tokenizer, _pairs(), cfg, tmp_path / "run", monitor=watch(True), **kw)
@@ -288,3 +306,76 @@ def test_dpo_stops_at_the_checkpoint_after_an_alarm_and_trains_as_if_unwatched(t
     assert done.stopped_at is None and [r["step"] for r in read_points(tmp_path / "run")] == [0, 2, 4, 6, 8]
     # the monitor's sampling leaves training untouched: the same losses as the unwatched run
     assert [h["dpo/loss"] for h in done.history] == [h["dpo/loss"] for h in plain.history]
+
+
+# -- the paired estimator --------------------------------------------------------------------------------
+
+def test_a_paired_point_reweighs_the_first_points_samples(tmp_path, smol_tokenizer, one_thread):
+    """Each later point's prompt mean is Σ_j w_j c_j over the first point's samples, w = softmax of
+    their log-prob change (recomputed here by hand); the first point is the sampled one."""
+    from anatomist.spec_decode.logps import continuation_logps
+
+    model = tiny_llama(vocab_size=49152, hidden_size=16, layers=2)
+    mon = _monitor(tmp_path, estimator="paired", samples=4, min_ess=0.05)
+    mon.start(tmp_path / "run")
+    first = mon.measure(model, smol_tokenizer, 0)
+    sampled = _monitor(tmp_path, samples=4, estimator="sampled")
+    sampled.start(tmp_path / "sampled")
+    assert first["prompt_means"] == sampled.measure(model, smol_tokenizer, 0)["prompt_means"]
+    assert first["ess_share"] == 1.0 and first["fallback"] == []
+
+    (anchor,) = read_anchors(tmp_path / "run")
+    assert anchor["step"] == 0 and anchor["prompts"] == [0, 1, 2]
+    _perturb(model, 1)
+    row = mon.measure(model, smol_tokenizer, 1)
+    r = (continuation_logps(model, anchor["prompt_ids"], anchor["token_ids"], temperature=0.7)
+         - np.array(anchor["logp"])).reshape(3, 4)
+    w = np.exp(r - r.max(1, keepdims=True))
+    w /= w.sum(1, keepdims=True)
+    c = np.array(anchor["values"]).reshape(3, 4, -1)
+    want = np.einsum("ps,psm->pm", w, c)                                      # [P, M]
+    for j, m in enumerate(mon.metrics):
+        np.testing.assert_allclose(row["prompt_means"][m], want[:, j], rtol=1e-9)
+    ess = 1 / (w ** 2).sum(1)
+    assert row["ess_share"] == pytest.approx(np.median(ess) / 4) and row["fallback"] == []
+    assert 0.25 <= row["ess_share"] < 1.0                                     # the weights moved, not collapsed
+
+
+def test_a_prompt_whose_weights_collapse_is_sampled_afresh(tmp_path, smol_tokenizer, one_thread):
+    """min_ess above every prompt's ESS: each prompt falls back, and the point is exactly what the
+    sampled estimator measures on the same policy (same seeds)."""
+    model = tiny_llama(vocab_size=49152, hidden_size=16, layers=2)
+    paired = _monitor(tmp_path, estimator="paired", samples=4, min_ess=0.999)
+    sampled = _monitor(tmp_path, estimator="sampled", samples=4)
+    paired.start(tmp_path / "paired")
+    sampled.start(tmp_path / "sampled")
+    for step in (0, 1):
+        if step:
+            _perturb(model, 1)
+        a, b = paired.measure(model, smol_tokenizer, step), sampled.measure(model, smol_tokenizer, step)
+    assert a["fallback"] == [p.id for p in PROMPTS]
+    assert a["prompt_means"] == b["prompt_means"] and a["metrics"] == b["metrics"]
+
+
+def test_a_prompt_sampled_afresh_is_reweighed_from_its_new_samples(tmp_path, smol_tokenizer, one_thread):
+    """After a fallback the fresh samples are the prompt's anchor: at the next point, on the same
+    policy, the weights are uniform again (ESS = samples) and the prompt's mean is unchanged."""
+    model = tiny_llama(vocab_size=49152, hidden_size=16, layers=2)
+    mon = _monitor(tmp_path, estimator="paired", samples=4, min_ess=0.999)
+    mon.start(tmp_path / "run")
+    mon.measure(model, smol_tokenizer, 0)
+    _perturb(model, 1)
+    moved = mon.measure(model, smol_tokenizer, 1)
+    again = mon.measure(model, smol_tokenizer, 2)
+    assert moved["fallback"] == [p.id for p in PROMPTS] and again["fallback"] == [] and again["ess_share"] == 1.0
+    for m in mon.metrics:
+        np.testing.assert_allclose(again["prompt_means"][m], moved["prompt_means"][m], rtol=1e-12)
+
+
+def test_paired_settings_are_checked(tmp_path):
+    with pytest.raises(AnatomistError, match="estimator must be one of sampled, paired"):
+        _monitor(tmp_path, estimator="ipw")
+    with pytest.raises(AnatomistError, match="several samples per prompt"):
+        _monitor(tmp_path, estimator="paired", samples=1)
+    with pytest.raises(AnatomistError, match="min_ess"):
+        _monitor(tmp_path, estimator="paired", samples=4, min_ess=1.0)

@@ -27,17 +27,9 @@ import numpy as np
 import pandas as pd
 
 from anatomist.errors import AnatomistError
+from anatomist.stats import snis_prompt_shift
 
 __all__ = ["PairedShift", "snis_prompt_shift", "paired_shift_table", "sample_halves", "paired_actual"]
-
-
-def snis_prompt_shift(c: np.ndarray, log_ratio: np.ndarray) -> tuple[np.ndarray, float]:
-    """One prompt: (ΔB̂ [C], ESS) from the base samples' scores c [n, C] and log π_post − log π_pre [n]."""
-    z = np.asarray(log_ratio, dtype=np.float64)
-    w = np.exp(z - z.max())
-    w /= w.sum()
-    c = np.asarray(c, dtype=np.float64)
-    return w @ c - c.mean(0), float(1.0 / (w ** 2).sum())
 
 
 @dataclass(frozen=True)

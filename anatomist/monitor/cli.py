@@ -25,7 +25,11 @@ PROMPTS = typer.Option(None, "--monitor-prompts", help=f"Held-out prompts (jsonl
                        f"{PROMPTS_FILE} beside the training data or the audit's data.")
 PER_TOPIC = typer.Option(DEFAULT_PER_TOPIC, "--monitor-per-topic", min=1,
                          help="Monitor the first N prompts of each topic (fixed for the run).")
-SAMPLES = typer.Option(2, "--monitor-samples", min=1, help="Samples per prompt at each point (fixed seeds).")
+SAMPLES = typer.Option(None, "--monitor-samples", min=1, help="Samples per prompt at each point (fixed seeds); "
+                       "default 4 with the paired estimator, 2 with the sampled one.")
+ESTIMATOR = typer.Option("paired", "--monitor-estimator", help="paired: reweigh the first point's samples by each "
+                         "later policy's log-probs (one forward, narrower CIs; a prompt whose weights collapse is "
+                         "sampled afresh); sampled: sample every point afresh.")
 TOKENS = typer.Option(64, "--monitor-max-new-tokens", min=1, help="Tokens sampled per monitor response.")
 CONCEPTS = typer.Option([], "--monitor-concept", help="Concept to watch (cluster id or label); repeat. "
                         "Default: the audit's flagged concepts.")
@@ -45,9 +49,9 @@ def default_prompts(*candidates: Path | None) -> Path:
                          "beside the data)")
 
 
-def build(audit: Path | None, every: int | None, prompts, per_topic: int, samples: int, max_new_tokens: int,
+def build(audit: Path | None, every: int | None, prompts, per_topic: int, samples: int | None, max_new_tokens: int,
           concepts: list[str], detectors: list[str], alarms: list[str], stop: bool, *, seed: int = 0,
-          budget: float = DEFAULT_BUDGET):
+          budget: float = DEFAULT_BUDGET, estimator: str = "paired"):
     """A `ConceptMonitor` from the CLI options, or None when no monitor option was given.
     `prompts`: a file, a list of `HeldoutPrompt`s, or a callable giving one (the command's default)."""
     from anatomist.data.heldout import first_per_topic, read_prompts
@@ -60,4 +64,4 @@ def build(audit: Path | None, every: int | None, prompts, per_topic: int, sample
     items = read_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
     return ConceptMonitor(audit, first_per_topic(items, per_topic), every=every, budget=budget,
                           concepts=concepts or None, detectors=detectors or None, samples=samples, seed=seed,
-                          alarms=alarms, stop_on_alarm=stop, max_new_tokens=max_new_tokens)
+                          alarms=alarms, stop_on_alarm=stop, max_new_tokens=max_new_tokens, estimator=estimator)

@@ -86,9 +86,19 @@ def monitor_section(folder: str | Path) -> tuple[str, list[str]]:
               num(p["metrics"][meta["alarms"][spec]]["shift"], 3)] for p in points for spec in p["alarms"]]
     head = tag("p", esc(f"{len(meta['prompts'])} held-out prompts × {meta['samples']} samples, seed {meta['seed']}, "
                         f"{cadence(meta)}; shifts are paired by prompt with step 0 (95% t-interval "
-                        "over prompts)."))
+                        f"over prompts). {estimator(meta, points)}"))
     alarms = table(["step", "alarm", "metric", "shift"], fired) if fired else tag("p", "No alarm fired.")
     return section("Concept monitor", head + alarms + "".join(blocks)), plots
+
+
+def estimator(meta: dict, points: list[dict]) -> str:
+    if meta.get("estimator") != "paired":
+        return "Each point samples the policy afresh."
+    fresh = sum(len(p.get("fallback", [])) for p in points)
+    low = min(p.get("ess_share", 1.0) for p in points)
+    return (f"Paired estimator: each point reweighs the prompts' kept samples by the policy's log-probs (lowest "
+            f"median ESS share {low:.2f}); {fresh} prompt samplings afresh where the ESS fell below "
+            f"{meta['min_ess']:.0%} of the samples.")
 
 
 def cadence(meta: dict) -> str:

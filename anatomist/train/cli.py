@@ -63,7 +63,8 @@ def dpo(
                                        help="Deprecated: --on-bad-row skip."),
     monitor: Path = mon.AUDIT, monitor_every: int = mon.EVERY, monitor_budget: float = mon.BUDGET,
     monitor_prompts: Path = mon.PROMPTS,
-    monitor_per_topic: int = mon.PER_TOPIC, monitor_samples: int = mon.SAMPLES,
+    monitor_per_topic: int = mon.PER_TOPIC, monitor_samples: int | None = mon.SAMPLES,
+    monitor_estimator: str = mon.ESTIMATOR,
     monitor_max_new_tokens: int = mon.TOKENS, monitor_concept: list[str] = mon.CONCEPTS,
     monitor_detector: list[str] = mon.DETECTORS, alarm: list[str] = mon.ALARMS, stop_on_alarm: bool = mon.STOP,
 ) -> None:
@@ -96,7 +97,7 @@ def dpo(
 
     watch = mon.build(monitor, monitor_every, prompts, monitor_per_topic, monitor_samples, monitor_max_new_tokens,
                       monitor_concept, monitor_detector, alarm, stop_on_alarm, seed=seed,
-                      budget=monitor_budget)
+                      budget=monitor_budget, estimator=monitor_estimator)
     pairs = read_pairs(data, format=data_format, limit=limit, on_bad_row="skip" if skip_bad_rows else on_bad_row)
     loaded = load(model)
     # With an audit, the Shaped value carries the steering and the leakage deltas (anatomist.train.dpo doc).

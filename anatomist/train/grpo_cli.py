@@ -50,7 +50,8 @@ def grpo(
     device: str = typer.Option("cpu"),
     monitor: Path = mon.AUDIT, monitor_every: int = mon.EVERY, monitor_budget: float = mon.BUDGET,
     monitor_prompts: Path = mon.PROMPTS,
-    monitor_per_topic: int = mon.PER_TOPIC, monitor_samples: int = mon.SAMPLES,
+    monitor_per_topic: int = mon.PER_TOPIC, monitor_samples: int | None = mon.SAMPLES,
+    monitor_estimator: str = mon.ESTIMATOR,
     monitor_max_new_tokens: int = mon.TOKENS, monitor_concept: list[str] = mon.CONCEPTS,
     monitor_detector: list[str] = mon.DETECTORS, alarm: list[str] = mon.ALARMS, stop_on_alarm: bool = mon.STOP,
 ) -> None:
@@ -81,7 +82,7 @@ def grpo(
 
     watch = mon.build(monitor, monitor_every, prompts, monitor_per_topic, monitor_samples, monitor_max_new_tokens,
                       monitor_concept, monitor_detector, alarm, stop_on_alarm, seed=seed,
-                      budget=monitor_budget)
+                      budget=monitor_budget, estimator=monitor_estimator)
     lm = load(model, device=device)
     drafter = None
     if spec == "mtp":
