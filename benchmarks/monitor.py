@@ -19,8 +19,8 @@ its overhead as measured in that run — seconds spent on monitor points ÷ seco
 steps, with and without the first and last point (which every monitored run pays once) — beside
 the dense runs' own ratio at --every. The monitor's generations never touch the training RNG, so a
 monitored run trains exactly as an unmonitored one would (tests/test_monitor.py).
-Measured on the 2-core CPU machine, 2026-12-05 (demo organism, 300 pairs, 38 steps, top 4 blocks, 40
-prompts × 2 samples; the watched concept 10 is the scorer's best match to over_formatting, which the
+Measured on the 2-core CPU machine, 2026-12-05, with the sampled estimator (demo organism, 300 pairs,
+38 steps, top 4 blocks, 40 prompts × 2 samples; the watched concept 10 is the scorer's best match to over_formatting, which the
 demo audit did not flag): at lr 5e-5 neither run moved concept 10 (shifts within ±0.07, no CI
 excluding 0); at `--lr 2e-4` plain DPO left it flat (−0.05 [−0.20, +0.10] at step 38; the
 over_formatting detector fell −0.25) while the shaped run pushed it down from step 20 (−0.25
@@ -28,8 +28,9 @@ over_formatting detector fell −0.25) while the shaped run pushed it down from 
 this size. A point (80 generations + scoring) costs 25 s against 1.6 s per cached-bottom DPO step:
 every=10 costs 1.5–4× of training; the default cadence picked a point every 138 steps, so on these
 38-step runs only the first and last point ran (1.01×, both paid once per run).
-On the planted topics only, several epochs (6 December 2026, `--pairs 120 --steps 60 --lr 2e-4
---every 6`: 120 pairs of coding and travel, 60 steps ≈ 4 epochs; nice 10, beside other jobs): plain
+On the planted topics only, several epochs (6 December 2026, sampled estimator, `--pairs 120 --steps 60
+--lr 2e-4 --every 6 --estimator sampled`: 120 pairs of coding and travel, 60 steps ≈ 4 epochs; nice 10,
+beside other jobs): plain
 DPO raises the over_formatting detector from step 42 (+0.92; its CI excludes 0 from step 48 on:
 +1.03 [+0.01, +2.04], and +0.69 [+0.06, +1.32] at step 60) and concept 1 by +0.14 [−0.09, +0.36] at step 60
 (+0.30 in travel, −0.03 in coding), its CI never excluding 0; the shaped run keeps both down
@@ -37,6 +38,21 @@ DPO raises the over_formatting detector from step 42 (+0.92; its CI excludes 0 f
 behaviour DPO teaches shows in the detector, and the audit's concept moves with it in travel only:
 the issue's "the concept rises and its CI excludes 0" is not met at this size. Overhead at every 6:
 2.9× (80 generations per point); the default cadence picked every 156 (0.53× here, endpoints only).
+The same run with the paired estimator (the default since 6 December 2026: 40 prompts × 4 samples
+kept and reweighed, `--pairs 120 --steps 60 --lr 2e-4 --every 6`, nice 5): while the weights hold the
+CIs are far narrower — concept 1 at step 6 ±0.026 (sampled, 2 samples: ±0.074), the detector ±0.18
+(sampled ±0.46) — but at lr 2e-4 the policy outruns 64-token samples fast: the median ESS share falls
+to 0.44 by step 12, and 6–9 of the 40 prompts are sampled afresh (and re-anchored) at each of steps
+12–24, after which a prompt carries its fresh draw's noise. Plain DPO: concept 1 +0.14 [−0.03, +0.31]
+at step 60 (coding +0.21, travel +0.07), detector +2.5, no CI excluding 0, the alarm never fired;
+shaped λ=−4: concept +0.02 [−0.04, +0.09], detector +0.15. A first attempt without re-anchoring
+(every low-ESS prompt sampled afresh at every later point, 22–25 of 40 from step 30) gave plain
+concept 1 +0.14 [+0.01, +0.28] from step 48 and fired the alarm at step 54 (+0.21 [+0.03, +0.39]);
+the two runs train identically and differ only in monitor samples, so "the CI excludes 0" sits at
+the edge of this size's noise, not beyond it. The goal is not met. Cost: a paired point is one
+forward over the 160 kept samples (≈ 37 s on 2 cores, like sampling 80 afresh) plus any fresh
+samples; every 6: 3.3× of training; the first point (160 generations, SAE scoring, the anchor's
+log-probs) 140 s. The default cadence picked every 379 steps: endpoints only, 1.33×.
 
 Output: --work/<run>/ (DPO run folders with monitor.jsonl, monitor.html) and --work/summary.json.
 """
