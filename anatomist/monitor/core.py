@@ -66,8 +66,8 @@ log = logging.getLogger(__name__)
 PREFIX = "monitor/"       # log keys: monitor/<metric> (the shift), monitor/<metric>/{mean,ci_low,ci_high}
 
 
-ESTIMATORS = ("sampled", "paired")
-DEFAULT_SAMPLES = {"paired": 4, "sampled": 2}   # samples per prompt when not given
+DEFAULT_SAMPLES = {"sampled": 2, "paired": 4}   # the estimators, and their samples per prompt when not given
+ESTIMATORS = tuple(DEFAULT_SAMPLES)
 
 
 def _finite(x: float) -> float | None:
@@ -107,13 +107,12 @@ class ConceptMonitor:
                  estimator: str = "paired", min_ess: float = 0.3):
         from anatomist.screen.detectors import DETECTORS, resolve
 
-        if samples is None:
-            samples = DEFAULT_SAMPLES[estimator] if estimator in DEFAULT_SAMPLES else 1
+        if estimator not in ESTIMATORS:
+            raise AnatomistError(f"monitor: estimator must be one of {', '.join(ESTIMATORS)} (got {estimator!r})")
+        samples = DEFAULT_SAMPLES[estimator] if samples is None else samples
         if (every is not None and every < 1) or samples < 1 or max_new_tokens < 1:
             raise AnatomistError(f"monitor: every, samples and max_new_tokens must be >= 1 "
                                  f"(got {every}, {samples}, {max_new_tokens})")
-        if estimator not in ESTIMATORS:
-            raise AnatomistError(f"monitor: estimator must be one of {', '.join(ESTIMATORS)} (got {estimator!r})")
         if estimator == "paired" and samples < 2:
             raise AnatomistError(f"monitor: the paired estimator reweighs several samples per prompt; got samples="
                                  f"{samples} (use 4 or more)")
@@ -328,8 +327,7 @@ class ConceptMonitor:
         self.anchors.append({"step": int(step), "prompts": prompts, "prompt_ids": ids, "token_ids": toks,
                              "logp": [float(v) for v in self._logps(model, ids, toks)],
                              "values": [[float(v) for v in row] for row in values]})
-        journal.write_anchors(self.folder, self.anchors)
-        self.anchors = journal.read_anchors(self.folder)   # what a resumed run reads, to the bit
+        journal.write_anchors(self.folder, self.anchors)   # Python floats: JSON gives a resumed run the same bits
 
     def _current(self) -> list[tuple[dict, int]]:
         """Per prompt: its latest anchor and the prompt's position in it."""
